@@ -1,0 +1,90 @@
+"""Default DGI config: trains on the built-in synthetic catalogue in ~10 minutes on 2 CPU cores.
+
+Every field carries a comment. Variants import `get_config()` and override a few fields.
+Fields marked [P] follow the paper, [D] are our decisions where the paper is silent.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the locked default config."""
+  c = ml_collections.ConfigDict()
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  # 'synthetic' (built-in catalogue, no files), or a directory holding the generic JSONL
+  # format (items.jsonl, train.jsonl, valid.jsonl, test.jsonl).
+  c.data.dataset = "synthetic"
+  c.data.synthetic_num_items = 5000  # Catalogue size of the built-in dataset.
+  c.data.synthetic_num_train = 40000  # Training requests of the built-in dataset.
+  c.data.synthetic_num_eval = 2000  # Requests in each of valid and test.
+  c.data.seed = 0  # Seed of the built-in catalogue (the dataset is a function of it).
+  c.data.tfds_dir = ""  # Where TFDS writes prepared datasets; '' = <workdir>/tfds.
+  c.data.vocab_size = 8000  # Tokenizer vocabulary (WordPiece, trained on the dataset).
+  c.data.max_item_len = 32  # Tokens of an item text.
+  c.data.max_query_len = 96  # Tokens of `query [SEP] history titles`.
+  c.data.max_history = 10  # Most recent history items in the request text [P].
+  c.data.shuffle_seed = 0  # Seed of the training data order.
+  c.data.worker_count = 0  # grain worker processes (0 = in the main process).
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 128  # Width of encoder, decoder, codebooks (one width for all) [P].
+  c.model.num_heads = 4  # Attention heads.
+  c.model.mlp_dim = 512  # Hidden width of the transformer MLPs.
+  c.model.encoder_layers = 2  # Shared text encoder depth.
+  c.model.decoder_layers = 2  # SID decoder depth.
+  c.model.dropout_rate = 0.0  # Dropout; 0 keeps jit == pmap == 1 device exact.
+  c.model.codebook_sizes = (64, 64, 64)  # K_j per level (paper: 4096, 1024, 256) [P].
+  c.model.gamma_init = 30.0  # Initial scale of the scaled-cosine logits [P].
+  c.model.share_gamma = False  # One gamma for quantizer and decoder heads [D].
+  # Gradient path from the NTP loss into the quantizer: 'gumbel_soft' (DGI), 'ste'
+  # (straight-through, UniSearch-like), 'gumbel_st' (Gumbel straight-through) or
+  # 'frozen' (decoder inputs carry no gradient to the quantizer / item encoder).
+  c.model.grad_path = "gumbel_soft"
+  c.model.tie_heads = True  # Decoder heads ARE the codebooks (symmetric weight sharing) [P].
+  c.model.geometry = "cosine"  # 'cosine' (scaled cosine) or 'dot' (dot logits, MSE recon).
+  c.model.dtype = "float32"  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
+
+  # ---------------------------------------------------------------- losses
+  c.loss = ml_collections.ConfigDict()
+  c.loss.ntp_weight = 1.0  # Next-token (code) prediction [P].
+  c.loss.global_weight = 1.0  # 1 - cos(z_base, sum_j z~_j) [P].
+  c.loss.local_weight = 1.0  # Residual commitment loss [P].
+  c.loss.infonce_weight = 1.0  # In-batch contrastive query/item loss [P].
+  c.loss.div_weight = 1.0  # Negative entropy of batch code usage [P].
+  c.loss.beta = 0.25  # Commitment weight inside L_Local [D, as RQ-VAE].
+  c.loss.infonce_temperature = 0.07  # tau_CL [D].
+  c.loss.div_eps = 1e-10  # eps in log(pbar + eps).
+
+  # ---------------------------------------------------------------- optimisation
+  c.optim = ml_collections.ConfigDict()
+  c.optim.backbone_lr = 1e-3  # Encoder/decoder peak LR (paper 5e-5 for pre-trained T5).
+  c.optim.quantizer_lr = 1e-2  # Codebooks and gammas (paper: 10x the backbone) [P].
+  c.optim.warmup_steps = 100  # Linear warm-up, then linear decay to 0 [P: 1000].
+  c.optim.weight_decay = 0.01  # AdamW decoupled weight decay [D].
+  c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping.
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.tau_start = 1.0  # Gumbel temperature at step 0 [P].
+  c.optim.tau_end = 0.1  # Gumbel temperature at the last step [P].
+
+  # ---------------------------------------------------------------- training
+  c.train = ml_collections.ConfigDict()
+  c.train.global_batch_size = 128  # Examples per step over all hosts [P].
+  c.train.num_steps = 1500  # Total optimisation steps.
+  c.train.seed = 0  # Seed of init, Gumbel noise and dropout.
+  c.train.parallelism = "jit"  # 'jit' (NamedSharding over a ('data',) mesh) or 'pmap'.
+  c.train.kmeans_init = True  # k-means codebook initialisation before training [P].
+  c.train.kmeans_iters = 20  # Lloyd iterations per level.
+  c.train.kmeans_items = 5000  # Item embeddings used for k-means (at most).
+  c.train.log_every = 50  # Steps between metric lines.
+  c.train.checkpoint_every = 500  # Steps between checkpoints.
+  c.train.eval_every = 500  # Steps between validation passes (0 = never).
+  c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.
+  c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
+  c.train.distributed = False  # Call jax.distributed.initialize() at start.
+
+  c.lock()
+  return c

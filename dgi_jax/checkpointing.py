@@ -1,0 +1,134 @@
+"""All Orbax code: one checkpoint per saved step holding everything needed to resume.
+
+A checkpoint holds `state` (params — codebooks included — optimiser state, step) and the
+run's rng, the data iterator's position (one file per process, grain's handler), the
+config (JSON) and the tokenizer (JSON). Restore order (see `train.py`): resume this run's
+latest checkpoint, else `init_from` another run's params, else start from scratch.
+
+Retention: the latest checkpoint is always kept (resume needs it) and, when a validation
+metric is given, the best one too. `max_to_keep` + `best_fn` would keep the N best and can
+delete the latest, so a preservation policy states both rules.
+"""
+
+import json
+import logging
+import pathlib
+from typing import Any, Dict, Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+  """A work directory holds no checkpoint, or one that does not fit."""
+
+
+def checkpoint_dir(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
+
+
+class Checkpointer:
+  """Saves and restores DGI training checkpoints under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir, best_metric: Optional[str] = None, best_mode: str = "max",
+               read_only: bool = False):
+    policies = [checkpoint_managers.LatestN(1)]
+    best_fn = None
+    if best_metric:
+      best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+      policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn,
+                                                reverse=best_mode == "min", n=1))
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn, best_mode=best_mode, read_only=read_only, create=not read_only,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+    self._manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir).absolute(), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data_iterator": grain.checkpoint.CheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "tokenizer": ocp.JsonCheckpointHandler()})
+
+  # ------------------------------------------------------------------ queries
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    return self._manager.best_step()
+
+  def all_steps(self):
+    return self._manager.all_steps()
+
+  # ------------------------------------------------------------------ save
+  def save(self, step: int, state: Any, rng: jax.Array, data_iterator, config_json: Dict,
+           tokenizer_json: Dict, metrics: Optional[Dict[str, float]] = None) -> None:
+    """Starts an asynchronous save of everything at `step` (call `wait` before relying on it)."""
+    items = dict(state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
+                 config=ocp.args.JsonSave(config_json),
+                 tokenizer=ocp.args.JsonSave(tokenizer_json))
+    if data_iterator is not None:
+      items["data_iterator"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # ------------------------------------------------------------------ restore
+  def restore(self, abstract_state: Any, abstract_rng: Any, data_iterator=None,
+              step: Optional[int] = None):
+    """Restores (state, rng) onto the shardings of the abstract arrays.
+
+    Args:
+      abstract_state: `jax.ShapeDtypeStruct` tree (from `jax.eval_shape`) whose `sharding`
+        says where each restored array goes — so a checkpoint written on 8 devices restores
+        onto 1, or onto several processes.
+      abstract_rng: the same for the rng.
+      data_iterator: a grain iterator whose position is set from the checkpoint.
+      step: which step; default the latest.
+    Returns:
+      (state, rng, step).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError("no checkpoint to restore")
+    items = dict(state=ocp.args.StandardRestore({"train_state": abstract_state,
+                                                "rng": abstract_rng}))
+    if data_iterator is not None:
+      items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return restored.state["train_state"], restored.state["rng"], step
+
+  def restore_json(self, name: str, step: Optional[int] = None) -> Dict:
+    """The config or tokenizer JSON saved with a checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError("no checkpoint to restore")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{name: ocp.args.JsonRestore()}))
+    return restored[name]
+
+
+def restore_params(workdir, abstract_params: Any, step: Optional[int] = None) -> Any:
+  """Only the parameters of another run (for `init_from`), onto `abstract_params`' shardings."""
+  checkpointer = Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"{workdir}: no checkpoint found under {checkpoint_dir(workdir)}")
+  restored = checkpointer._manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(partial_restore=True, item={
+          "train_state": {"params": abstract_params}})))
+  checkpointer.close()
+  logging.info("Initialised params from %s step %d", workdir, step)
+  return restored.state["train_state"]["params"]
+
+
+def dumps_config(config) -> Dict:
+  """A ConfigDict as plain JSON (tuples become lists)."""
+  return json.loads(config.to_json())

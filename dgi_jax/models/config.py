@@ -1,0 +1,59 @@
+"""Model hyper-parameters as a frozen dataclass (built once from the ml_collections config)."""
+
+import dataclasses
+from typing import Tuple
+
+import jax.numpy as jnp
+
+GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
+GEOMETRIES = ("cosine", "dot")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static model hyper-parameters; see `configs/default.py` for each field's meaning."""
+
+  vocab_size: int
+  max_len: int  # Rows of the position table: max(max_item_len, max_query_len).
+  d_model: int = 128
+  num_heads: int = 4
+  mlp_dim: int = 512
+  encoder_layers: int = 2
+  decoder_layers: int = 2
+  dropout_rate: float = 0.0
+  codebook_sizes: Tuple[int, ...] = (64, 64, 64)
+  gamma_init: float = 30.0
+  share_gamma: bool = False
+  grad_path: str = "gumbel_soft"
+  tie_heads: bool = True
+  geometry: str = "cosine"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.grad_path not in GRAD_PATHS:
+      raise ValueError(f"model.grad_path={self.grad_path!r}; expected one of {GRAD_PATHS}")
+    if self.geometry not in GEOMETRIES:
+      raise ValueError(f"model.geometry={self.geometry!r}; expected one of {GEOMETRIES}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"model.d_model={self.d_model} is not divisible by "
+                       f"model.num_heads={self.num_heads}")
+    if not self.codebook_sizes or min(self.codebook_sizes) < 2:
+      raise ValueError(f"model.codebook_sizes={self.codebook_sizes}: need >= 1 level, K >= 2")
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.codebook_sizes)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_config(cls, config) -> "ModelConfig":
+    """Builds the model config from the full ml_collections config (model + data fields)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len"}
+    kwargs = {k: config.model[k] for k in fields}
+    kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
+    return cls(vocab_size=config.data.vocab_size,
+               max_len=max(config.data.max_item_len, config.data.max_query_len),
+               **kwargs)

@@ -1,0 +1,159 @@
+"""The DGI model: shared text encoder, residual quantizer, SID decoder with tied heads.
+
+The top-level module is the single owner of the codebooks: the quantizer scores residuals
+against them and, with `tie_heads`, the decoder's output heads are the same arrays
+(symmetric weight sharing). There is no other copy in the parameter tree.
+"""
+
+from typing import Any, Dict, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dgi_jax.models import quantizer
+from dgi_jax.models.config import ModelConfig
+from dgi_jax.models.transformer import (DecoderBlock, EncoderBlock, key_padding_mask,
+                                        layer_norm, masked_mean)
+
+EMBED_INIT = nn.initializers.normal(stddev=0.02)
+# Codewords start at roughly the norm of an encoder output (LayerNorm'd states, mean-pooled);
+# k-means replaces them before training anyway.
+CODEBOOK_INIT = nn.initializers.normal(stddev=1.0)
+
+
+class TextEncoder(nn.Module):
+  """Token + learned position embeddings, pre-LN blocks, final LN, masked-mean pooling."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, deterministic: bool = True):
+    """tokens [B, L] (0 = padding) -> (states [B, L, d], pooled [B, d])."""
+    cfg = self.cfg
+    x = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=EMBED_INIT,
+                 name="token_embed")(tokens)
+    positions = self.param("pos_embed", EMBED_INIT, (cfg.max_len, cfg.d_model))
+    x = (x + positions[None, :tokens.shape[1]]).astype(cfg.compute_dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    mask = key_padding_mask(tokens)
+    for i in range(cfg.encoder_layers):
+      x = EncoderBlock(cfg, name=f"layers_{i}")(x, mask, deterministic)
+    states = layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
+    return states, masked_mean(states, tokens != 0)
+
+
+class SidDecoder(nn.Module):
+  """Transformer decoder over the m SID positions, cross-attending to request tokens."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, inputs, memory, memory_tokens, deterministic: bool = True):
+    """inputs [B, n, d] (n <= m), memory [B, L, d] -> hidden states [B, n, d]."""
+    cfg = self.cfg
+    level_embed = self.param("level_embed", EMBED_INIT, (cfg.num_levels, cfg.d_model))
+    x = (inputs + level_embed[None, :inputs.shape[1]]).astype(cfg.compute_dtype)
+    memory = memory.astype(cfg.compute_dtype)
+    mask = key_padding_mask(memory_tokens)
+    for i in range(cfg.decoder_layers):
+      x = DecoderBlock(cfg, name=f"layers_{i}")(x, memory, mask, deterministic)
+    return layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
+
+
+def teacher_forcing_inputs(z_q: jax.Array, prefix_vectors: jax.Array) -> jax.Array:
+  """`x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j`: [B, d], [B, n, d] -> [B, n + 1, d]."""
+  partial_sums = jnp.cumsum(prefix_vectors, axis=1)
+  zeros = jnp.zeros_like(z_q)[:, None]
+  return z_q[:, None] + jnp.concatenate([zeros, partial_sums], axis=1)
+
+
+class DGIModel(nn.Module):
+  """Differentiable Geometric Indexing. See docs/DESIGN.md "Model specification"."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.encoder = TextEncoder(cfg)
+    self.decoder = SidDecoder(cfg)
+    self.codebooks = [self.param(f"codebook_{t}", CODEBOOK_INIT, (k, cfg.d_model))
+                      for t, k in enumerate(cfg.codebook_sizes)]
+    gamma_init = nn.initializers.constant(cfg.gamma_init)
+    self.gamma_quantizer = self.param("gamma_quantizer", gamma_init, ())
+    self.gamma_decoder = (self.gamma_quantizer if cfg.share_gamma
+                          else self.param("gamma_decoder", gamma_init, ()))
+    if cfg.tie_heads:
+      self.heads = self.codebooks
+    else:
+      self.heads = [self.param(f"head_{t}", CODEBOOK_INIT, (k, cfg.d_model))
+                    for t, k in enumerate(cfg.codebook_sizes)]
+
+  # ------------------------------------------------------------------ encoders
+  def embed_items(self, item_tokens, deterministic: bool = True):
+    """[B, Li] item text tokens -> z_base [B, d]."""
+    return self.encoder(item_tokens, deterministic)[1]
+
+  def encode_requests(self, query_tokens, deterministic: bool = True):
+    """[B, Lq] request tokens -> (H_q [B, Lq, d], z_q [B, d])."""
+    return self.encoder(query_tokens, deterministic)
+
+  # ------------------------------------------------------------------ decoder
+  def decode(self, z_q, query_states, query_tokens, prefix_vectors,
+             deterministic: bool = True):
+    """Decoder logits for levels 0..n given n prefix code vectors [B, n, d].
+
+    Returns a list of n + 1 arrays, level t's logits [B, K_t].
+    """
+    inputs = teacher_forcing_inputs(z_q, prefix_vectors)
+    hidden = self.decoder(inputs, query_states, query_tokens, deterministic)
+    return [quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
+                                 self.cfg.geometry)
+            for t in range(inputs.shape[1])]
+
+  def prefix_logits(self, z_q, query_states, query_tokens, prefix_codes):
+    """Inference: logits of the next level given hard prefix codes [B, t] -> [B, K_t].
+
+    The decoder's inputs are the hard codewords of the prefix.
+    """
+    t = prefix_codes.shape[1]
+    vectors = [self.codebooks[j][prefix_codes[:, j]] for j in range(t)]
+    prefix = (jnp.stack(vectors, axis=1) if vectors
+              else jnp.zeros((z_q.shape[0], 0, z_q.shape[-1]), z_q.dtype))
+    hidden = self.decoder(teacher_forcing_inputs(z_q, prefix.astype(jnp.float32)),
+                          query_states, query_tokens, True)
+    return quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
+                                self.cfg.geometry)
+
+  # ------------------------------------------------------------------ quantizer
+  def hard_codes(self, z_base):
+    """Semantic IDs of item embeddings [B, d] -> [B, m] (argmax codes, hard residuals)."""
+    return quantizer.hard_quantize(z_base, self.codebooks, self.gamma_quantizer,
+                                   self.cfg.geometry)
+
+  def get_codebooks(self):
+    """The raw codebook weights, one [K_t, d] array per level."""
+    return list(self.codebooks)
+
+  # ------------------------------------------------------------------ training forward
+  def forward_from_item_embedding(self, z_base, query_tokens,
+                                  gumbel_noise: Sequence[jax.Array], tau,
+                                  deterministic: bool = True) -> Dict[str, Any]:
+    """Soft quantization of `z_base` and soft teacher-forced decoding of the request.
+
+    Split from `embed_items` so a train step can tell the item path's gradient from the
+    request path's, although both go through the one shared encoder.
+    """
+    cfg = self.cfg
+    query_states, z_q = self.encode_requests(query_tokens, deterministic)
+    quant = quantizer.soft_quantize(z_base, self.codebooks, self.gamma_quantizer,
+                                    gumbel_noise, tau, cfg.geometry, cfg.grad_path)
+    prefix = jnp.stack(quant.code_vectors[:-1], axis=1)
+    if cfg.grad_path == "frozen":
+      prefix = jax.lax.stop_gradient(prefix)
+    logits = self.decode(z_q, query_states, query_tokens, prefix, deterministic)
+    return dict(z_base=z_base, z_q=z_q, logits=logits, **quant._asdict())
+
+  def __call__(self, item_tokens, query_tokens, gumbel_noise, tau,
+               deterministic: bool = True):
+    """Full training forward: item tokens -> z_base -> quantizer -> decoder outputs."""
+    z_base = self.embed_items(item_tokens, deterministic)
+    return self.forward_from_item_embedding(z_base, query_tokens, gumbel_noise, tau,
+                                            deterministic)

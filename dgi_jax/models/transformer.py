@@ -1,0 +1,86 @@
+"""Pre-LN transformer blocks shared by the text encoder and the SID decoder."""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dgi_jax.models.config import ModelConfig
+
+LAYER_NORM_EPS = 1e-6  # Matched explicitly by the PyTorch reference (torch default is 1e-5).
+
+
+def exact_gelu(x):
+  # The erf form, not jax.nn.gelu's default tanh approximation, so a torch reference with
+  # nn.GELU() matches without a flag.
+  return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=cfg.compute_dtype, name=name)
+
+
+def attention(cfg: ModelConfig, name: str) -> nn.MultiHeadDotProductAttention:
+  return nn.MultiHeadDotProductAttention(
+      num_heads=cfg.num_heads, qkv_features=cfg.d_model, out_features=cfg.d_model,
+      dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype, name=name)
+
+
+class Mlp(nn.Module):
+  """Two dense layers with an exact GELU between."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.cfg
+    x = nn.Dense(cfg.mlp_dim, dtype=cfg.compute_dtype, name="wi")(x)
+    x = exact_gelu(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name="wo")(x)
+
+
+class EncoderBlock(nn.Module):
+  """`x += MHA(LN(x))`, `x += MLP(LN(x))`; keys masked at padding."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, key_mask, deterministic: bool):
+    cfg = self.cfg
+    y = layer_norm(cfg, "ln_attn")(x)
+    y = attention(cfg, "attn")(y, y, mask=key_mask, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = layer_norm(cfg, "ln_mlp")(x)
+    y = Mlp(cfg, name="mlp")(y, deterministic)
+    return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+class DecoderBlock(nn.Module):
+  """Causal self-attention over the levels, cross-attention to the request tokens, MLP."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, memory, memory_key_mask, deterministic: bool):
+    cfg = self.cfg
+    causal = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
+    y = layer_norm(cfg, "ln_self")(x)
+    y = attention(cfg, "self_attn")(y, y, mask=causal, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = layer_norm(cfg, "ln_cross")(x)
+    y = attention(cfg, "cross_attn")(y, memory, mask=memory_key_mask,
+                                     deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = layer_norm(cfg, "ln_mlp")(x)
+    y = Mlp(cfg, name="mlp")(y, deterministic)
+    return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+def key_padding_mask(tokens: jax.Array) -> jax.Array:
+  """[B, L] token ids -> [B, 1, 1, L] attention mask, True where the key is a real token."""
+  return (tokens != 0)[:, None, None, :]
+
+
+def masked_mean(states: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """Mean of `states [B, L, d]` over positions where `mask [B, L]` is True."""
+  mask = mask.astype(states.dtype)[..., None]
+  return (states * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)

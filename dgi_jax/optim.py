@@ -1,0 +1,48 @@
+"""Optimiser and schedules: AdamW with separate backbone / quantizer learning rates."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+QUANTIZER_PARAMS = ("codebook_", "gamma_")
+
+
+def param_labels(params):
+  """'quantizer' for codebooks and gammas (top-level), 'backbone' for everything else."""
+  def label(path, _):
+    top = path[0].key if hasattr(path[0], "key") else str(path[0])
+    return "quantizer" if top.startswith(QUANTIZER_PARAMS) else "backbone"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: not on biases, LayerNorm scales or the scalar gammas."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):
+  """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
+       optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1))],
+      [warmup_steps])
+
+
+def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW per parameter group."""
+  def adamw(peak):
+    return optax.adamw(learning_rate_schedule(peak, optim_config.warmup_steps, total_steps),
+                       b1=optim_config.b1, b2=optim_config.b2,
+                       weight_decay=optim_config.weight_decay, mask=decay_mask)
+  return optax.chain(
+      optax.clip_by_global_norm(optim_config.grad_clip_norm),
+      optax.multi_transform({"backbone": adamw(optim_config.backbone_lr),
+                             "quantizer": adamw(optim_config.quantizer_lr)},
+                            param_labels))
+
+
+def gumbel_temperature(step, optim_config, total_steps: int):
+  """Exponential annealing tau_start -> tau_end over training."""
+  frac = jnp.clip(step / max(total_steps - 1, 1), 0.0, 1.0)
+  return optim_config.tau_start * (optim_config.tau_end / optim_config.tau_start) ** frac

@@ -1,0 +1,68 @@
+"""Device mesh, shardings, and host-local -> global batch assembly for data parallelism.
+
+The batch is split over a 1-D ('data',) mesh; parameters and optimiser state are
+replicated. Every host feeds only its own rows; `jax.make_array_from_process_local_data`
+stitches them into one global array, so the same code runs on one CPU or a TPU pod.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+  """A ('data',) mesh over every device of every process.
+
+  Auto axis types: with JAX's default Explicit axes a matmul with a sharded contracting
+  dimension (the in-batch InfoNCE similarity) raises `ShardingTypeError`.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over devices."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def host_batch_size(global_batch_size: int) -> int:
+  """Rows this process feeds; checks the global batch splits over processes and devices."""
+  if global_batch_size % jax.device_count():
+    raise ValueError(f"train.global_batch_size={global_batch_size} is not divisible by the "
+                     f"device count {jax.device_count()}")
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(host_batch: Any, sharding: NamedSharding) -> Any:
+  """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def pmap_batch(host_batch: Any) -> Any:
+  """Host-local batch [b, ...] -> [local_devices, b / local_devices, ...] for `jax.pmap`."""
+  n = jax.local_device_count()
+  return jax.tree.map(lambda x: np.asarray(x).reshape((n, -1) + x.shape[1:]), host_batch)
+
+
+def replicate_for_pmap(tree: Any) -> Any:
+  """Copies a pytree onto every local device along a new leading axis (pmap's layout)."""
+  devices = np.array(jax.local_devices())
+  sharding = NamedSharding(Mesh(devices, ("local_devices",)), P("local_devices"))
+
+  def put(x):
+    return jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
+                          sharding)
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """First device's copy of a pmap-replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)

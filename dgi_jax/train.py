@@ -1,0 +1,256 @@
+"""The training loop: data, model, k-means init, sharded steps, checkpoints, metrics.
+
+`train_and_evaluate(config, workdir)` is the library entry point behind `dgi train`.
+Restore order: resume this run's latest checkpoint, else `train.init_from`, else scratch
+(then k-means initialisation of the codebooks).
+"""
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from dgi_jax import checkpointing, kmeans, optim, sharding
+from dgi_jax import train_step as train_step_lib
+from dgi_jax.data import dataset as dataset_lib
+from dgi_jax.data import pipeline
+from dgi_jax.data import tokenizer as tokenizer_lib
+from dgi_jax.models.config import ModelConfig
+from dgi_jax.models.dgi import DGIModel
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
+
+
+@dataclasses.dataclass
+class RunData:
+  """What training and evaluation read: the dataset, its tokenizer, the catalogue tokens."""
+  dataset: dataset_lib.Dataset
+  tokenizer: tokenizer_lib.Tokenizer
+  catalogue_tokens: np.ndarray  # int32 [num_items, max_item_len]
+
+
+def data_dir(config, workdir) -> pathlib.Path:
+  return pathlib.Path(config.data.tfds_dir or pathlib.Path(workdir) / "tfds")
+
+
+def prepare_run_data(config, workdir) -> RunData:
+  """Builds (process 0) or opens the dataset and tokenizer of a run."""
+  build = jax.process_index() == 0
+  root = data_dir(config, workdir)
+  if build:
+    dataset = dataset_lib.prepare_dataset(config.data, root, build=True)
+    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, root, build=True)
+  sync_processes("data prepared")
+  if not build:
+    dataset = dataset_lib.prepare_dataset(config.data, root, build=False)
+    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, root, build=False)
+  if tokenizer.vocab_size > config.data.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens > data.vocab_size="
+                     f"{config.data.vocab_size}")
+  return RunData(dataset, tokenizer,
+                 pipeline.encode_catalogue(dataset, tokenizer, config.data))
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def build_model(config) -> DGIModel:
+  return DGIModel(ModelConfig.from_config(config))
+
+
+def init_params(model: DGIModel, config, rng: jax.Array, out_sharding=None):
+  """Initialises parameters from shapes only (nothing data-dependent happens here)."""
+  cfg = model.cfg
+  items = jnp.ones((1, config.data.max_item_len), jnp.int32)
+  queries = jnp.ones((1, config.data.max_query_len), jnp.int32)
+  noise = [jnp.zeros((1, k)) for k in cfg.codebook_sizes]
+  init = lambda r: model.init(r, items, queries, noise, 1.0)["params"]  # noqa: E731
+  return jax.jit(init, out_shardings=out_sharding)(rng)
+
+
+def embed_items(model: DGIModel, params, item_tokens: np.ndarray,
+                batch_size: int = 512) -> np.ndarray:
+  """z_base of every row of `item_tokens` [N, L] -> float32 [N, d] (batched, jitted)."""
+  fn = jax.jit(lambda p, t: model.apply({"params": p}, t, method=DGIModel.embed_items))
+  n = item_tokens.shape[0]
+  padded = -n % batch_size
+  tokens = np.concatenate([item_tokens, np.zeros((padded, item_tokens.shape[1]),
+                                                 item_tokens.dtype)])
+  out = [np.asarray(fn(params, tokens[i:i + batch_size]))
+         for i in range(0, len(tokens), batch_size)]
+  return np.concatenate(out)[:n]
+
+
+def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray, config,
+                          rng: jax.Array):
+  """Replaces the codebooks (and untied heads) by residual k-means of item embeddings."""
+  cfg = model.cfg
+  rng, sample_rng = jax.random.split(rng)
+  n = catalogue_tokens.shape[0]
+  take = np.asarray(jax.random.permutation(sample_rng, n))[:min(n, config.train.kmeans_items)]
+  embeddings = embed_items(model, params, catalogue_tokens[np.sort(take)])
+  codebooks = kmeans.residual_kmeans(jnp.asarray(embeddings), cfg.codebook_sizes,
+                                     config.train.kmeans_iters, rng, cfg.geometry)
+  params = dict(params)
+  for t, codebook in enumerate(codebooks):
+    params[f"codebook_{t}"] = codebook
+    if not cfg.tie_heads:
+      params[f"head_{t}"] = codebook  # Separate parameters that start from the same place.
+  return params
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `<workdir>/metrics.jsonl` (process 0 only)."""
+
+  def __init__(self, workdir):
+    self._path = pathlib.Path(workdir) / METRICS_FILE
+    self._enabled = jax.process_index() == 0
+
+  def write(self, step: int, metrics: Dict[str, Any], kind: str = "train") -> None:
+    if not self._enabled:
+      return
+    record = {"step": int(step), "kind": kind}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with self._path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
+  """The jitted (sharded) or pmapped train step, and how to feed it a host batch."""
+  if config.train.parallelism == "pmap":
+    step = jax.pmap(train_step_lib.make_train_step(model, optimizer, config, total_steps,
+                                                   axis_name=sharding.DATA_AXIS),
+                    axis_name=sharding.DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+    return step, sharding.pmap_batch
+  if config.train.parallelism != "jit":
+    raise ValueError(f"train.parallelism={config.train.parallelism!r}; expected jit|pmap")
+  batch_sharding = sharding.data_sharding(mesh)
+  step = jax.jit(train_step_lib.make_train_step(model, optimizer, config, total_steps),
+                 in_shardings=(state_sharding, batch_sharding, sharding.replicated(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+  return step, lambda batch: sharding.global_batch(batch, batch_sharding)
+
+
+def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) -> Dict:
+  """Trains DGI as `config` says, checkpointing under `workdir`; returns the last metrics.
+
+  Args:
+    config: the full (locked) ml_collections config.
+    workdir: output directory: checkpoints, metrics.jsonl, tokenizer, TFDS data.
+    evaluate_fn: optional `(params, run_data) -> {metric: value}` run every
+      `train.eval_every` steps on the validation split; its `train.best_metric` picks the
+      best checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  run_data = prepare_run_data(config, workdir)
+  model = build_model(config)
+  total_steps = config.train.num_steps
+  optimizer = optim.make_optimizer(config.optim, total_steps)
+  mesh = sharding.make_mesh()
+  replicated = sharding.replicated(mesh)
+  host_batch = sharding.host_batch_size(config.train.global_batch_size)
+
+  rng = jax.random.PRNGKey(config.train.seed)
+  init_rng, kmeans_rng, run_rng = jax.random.split(rng, 3)
+  abstract_state = jax.eval_shape(
+      lambda: train_step_lib.create_train_state(init_params(model, config, init_rng),
+                                                optimizer))
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      abstract_state, state_sharding)
+  abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
+
+  data_iterator = pipeline.make_train_iterator(
+      run_data.dataset, run_data.tokenizer, config.data, host_batch,
+      config.data.shuffle_seed, jax.process_index(), jax.process_count(),
+      catalogue_tokens=run_data.catalogue_tokens)
+  eval_enabled = evaluate_fn is not None and config.train.eval_every > 0
+  checkpointer = checkpointing.Checkpointer(
+      workdir, best_metric=config.train.best_metric if eval_enabled else None)
+
+  if checkpointer.latest_step() is not None:
+    state, run_rng, step = checkpointer.restore(abstract_state, abstract_rng, data_iterator)
+    logging.info("Resumed from step %d", step)
+  else:
+    params = init_params(model, config, init_rng, out_sharding=replicated)
+    if config.train.init_from:
+      params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
+    elif config.train.kmeans_init:
+      params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
+                                     kmeans_rng)
+    state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
+                           state_sharding)
+    run_rng = jax.device_put(run_rng, replicated)
+
+  step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
+                                     state_sharding)
+  pmapped = config.train.parallelism == "pmap"
+  if pmapped:
+    state = sharding.replicate_for_pmap(state)
+  host_state = (lambda s: sharding.unreplicate(s)) if pmapped else (lambda s: s)
+
+  config_json = checkpointing.dumps_config(config)
+  tokenizer_json = run_data.tokenizer.to_json()
+  writer = MetricsWriter(workdir)
+  first_step = int(host_state(state).step)
+  last_good_step = checkpointer.latest_step()
+  metrics_sum, metrics_count, summary = {}, 0, {}
+  progress = tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  window_start = time.perf_counter()
+
+  def save(step, metrics=None):
+    checkpointer.save(step, host_state(state), run_rng, data_iterator, config_json,
+                      tokenizer_json, metrics)
+
+  for step in range(first_step, total_steps):
+    batch = to_device(next(data_iterator))
+    state, metrics = step_fn(state, batch, run_rng)
+    metrics = jax.device_get(host_state(metrics) if pmapped else metrics)
+    if not metrics["finite"]:
+      checkpointer.close()
+      raise NonFiniteLossError(
+          f"non-finite loss at step {step} (loss terms: "
+          f"{ {k: float(v) for k, v in metrics.items()} }); last good checkpoint: "
+          f"step {last_good_step} in {checkpointing.checkpoint_dir(workdir)}")
+    for k, v in metrics.items():
+      metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v)
+    metrics_count += 1
+    done = step + 1
+    progress.update(1)
+    if done % config.train.log_every == 0 or done == total_steps:
+      elapsed = time.perf_counter() - window_start
+      summary = {k: v / metrics_count for k, v in metrics_sum.items() if k != "finite"}
+      summary["steps_per_sec"] = metrics_count / elapsed
+      writer.write(done, summary)
+      progress.set_postfix(loss=f"{summary['total']:.4f}",
+                           steps_s=f"{summary['steps_per_sec']:.2f}")
+      metrics_sum, metrics_count, window_start = {}, 0, time.perf_counter()
+    eval_metrics = None
+    if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
+      eval_metrics = evaluate_fn(host_state(state).params, run_data)
+      writer.write(done, eval_metrics, kind="valid")
+    if done % config.train.checkpoint_every == 0 or done == total_steps:
+      save(done, eval_metrics)
+      last_good_step = done
+  progress.close()
+  checkpointer.close()
+  return summary

@@ -1,0 +1,110 @@
+"""Train state and the pure DGI train step, for `jax.jit` (sharded batch) and `jax.pmap`."""
+
+import functools
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dgi_jax import losses, optim
+from dgi_jax.models.dgi import DGIModel
+
+Batch = Dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (the run's rng is kept beside it)."""
+  step: jax.Array  # int32 scalar: optimisation steps taken.
+  params: Any  # The model's parameter tree (codebooks included, one copy).
+  opt_state: Any  # optax state.
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def gumbel_noise(rng: jax.Array, example_id: jax.Array,
+                 codebook_sizes: Sequence[int]) -> list:
+  """Per-example Gumbel(0, 1) noise, one [B, K_t] array per level.
+
+  Each example's noise comes from `fold_in(rng, example_id)`, so it is the same whichever
+  device (or how many devices) the example lands on.
+  """
+  def per_example(example):
+    key = jax.random.fold_in(rng, example)
+    return [jax.random.gumbel(jax.random.fold_in(key, t), (k,), jnp.float32)
+            for t, k in enumerate(codebook_sizes)]
+  return jax.vmap(per_example)(example_id)
+
+
+def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, config,
+                    total_steps: int, axis_name: Optional[str] = None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    model: the DGI model.
+    optimizer: from `optim.make_optimizer`.
+    config: the full config (loss weights, Gumbel temperature schedule, model switches).
+    total_steps: length of the run (temperature annealing).
+    axis_name: the pmap axis; None under `jax.jit`, where the batch is one global array.
+
+  Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
+  `example_id [B]` int32.
+  """
+  cfg = model.cfg
+  last_encoder_layer = f"layers_{cfg.encoder_layers - 1}"
+  deterministic = cfg.dropout_rate == 0.0
+
+  if axis_name is None:
+    gather = losses.identity_gather
+  else:
+    gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, axis=0, tiled=True)
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Dict]:
+    step_rng = jax.random.fold_in(rng, state.step)
+    noise = gumbel_noise(jax.random.fold_in(step_rng, 0), batch["example_id"],
+                         cfg.codebook_sizes)
+    dropout_rng = jax.random.fold_in(step_rng, 1)
+    offset = 0
+    if axis_name is not None:
+      dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+      offset = jax.lax.axis_index(axis_name) * batch["example_id"].shape[0]
+    tau = optim.gumbel_temperature(state.step, config.optim, total_steps)
+    rngs = {"dropout": dropout_rng}
+
+    def loss_fn(params, item_encoder_params):
+      # The item path reads the encoder through its own argument, so its gradient (the
+      # paper's Figure 3 signal) is separable from the request path's.
+      z_base = model.apply({"params": dict(params, encoder=item_encoder_params)},
+                           batch["item_tokens"], deterministic, rngs=rngs,
+                           method=DGIModel.embed_items)
+      outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise, tau,
+                            deterministic, rngs=rngs,
+                            method=DGIModel.forward_from_item_embedding)
+      terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
+                                gather, offset)
+      return terms["total"], terms
+
+    (_, terms), (grads, item_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.params["encoder"])
+    grads = dict(grads, encoder=jax.tree.map(jnp.add, grads["encoder"], item_grads))
+    item_last_layer = item_grads[last_encoder_layer]
+    if axis_name is not None:
+      # Per-device copies of the parameters: average their gradients (the loss is the
+      # per-device mean, and all_gather's transpose already routed cross-device terms).
+      grads, terms, item_last_layer = jax.lax.pmean((grads, terms, item_last_layer),
+                                                    axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    metrics = dict(terms, grad_norm=optax.global_norm(grads),
+                   item_encoder_last_layer_grad_norm=optax.global_norm(item_last_layer),
+                   tau=tau, finite=jnp.isfinite(terms["total"]))
+    return new_state, metrics
+
+  return train_step

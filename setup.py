@@ -1,0 +1,41 @@
+"""Installs dgi_jax: Differentiable Geometric Indexing for generative retrieval in JAX."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "chex>=0.1.90",
+    "tensorflow-datasets>=4.9.10",
+    "array_record>=0.8",
+    "grain>=0.2.18",
+    "ml-collections>=1.1",
+    "tokenizers>=0.20",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
+    "bm25s>=0.2",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    # The PyTorch reference; pinned so pip takes the CPU wheel rather than a CUDA build.
+    "torch": ["torch==2.13.0"],
+    "tpu": ["jax[tpu]>=0.10"],
+    "gpu": ["jax[cuda12]>=0.10"],
+}
+
+setup(
+    name="dgi_jax",
+    version="0.1.0",
+    description="Differentiable Geometric Indexing (end-to-end generative retrieval) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dgi_jax", "dgi_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["dgi=dgi_jax.main:main"]},
+)

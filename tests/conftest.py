@@ -1,0 +1,31 @@
+"""Test setup: 8 simulated CPU devices, float32 matmuls at full precision, repo root importable."""
+
+import os
+import pathlib
+import sys
+
+# Must happen before JAX touches a device.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def load_config(name: str):
+  """Loads `configs/<name>.py` the way `dgi --config` does."""
+  import runpy
+  return runpy.run_path(str(REPO_ROOT / "configs" / f"{name}.py"))["get_config"]()
+
+
+@pytest.fixture
+def tiny_config():
+  return load_config("tiny")

@@ -1,0 +1,46 @@
+"""Small models and batches shared by the model, loss and train-step tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgi_jax.models.config import ModelConfig
+from dgi_jax.models.dgi import DGIModel
+
+SMALL = dict(vocab_size=50, max_len=12, d_model=16, num_heads=2, mlp_dim=32,
+             encoder_layers=1, decoder_layers=1, codebook_sizes=(5, 4, 3))
+
+
+def small_model(**overrides) -> DGIModel:
+  return DGIModel(ModelConfig(**dict(SMALL, **overrides)))
+
+
+def random_batch(batch_size=6, item_len=8, query_len=12, vocab=50, seed=0):
+  rs = np.random.RandomState(seed)
+  item_tokens = rs.randint(1, vocab, (batch_size, item_len)).astype(np.int32)
+  item_tokens[:, -2:] = 0  # Some padding.
+  query_tokens = rs.randint(1, vocab, (batch_size, query_len)).astype(np.int32)
+  query_tokens[::2, 7:] = 0
+  return dict(item_tokens=item_tokens, query_tokens=query_tokens,
+              item_index=rs.randint(0, 4, batch_size).astype(np.int32),
+              example_id=np.arange(batch_size, dtype=np.int32))
+
+
+def gumbel(model: DGIModel, batch_size: int, seed: int = 1):
+  keys = jax.random.split(jax.random.PRNGKey(seed), model.cfg.num_levels)
+  return [jax.random.gumbel(k, (batch_size, K)) for k, K in zip(keys, model.cfg.codebook_sizes)]
+
+
+def init(model: DGIModel, batch, seed: int = 0):
+  noise = gumbel(model, batch["item_tokens"].shape[0])
+  return model.init(jax.random.PRNGKey(seed), batch["item_tokens"], batch["query_tokens"],
+                    noise, 1.0)["params"]
+
+
+def count_leaves(tree) -> int:
+  return len(jax.tree.leaves(tree))
+
+
+def max_abs_diff(a, b) -> float:
+  return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

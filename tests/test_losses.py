@@ -1,0 +1,81 @@
+"""Each DGI loss against a value computed by hand (numpy, written out term by term)."""
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dgi_jax import losses
+
+
+def test_ntp_loss_hand_computed():
+  logits = [jnp.array([[2.0, 0.0], [0.0, 0.0]]), jnp.array([[1.0, 1.0, 1.0], [0.0, 3.0, 0.0]])]
+  codes = [jnp.array([0, 1]), jnp.array([2, 1])]
+  # Row 0: -log(e^2/(e^2+1)) + log 3; row 1: log 2 + -log(e^3/(e^3+2)).
+  row0 = -math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(3)
+  row1 = math.log(2) - math.log(math.exp(3) / (math.exp(3) + 2))
+  assert float(losses.ntp_loss(logits, codes)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_global_loss_cosine_and_mse():
+  z = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  vectors = [jnp.array([[1.0, 1.0], [0.0, 1.0]]), jnp.array([[0.0, 0.0], [0.0, -2.0]])]
+  # Row 0: sum (1, 1), cos = 1/sqrt2. Row 1: sum (0, -1), cos = -1.
+  expected = ((1 - 1 / math.sqrt(2)) + 2.0) / 2
+  assert float(losses.global_loss(z, vectors, "cosine")) == pytest.approx(expected, rel=1e-6)
+  # MSE: row 0 ||(0, -1)||^2 = 1; row 1 ||(0, 3)||^2 = 9.
+  assert float(losses.global_loss(z, vectors, "dot")) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_local_loss_hand_computed():
+  residuals = [jnp.array([[1.0, 2.0]]), jnp.array([[0.5, 0.0]])]
+  hard = [jnp.array([[0.0, 2.0]]), jnp.array([[0.5, 1.0]])]
+  # Level 1: ||(1, 0)||^2 (1 + 0.25); level 2: ||(0, -1)||^2 (1 + 0.25).
+  assert float(losses.local_loss(residuals, hard, beta=0.25)) == pytest.approx(2.5, rel=1e-6)
+
+
+def test_local_loss_gradients_split_by_stop_gradient():
+  import jax
+  r, e = jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]])
+  g_r, g_e = jax.grad(lambda r, e: losses.local_loss([r], [e], 0.25), argnums=(0, 1))(r, e)
+  np.testing.assert_allclose(g_r, 0.25 * 2 * (r - e), rtol=1e-6)  # commitment only
+  np.testing.assert_allclose(g_e, 2 * (e - r), rtol=1e-6)  # codebook term only
+
+
+def test_infonce_hand_computed_with_duplicate_target_masked():
+  z_q = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+  z_item = jnp.array([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+  items = jnp.array([7, 8, 7])  # Rows 0 and 2 share a target.
+  t = 0.5
+  cos = np.array([[1, 0, 1], [0, 1, 0], [1 / math.sqrt(2), 1 / math.sqrt(2), 1 / math.sqrt(2)]])
+  logits = cos / t
+  def ce(row, label, masked):
+    keep = [j for j in range(3) if j == label or j not in masked]
+    return -logits[row, label] + math.log(sum(math.exp(logits[row, j]) for j in keep))
+  expected = (ce(0, 0, {2}) + ce(1, 1, set()) + ce(2, 2, {0})) / 3
+  got = losses.infonce_loss(z_q, z_item, items, t)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_diversity_loss_is_negative_entropy_of_mean_usage():
+  p = [jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])]
+  # Level 1 usage (.5, .5): -log 2. Level 2 usage (1, 0, 0): 0.
+  assert float(losses.diversity_loss(p, eps=0.0 + 1e-30)) == pytest.approx(-math.log(2), rel=1e-6)
+
+
+def test_total_is_weighted_sum():
+  cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=2.0, local_weight=0.5,
+                                       infonce_weight=0.0, div_weight=3.0, beta=0.25,
+                                       infonce_temperature=0.1, div_eps=1e-10))
+  rs = np.random.RandomState(0)
+  b, d = 4, 3
+  outputs = dict(logits=[jnp.asarray(rs.randn(b, 5))], codes=[jnp.asarray(rs.randint(0, 5, b))],
+                 z_base=jnp.asarray(rs.randn(b, d)), z_q=jnp.asarray(rs.randn(b, d)),
+                 code_vectors=[jnp.asarray(rs.randn(b, d))], residuals=[jnp.asarray(rs.randn(b, d))],
+                 hard_codewords=[jnp.asarray(rs.randn(b, d))],
+                 probs=[jnp.asarray(rs.dirichlet(np.ones(5), b))])
+  terms = losses.dgi_losses(outputs, jnp.arange(b), cfg, "cosine")
+  expected = (terms["ntp"] + 2 * terms["global"] + 0.5 * terms["local"] + 3 * terms["div"])
+  assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)

@@ -1,0 +1,146 @@
+"""DGI model: shapes, one codebook owner, gradient paths, soft -> hard limit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dgi_jax import losses
+from dgi_jax.models import quantizer
+from dgi_jax.models.dgi import DGIModel
+from model_fixtures import gumbel, init, random_batch, small_model
+
+
+def test_output_shapes():
+  model = small_model()
+  batch = random_batch()
+  params = init(model, batch)
+  out = model.apply({"params": params}, batch["item_tokens"], batch["query_tokens"],
+                    gumbel(model, 6), 0.5)
+  assert out["z_base"].shape == out["z_q"].shape == (6, 16)
+  assert [l.shape for l in out["logits"]] == [(6, 5), (6, 4), (6, 3)]
+  assert [c.shape for c in out["codes"]] == [(6,)] * 3
+  assert [v.shape for v in out["code_vectors"]] == [(6, 16)] * 3
+  for probs in out["probs"]:
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+
+
+def _codebook_shaped_arrays(params, sizes, d):
+  shapes = {(k, d) for k in sizes}
+  return [x for x in jax.tree.leaves(params) if x.shape in shapes]
+
+
+def test_tied_heads_hold_exactly_one_codebook_copy():
+  model = small_model(codebook_sizes=(7, 6, 9))
+  params = init(model, random_batch())
+  top = sorted(k for k in params if k.startswith(("codebook", "head")))
+  assert top == ["codebook_0", "codebook_1", "codebook_2"]
+  assert len(_codebook_shaped_arrays(params, (7, 6, 9), 16)) == 3
+  untied = init(small_model(codebook_sizes=(7, 6, 9), tie_heads=False), random_batch())
+  assert len(_codebook_shaped_arrays(untied, (7, 6, 9), 16)) == 6
+
+
+def test_tied_heads_are_the_codebooks():
+  """Changing a codebook changes the decoder logits of that level (one shared array)."""
+  model = small_model()
+  batch = random_batch()
+  params = init(model, batch)
+  z_q = jnp.ones((6, 16))
+  h_q = jnp.ones((6, 12, 16))
+  logits = lambda p: model.apply({"params": p}, z_q, h_q, batch["query_tokens"],  # noqa
+                                 jnp.zeros((6, 0), jnp.int32), method=DGIModel.prefix_logits)
+  before = logits(params)
+  changed = dict(params, codebook_0=params["codebook_0"].at[2].multiply(-1.0))
+  after = logits(changed)
+  assert not np.allclose(before[:, 2], after[:, 2])
+  np.testing.assert_allclose(np.delete(before, 2, 1), np.delete(after, 2, 1), rtol=1e-6)
+
+
+def _ntp_grad_wrt_item_embedding(grad_path):
+  model = small_model(grad_path=grad_path)
+  batch = random_batch()
+  params = init(model, batch)
+  noise = gumbel(model, 6)
+  z_base = model.apply({"params": params}, batch["item_tokens"],
+                       method=DGIModel.embed_items)
+
+  def ntp(z):
+    out = model.apply({"params": params}, z, batch["query_tokens"], noise, 0.7,
+                      method=DGIModel.forward_from_item_embedding)
+    return losses.ntp_loss(out["logits"], out["codes"])
+  return jax.grad(ntp)(z_base)
+
+
+@pytest.mark.parametrize("grad_path", ["gumbel_soft", "ste", "gumbel_st"])
+def test_ntp_gradient_reaches_item_encoder(grad_path):
+  assert float(jnp.abs(_ntp_grad_wrt_item_embedding(grad_path)).max()) > 1e-4
+
+
+def test_frozen_path_gives_zero_ntp_gradient_at_item_encoder():
+  np.testing.assert_array_equal(_ntp_grad_wrt_item_embedding("frozen"), 0.0)
+
+
+def test_ste_gradient_is_identity():
+  codebook = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+  r = jax.random.normal(jax.random.PRNGKey(1), (1, 4))
+  noise = [jnp.zeros((1, 5))]
+
+  def code_vector(residual):
+    quant = quantizer.soft_quantize(residual, [codebook], 30.0, noise, 1.0, "cosine", "ste")
+    return quant.code_vectors[0][0]
+  jacobian = jax.jacobian(code_vector)(r)[:, 0, :]
+  np.testing.assert_allclose(jacobian, np.eye(4), atol=1e-7)
+  # And its value is the hard codeword.
+  hard = codebook[jnp.argmax(quantizer.similarity(r, codebook, 30.0, "cosine"), -1)]
+  np.testing.assert_allclose(code_vector(r), hard[0], rtol=1e-6)
+
+
+def test_soft_vectors_approach_hard_codewords_as_tau_goes_to_zero():
+  codebooks = [jax.random.normal(jax.random.PRNGKey(i), (6, 8)) for i in range(3)]
+  z = jax.random.normal(jax.random.PRNGKey(9), (10, 8))
+  noise = [jnp.zeros((10, 6))] * 3
+  gaps = []
+  for tau in (1.0, 0.1, 0.01, 0.001):
+    quant = quantizer.soft_quantize(z, codebooks, 30.0, noise, tau, "cosine", "gumbel_soft")
+    gaps.append(max(float(jnp.abs(v - h).max())
+                    for v, h in zip(quant.code_vectors, quant.hard_codewords)))
+  assert gaps == sorted(gaps, reverse=True)
+  assert gaps[-1] < 1e-4 < gaps[0]
+  # At tau -> 0 the soft chain equals the inference quantizer's codes.
+  hard = quantizer.hard_quantize(z, codebooks, 30.0, "cosine")
+  np.testing.assert_array_equal(jnp.stack(quant.codes, -1), hard)
+
+
+def test_gumbel_st_forward_is_one_hot_of_noisy_argmax():
+  codebook = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+  r = jax.random.normal(jax.random.PRNGKey(1), (3, 4))
+  noise = [jax.random.gumbel(jax.random.PRNGKey(2), (3, 5))]
+  quant = quantizer.soft_quantize(r, [codebook], 30.0, noise, 0.5, "cosine", "gumbel_st")
+  noisy = jnp.argmax(quantizer.similarity(r, codebook, 30.0, "cosine") + noise[0], -1)
+  np.testing.assert_allclose(quant.code_vectors[0], codebook[noisy], rtol=1e-6)
+
+
+def test_prefix_logits_match_training_decoder_on_hard_inputs():
+  """Inference logits equal the decoder's logits when fed the same hard codewords."""
+  model = small_model()
+  batch = random_batch()
+  params = init(model, batch)
+  h_q, z_q = model.apply({"params": params}, batch["query_tokens"],
+                         method=DGIModel.encode_requests)
+  codes = jnp.array([[1, 2], [0, 3], [4, 0], [2, 2], [3, 1], [0, 0]], jnp.int32)
+  vectors = jnp.stack([params["codebook_0"][codes[:, 0]], params["codebook_1"][codes[:, 1]]], 1)
+  full = model.apply({"params": params}, z_q, h_q, batch["query_tokens"], vectors,
+                     method=DGIModel.decode)
+  for t in range(3):
+    step = model.apply({"params": params}, z_q, h_q, batch["query_tokens"], codes[:, :t],
+                       method=DGIModel.prefix_logits)
+    np.testing.assert_allclose(step, full[t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("geometry", ["cosine", "dot"])
+def test_scores_geometry(geometry):
+  x = jnp.array([[3.0, 4.0]])
+  w = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  s = quantizer.similarity(x, w, 10.0, geometry)
+  expected = [[6.0, 8.0]] if geometry == "cosine" else [[3.0, 8.0]]
+  np.testing.assert_allclose(s, expected, rtol=1e-6)
