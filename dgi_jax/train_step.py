@@ -41,31 +41,23 @@ def gumbel_noise(rng: jax.Array, example_id: jax.Array,
   return jax.vmap(per_example)(example_id)
 
 
-def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, config,
-                    total_steps: int, axis_name: Optional[str] = None):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`.
+def make_loss_and_grads(model: DGIModel, config, total_steps: int,
+                        axis_name: Optional[str] = None):
+  """Returns `loss_and_grads(params, batch, rng, step) -> (terms, grads, item_grads)`.
 
-  Args:
-    model: the DGI model.
-    optimizer: from `optim.make_optimizer`.
-    config: the full config (loss weights, Gumbel temperature schedule, model switches).
-    total_steps: length of the run (temperature annealing).
-    axis_name: the pmap axis; None under `jax.jit`, where the batch is one global array.
-
-  Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
-  `example_id [B]` int32.
+  `terms` are the loss terms of the global batch; `grads` the gradient of `total` (both
+  request and item paths); `item_grads` the item path's part for the encoder alone.
+  Under `axis_name` (pmap) the results are already averaged over devices.
   """
   cfg = model.cfg
-  last_encoder_layer = f"layers_{cfg.encoder_layers - 1}"
   deterministic = cfg.dropout_rate == 0.0
-
   if axis_name is None:
     gather = losses.identity_gather
   else:
     gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, axis=0, tiled=True)
 
-  def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Dict]:
-    step_rng = jax.random.fold_in(rng, state.step)
+  def loss_and_grads(params, batch: Batch, rng: jax.Array, step: jax.Array):
+    step_rng = jax.random.fold_in(rng, step)
     noise = gumbel_noise(jax.random.fold_in(step_rng, 0), batch["example_id"],
                          cfg.codebook_sizes)
     dropout_rng = jax.random.fold_in(step_rng, 1)
@@ -73,7 +65,7 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
     if axis_name is not None:
       dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
       offset = jax.lax.axis_index(axis_name) * batch["example_id"].shape[0]
-    tau = optim.gumbel_temperature(state.step, config.optim, total_steps)
+    tau = optim.gumbel_temperature(step, config.optim, total_steps)
     rngs = {"dropout": dropout_rng}
 
     def loss_fn(params, item_encoder_params):
@@ -90,21 +82,46 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
       return terms["total"], terms
 
     (_, terms), (grads, item_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.params["encoder"])
+        loss_fn, argnums=(0, 1), has_aux=True)(params, params["encoder"])
     grads = dict(grads, encoder=jax.tree.map(jnp.add, grads["encoder"], item_grads))
-    item_last_layer = item_grads[last_encoder_layer]
+    terms = dict(terms, tau=tau)
     if axis_name is not None:
-      # Per-device copies of the parameters: average their gradients (the loss is the
-      # per-device mean, and all_gather's transpose already routed cross-device terms).
-      grads, terms, item_last_layer = jax.lax.pmean((grads, terms, item_last_layer),
-                                                    axis_name)
+      # Each device differentiates its own copy of the parameters: average the copies'
+      # gradients (the loss is the per-device mean, and all_gather's transpose has already
+      # routed the cross-device InfoNCE / diversity terms to the right device).
+      terms, grads, item_grads = jax.lax.pmean((terms, grads, item_grads), axis_name)
+    return terms, grads, item_grads
+
+  return loss_and_grads
+
+
+def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, config,
+                    total_steps: int, axis_name: Optional[str] = None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    model: the DGI model.
+    optimizer: from `optim.make_optimizer`.
+    config: the full config (loss weights, Gumbel temperature schedule, model switches).
+    total_steps: length of the run (temperature annealing).
+    axis_name: the pmap axis; None under `jax.jit`, where the batch is one global array.
+
+  Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
+  `example_id [B]` int32. The step's randomness is `fold_in(rng, state.step)`.
+  """
+  loss_and_grads = make_loss_and_grads(model, config, total_steps, axis_name)
+  last_encoder_layer = f"layers_{model.cfg.encoder_layers - 1}"
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Dict]:
+    terms, grads, item_grads = loss_and_grads(state.params, batch, rng, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state)
-    metrics = dict(terms, grad_norm=optax.global_norm(grads),
-                   item_encoder_last_layer_grad_norm=optax.global_norm(item_last_layer),
-                   tau=tau, finite=jnp.isfinite(terms["total"]))
+    metrics = dict(terms, grad_norm=optax.tree.norm(grads),
+                   item_encoder_last_layer_grad_norm=optax.tree.norm(
+                       item_grads[last_encoder_layer]),
+                   finite=jnp.isfinite(terms["total"]))
     return new_state, metrics
 
   return train_step

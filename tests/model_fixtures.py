@@ -42,5 +42,6 @@ def count_leaves(tree) -> int:
 
 
 def max_abs_diff(a, b) -> float:
-  return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
+  a, b = jax.device_get((a, b))
+  return max(float(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
