@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12",
     "chex>=0.1.90",
     "tensorflow-datasets>=4.9.10",
+    "importlib_resources",  # Imported by TFDS when it builds, but not declared by it.
+    "absl-py>=2.0",
     "array_record>=0.8",
     "grain>=0.2.18",
     "ml-collections>=1.1",

@@ -11,7 +11,6 @@ delete the latest, so a preservation policy states both rules.
 """
 
 import json
-import logging
 import pathlib
 from typing import Any, Dict, Optional
 
@@ -105,6 +104,15 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored.state["train_state"], restored.state["rng"], step
 
+  def read_params(self, step: Optional[int] = None) -> Any:
+    """The saved parameters as they were written (no target structure needed)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError("no checkpoint to restore")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    return restored.state["train_state"]["params"]
+
   def restore_json(self, name: str, step: Optional[int] = None) -> Dict:
     """The config or tokenizer JSON saved with a checkpoint."""
     step = self.latest_step() if step is None else step
@@ -116,17 +124,26 @@ class Checkpointer:
 
 
 def restore_params(workdir, abstract_params: Any, step: Optional[int] = None) -> Any:
-  """Only the parameters of another run (for `init_from`), onto `abstract_params`' shardings."""
+  """Only the parameters of another run (for `init_from`), onto `abstract_params`' shardings.
+
+  Raises `CheckpointError` naming the first leaf whose path or shape differs.
+  """
   checkpointer = Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"{workdir}: no checkpoint found under {checkpoint_dir(workdir)}")
-  restored = checkpointer._manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(partial_restore=True, item={
-          "train_state": {"params": abstract_params}})))
-  checkpointer.close()
-  logging.info("Initialised params from %s step %d", workdir, step)
-  return restored.state["train_state"]["params"]
+  try:
+    if checkpointer.latest_step() is None:
+      raise CheckpointError(f"{workdir}: no checkpoint under {checkpoint_dir(workdir)}")
+    params = checkpointer.read_params(step)
+  finally:
+    checkpointer.close()
+  want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
+  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path in want.keys() | got.keys():
+    shape_want = getattr(want.get(path), "shape", None)
+    shape_got = getattr(got.get(path), "shape", None)
+    if shape_want != shape_got:
+      raise CheckpointError(f"{workdir}: parameter {jax.tree_util.keystr(path)} has shape "
+                            f"{shape_got} in the checkpoint, the model needs {shape_want}")
+  return jax.tree.map(lambda a, x: jax.device_put(x, a.sharding), abstract_params, params)
 
 
 def dumps_config(config) -> Dict:

@@ -4,11 +4,9 @@ Thin by design: parse flags and the config, optionally join a multi-host job, th
 library function.
 """
 
-import logging
-import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("train", "parity")
@@ -49,9 +47,6 @@ def _parity(config) -> int:
 def _run(argv, command: str) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not os.path.exists(FLAGS["config"].config_filename):
-    raise app.UsageError(f"config file {FLAGS['config'].config_filename} not found "
-                         "(run from the repository root or pass --config PATH)")
   config = FLAGS.config
   if command == "train":
     _train(config)
@@ -65,7 +60,8 @@ def main() -> None:
     print(USAGE, file=sys.stderr)
     sys.exit(2)
   command = sys.argv.pop(1)
-  logging.basicConfig(level=logging.INFO)
+  # Orbax and TFDS log every save and read at INFO through absl.
+  logging.set_verbosity(logging.WARNING)
   app.run(lambda argv: sys.exit(_run(argv, command)))
 
 

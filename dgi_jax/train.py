@@ -7,7 +7,6 @@ Restore order: resume this run's latest checkpoint, else `train.init_from`, else
 
 import dataclasses
 import json
-import logging
 import pathlib
 import time
 from typing import Any, Callable, Dict, Optional
@@ -114,6 +113,11 @@ def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray,
   return params
 
 
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `<workdir>/metrics.jsonl` (process 0 only)."""
 
@@ -147,7 +151,8 @@ def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
   return step, lambda batch: sharding.global_batch(batch, batch_sharding)
 
 
-def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) -> Dict:
+def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
+                       stop_at_step: Optional[int] = None) -> Dict:
   """Trains DGI as `config` says, checkpointing under `workdir`; returns the last metrics.
 
   Args:
@@ -156,6 +161,8 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) 
     evaluate_fn: optional `(params, run_data) -> {metric: value}` run every
       `train.eval_every` steps on the validation split; its `train.best_metric` picks the
       best checkpoint.
+    stop_at_step: leave the loop (with a checkpoint) after this step although the run is
+      longer; a later call resumes it. The schedules always follow `train.num_steps`.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +195,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) 
 
   if checkpointer.latest_step() is not None:
     state, run_rng, step = checkpointer.restore(abstract_state, abstract_rng, data_iterator)
-    logging.info("Resumed from step %d", step)
+    _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
   else:
     params = init_params(model, config, init_rng, out_sharding=replicated)
     if config.train.init_from:
@@ -221,7 +228,8 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) 
     checkpointer.save(step, host_state(state), run_rng, data_iterator, config_json,
                       tokenizer_json, metrics)
 
-  for step in range(first_step, total_steps):
+  last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+  for step in range(first_step, last_step):
     batch = to_device(next(data_iterator))
     state, metrics = step_fn(state, batch, run_rng)
     metrics = jax.device_get(host_state(metrics) if pmapped else metrics)
@@ -248,7 +256,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None) 
     if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
       eval_metrics = evaluate_fn(host_state(state).params, run_data)
       writer.write(done, eval_metrics, kind="valid")
-    if done % config.train.checkpoint_every == 0 or done == total_steps:
+    if done % config.train.checkpoint_every == 0 or done == last_step:
       save(done, eval_metrics)
       last_good_step = done
   progress.close()

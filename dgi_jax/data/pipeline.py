@@ -1,0 +1,174 @@
+"""grain input pipelines: a sharded, checkpointable training stream and ordered evaluation.
+
+Training batches (numpy, host-local):
+  query_tokens  int32 [b, max_query_len]  request tokens (see `tokenizer`)
+  item_tokens   int32 [b, max_item_len]   target item text tokens
+  item_index    int32 [b]                 target item index
+  example_id    int32 [b]                 row of the training split
+Evaluation batches add `relevant` and `history` (item indices padded with -1) and a
+`mask` that is False on the rows padding the last batch.
+"""
+
+from typing import Iterator
+
+from absl import flags
+import grain
+import numpy as np
+
+from dgi_jax.data import dataset as dataset_lib
+from dgi_jax.data import tokenizer as tokenizer_lib
+
+PAD_INDEX = -1  # Fills `relevant` and `history` beyond a request's own items.
+
+# Elements of the stream are whole batches: a few threads a few batches ahead keep up
+# with a training step without taking the cores the step runs on.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
+def encode_catalogue(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenizer,
+                     data_config) -> np.ndarray:
+  """Returns int32 [num_items, max_item_len] token ids of every item text."""
+  return tokenizer.encode_items(dataset.item_texts, data_config.max_item_len)
+
+
+def _decode(row: dict) -> tuple[int, str, np.ndarray, np.ndarray]:
+  return (int(row["example_id"]), row["query"].decode("utf-8"),
+          np.asarray(row["history"], np.int32).reshape(-1),
+          np.asarray(row["relevant"], np.int32).reshape(-1))
+
+
+def title_ids(catalogue_tokens: np.ndarray) -> list[list[int]]:
+  """Unpadded token ids of each item, for the history part of requests."""
+  return [row[row != tokenizer_lib.PAD_ID].tolist() for row in catalogue_tokens]
+
+
+class _TrainBatch:
+  """Reads and encodes the training examples of a batch of indices.
+
+  A class so that grain workers can pickle it. Reading a whole batch with one
+  `__getitems__` call is several times faster than grain fetching records one by
+  one. Target and history titles come from the precomputed catalogue matrix; only
+  the queries are tokenised here.
+  """
+
+  def __init__(self, source, tokenizer, catalogue_tokens, max_query_len, max_history):
+    self._source = source
+    self._tokenizer = tokenizer
+    self._catalogue_tokens = catalogue_tokens
+    self._title_ids = title_ids(catalogue_tokens)
+    self._max_query_len = max_query_len
+    self._max_history = max_history
+
+  def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    example_ids, queries, histories, targets = [], [], [], []
+    for row in self._source.__getitems__(indices.tolist()):
+      example_id, query, history, relevant = _decode(row)
+      if relevant.shape != (1,):
+        raise ValueError(f"training example {example_id} has {relevant.size} targets")
+      example_ids.append(example_id)
+      queries.append(query)
+      histories.append([self._title_ids[i] for i in history])
+      targets.append(relevant[0])
+    item_index = np.asarray(targets, np.int32)
+    return {
+        "query_tokens": tokenizer_lib.assemble_requests(
+            self._tokenizer.encode_queries(queries), histories, self._max_query_len,
+            self._max_history),
+        "item_tokens": self._catalogue_tokens[item_index],
+        "item_index": item_index,
+        "example_id": np.asarray(example_ids, np.int32),
+    }
+
+
+def make_train_iterator(dataset: dataset_lib.Dataset,
+                        tokenizer: tokenizer_lib.Tokenizer, data_config,
+                        host_batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1,
+                        catalogue_tokens: np.ndarray | None = None):
+  """Returns an endless, checkpointable iterator of this host's training batches.
+
+  The split is sharded by striding (`[process_index::process_count]`) before
+  shuffling, so each host reads only its own examples; the shard is reshuffled
+  every epoch. `it.get_state()` / `it.set_state(state)` resume the exact order.
+
+  Args:
+    dataset: The prepared dataset.
+    tokenizer: Its tokenizer.
+    data_config: `config.data` (max_query_len, max_item_len, max_history,
+      worker_count).
+    host_batch_size: Rows per batch on this host (remainders are dropped).
+    seed: Shuffle seed (`config.data.shuffle_seed`).
+    process_index: This host's index.
+    process_count: Number of hosts.
+    catalogue_tokens: `encode_catalogue(...)` output, if already computed.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  if catalogue_tokens is None:
+    catalogue_tokens = encode_catalogue(dataset, tokenizer, data_config)
+  source = dataset.source("train")
+  # The stream shuffles and batches indices; `_TrainBatch` reads their records.
+  ds = grain.MapDataset.range(len(source))[process_index::process_count]
+  if len(ds) < host_batch_size:
+    raise ValueError(f"shard of {len(ds)} examples is smaller than one batch "
+                     f"({host_batch_size})")
+  ds = ds.shuffle(seed=seed).repeat()  # repeat() reshuffles each epoch.
+  ds = ds.batch(host_batch_size, drop_remainder=True)
+  ds = ds.map(_TrainBatch(source, tokenizer, catalogue_tokens, data_config.max_query_len,
+                          data_config.max_history))
+  iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
+  if data_config.worker_count > 0:
+    # grain's worker pool reads absl flags; outside `app.run` (library use, tests)
+    # they are unparsed and reading them raises, so take the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    iter_ds = iter_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+  return iter(iter_ds)
+
+
+def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
+  out = np.full((len(rows), width), PAD_INDEX, np.int32)
+  for r, values in enumerate(rows):
+    out[r, :len(values)] = values
+  return out
+
+
+def iterate_eval(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenizer,
+                 data_config, split: str, batch_size: int, process_index: int = 0,
+                 process_count: int = 1, catalogue_tokens: np.ndarray | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields fixed-size batches of `split` in file order, every example once.
+
+  Batches hold query_tokens int32 [b, max_query_len] (laid out as in training),
+  relevant int32 [b, R] (R = the split's largest relevant set), history int32
+  [b, max_history] (the most recent items, oldest first), example_id int32 [b] and
+  mask bool [b]; padding rows have mask False, example_id -1 and indices -1. With
+  several hosts each takes a strided shard and all yield the same number of batches.
+  """
+  if catalogue_tokens is None:
+    catalogue_tokens = encode_catalogue(dataset, tokenizer, data_config)
+  titles = title_ids(catalogue_tokens)
+  source = dataset.source(split)
+  indices = np.arange(process_index, len(source), process_count)
+  per_host = -(-len(source) // process_count)
+  num_batches = -(-per_host // batch_size)
+  width = dataset.max_relevant(split)
+  max_history = data_config.max_history
+  for b in range(num_batches):
+    chunk = indices[b * batch_size:(b + 1) * batch_size].tolist()
+    rows = [_decode(row) for row in source.__getitems__(chunk)] if chunk else []
+    pad = batch_size - len(rows)
+    histories = [h[max(len(h) - max_history, 0):] if max_history > 0 else h[:0]
+                 for _, _, h, _ in rows] + [[]] * pad
+    query_ids = tokenizer.encode_queries([q for _, q, _, _ in rows]) + [[]] * pad
+    yield {
+        "query_tokens": tokenizer_lib.assemble_requests(
+            query_ids, [[titles[i] for i in h] for h in histories],
+            data_config.max_query_len, max_history),
+        "relevant": _pad_rows([r for _, _, _, r in rows] + [[]] * pad, width),
+        "history": _pad_rows(histories, max_history),
+        "example_id": np.asarray([e for e, _, _, _ in rows] + [PAD_INDEX] * pad,
+                                 np.int32),
+        "mask": np.arange(batch_size) < len(rows),
+    }

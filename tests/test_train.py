@@ -1,0 +1,94 @@
+"""The training loop: exact resume, non-finite loss handling, metrics, init_from."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from dgi_jax import checkpointing, train
+from conftest import load_config
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(tfds_dir, **train_overrides):
+  config = load_config("tiny")
+  with config.unlocked():
+    config.data.tfds_dir = tfds_dir
+    config.train.num_steps = 12
+    config.train.checkpoint_every = 6
+    config.train.log_every = 3
+    for k, v in train_overrides.items():
+      config.train[k] = v
+  return config
+
+
+def _final_params(workdir):
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  params, step = checkpointer.read_params(), checkpointer.latest_step()
+  checkpointer.close()
+  return params, step
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tfds_dir, tmp_path):
+  config = _config(tfds_dir)
+  train.train_and_evaluate(config, tmp_path / "straight")
+  train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=6)
+  assert checkpointing.Checkpointer(tmp_path / "resumed", read_only=True).latest_step() == 6
+  train.train_and_evaluate(config, tmp_path / "resumed")
+  straight, step_a = _final_params(tmp_path / "straight")
+  resumed, step_b = _final_params(tmp_path / "resumed")
+  assert step_a == step_b == 12
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # The metric lines of the resumed run continue the same loss trace.
+  def losses(path):
+    return {r["step"]: r["total"] for r in map(json.loads, open(path / "metrics.jsonl"))}
+  assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
+  config = _config(tfds_dir, num_steps=40, checkpoint_every=1)
+  with config.unlocked():
+    config.optim.backbone_lr = 1e30
+    config.optim.quantizer_lr = 1e30
+    config.optim.grad_clip_norm = 1e30
+    config.optim.warmup_steps = 0
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step (\d+)") as err:
+    train.train_and_evaluate(config, tmp_path)
+  failed_step = int(err.value.args[0].split("step ")[1].split(" ")[0])
+  params, saved_step = _final_params(tmp_path)
+  assert saved_step is not None and saved_step <= failed_step
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert f"last good checkpoint: step {saved_step}" in str(err.value)
+
+
+def test_metrics_file_and_kmeans_initialised_codebooks(tfds_dir, tmp_path):
+  config = _config(tfds_dir, num_steps=3, log_every=1, checkpoint_every=3)
+  train.train_and_evaluate(config, tmp_path)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [1, 2, 3]
+  for key in ("ntp", "global", "local", "infonce", "div", "total", "grad_norm",
+              "item_encoder_last_layer_grad_norm", "tau", "steps_per_sec"):
+    assert np.isfinite(lines[-1][key]), key
+  assert lines[0]["tau"] == pytest.approx(1.0)
+  assert lines[-1]["tau"] == pytest.approx(0.1, rel=1e-5)
+
+
+def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
+  config = _config(tfds_dir, num_steps=3, checkpoint_every=3)
+  train.train_and_evaluate(config, tmp_path / "source")
+  source, _ = _final_params(tmp_path / "source")
+  config = _config(tfds_dir, num_steps=1, checkpoint_every=1,
+                   init_from=str(tmp_path / "source"))
+  with config.unlocked():
+    config.optim.backbone_lr = 0.0
+    config.optim.quantizer_lr = 0.0
+  train.train_and_evaluate(config, tmp_path / "target")
+  target, _ = _final_params(tmp_path / "target")
+  for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(target)):
+    np.testing.assert_array_equal(a, b)
