@@ -1,0 +1,186 @@
+"""Constrained beam search over existing SIDs, and lexicographic ranking of their items.
+
+Every SID has exactly m codes, so there is no end-of-sequence token and no separate set of
+finished hypotheses: the search runs m steps, one per level, as a static Python loop
+(codebook sizes differ per level, hence so do the logit shapes). At each step the model
+scores the next code of every live prefix, the log-softmax is taken over the whole
+codebook and only then are codes that lead to no existing SID set to -inf, so beam
+scores are true model log-probabilities log P(c_1..c_t | q, H).
+
+Usage under jit with the DGI model (the callback closes over traced parameters and
+request features, repeated once per beam):
+
+  @jax.jit
+  def search(params, tables, z_q, query_states, query_tokens):
+    rep = lambda x: expand_to_beams(x, beam_size)
+    def tokens_to_logits(level, prefix):  # prefix: [batch * beam_size, level]
+      return model.apply(params, rep(z_q), rep(query_states), rep(query_tokens), prefix,
+                         method=DGIModel.prefix_logits)
+    return beam_search(tokens_to_logits, z_q.shape[0], beam_size, tables,
+                       cfg.codebook_sizes)
+"""
+
+from typing import Callable, Sequence, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from dgi_jax import index as index_lib
+
+NEG_INF = float("-inf")
+
+# (level: static int, prefix [batch * beam, level] int32) -> logits [batch * beam, K_level].
+TokensToLogits = Callable[[int, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class BeamState:
+  """Live hypotheses after `level` codes (level is the static loop index)."""
+  sequences: jax.Array  # [batch, beam, m] int32 codes; -1 beyond level and in dead beams.
+  scores: jax.Array  # [batch, beam] float32 sum of log-probs; -inf in dead beams.
+  nodes: jax.Array  # [batch, beam] int32 trie node at `level`; -1 in dead beams.
+  alive: jax.Array  # [batch, beam] bool, the beam holds an existing prefix.
+
+
+@flax.struct.dataclass
+class BeamResult:
+  """Search output, sorted by score descending; invalid beams (fewer existing SIDs than
+  beams) come last with score -inf, sequences -1 and leaf -1."""
+  sequences: jax.Array  # [batch, beam, m] int32 SIDs.
+  scores: jax.Array  # [batch, beam] float32 log P(SID | q, H).
+  leaf_nodes: jax.Array  # [batch, beam] int32 leaf ids (index into the inverted index).
+  valid: jax.Array  # [batch, beam] bool.
+
+
+def expand_to_beams(x: jax.Array, beam_size: int) -> jax.Array:
+  """[batch, ...] -> [batch * beam, ...], each row repeated for its beams (beam-minor)."""
+  return jnp.repeat(x, beam_size, axis=0)
+
+
+def init_state(batch_size: int, beam_size: int, num_levels: int) -> BeamState:
+  """One live empty prefix (the root) per query; the other beams start dead so that the
+  first step cannot produce the same hypothesis twice."""
+  first = jnp.arange(beam_size) == 0
+  return BeamState(
+      sequences=jnp.full((batch_size, beam_size, num_levels), -1, jnp.int32),
+      scores=jnp.broadcast_to(jnp.where(first, 0.0, NEG_INF).astype(jnp.float32),
+                              (batch_size, beam_size)),
+      nodes=jnp.broadcast_to(jnp.where(first, 0, -1).astype(jnp.int32),
+                             (batch_size, beam_size)),
+      alive=jnp.broadcast_to(first, (batch_size, beam_size)))
+
+
+def beam_step(state: BeamState, level: int, logits: jax.Array,
+              tables: index_lib.PrefixTables) -> BeamState:
+  """Extends every beam by one code and keeps the best `beam` valid hypotheses.
+
+  Args:
+    state: hypotheses with `level` codes.
+    level: static int, the level being decoded.
+    logits: [batch * beam, K_level] model logits for the next code.
+    tables: prefix tables of the existing SIDs.
+  """
+  batch, beam = state.scores.shape
+  k = tables.codebook_sizes[level]
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, beam, k)
+  allowed, child = index_lib.valid_next(tables, level, state.nodes)  # [batch, beam, K]
+  allowed = allowed & state.alive[..., None]
+  candidates = jnp.where(allowed, state.scores[..., None] + log_probs, NEG_INF)
+  top_scores, flat = jax.lax.top_k(candidates.reshape(batch, beam * k), beam)
+  parent = flat // k
+  code = (flat % k).astype(jnp.int32)
+  # The mask, not the score, decides validity: -inf model scores must not revive a beam.
+  alive = jnp.take_along_axis(allowed.reshape(batch, beam * k), flat, axis=1)
+  nodes = jnp.take_along_axis(child.reshape(batch, beam * k), flat, axis=1)
+  sequences = jnp.take_along_axis(state.sequences, parent[..., None], axis=1)
+  sequences = sequences.at[:, :, level].set(code)
+  return BeamState(
+      sequences=jnp.where(alive[..., None], sequences, -1),
+      scores=jnp.where(alive, top_scores, NEG_INF),
+      nodes=jnp.where(alive, nodes, -1),
+      alive=alive)
+
+
+def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: int,
+                tables: index_lib.PrefixTables,
+                codebook_sizes: Sequence[int]) -> BeamResult:
+  """Beam search restricted to the SIDs in `tables`; pure and jittable.
+
+  Exact (returns the true top-`beam_size` SIDs) whenever `beam_size` is at least the
+  number of existing prefixes at every level; otherwise the usual beam approximation, but
+  every returned valid SID exists.
+
+  Args:
+    tokens_to_logits: see `TokensToLogits`; row b * beam_size + j is beam j of query b.
+    batch_size: number of queries (static).
+    beam_size: beams per query (static), 1..20 in the paper.
+    tables: prefix tables (`index.build_prefix_tables`).
+    codebook_sizes: K_1..K_m (static); must match the tables.
+
+  Returns:
+    A `BeamResult` sorted by score, best first.
+  """
+  codebook_sizes = tuple(int(k) for k in codebook_sizes)
+  if codebook_sizes != tables.codebook_sizes:
+    raise ValueError(f"codebook_sizes {codebook_sizes} != tables {tables.codebook_sizes}")
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+  num_levels = len(codebook_sizes)
+  state = init_state(batch_size, beam_size, num_levels)
+  for level in range(num_levels):
+    prefix = state.sequences[:, :, :level].reshape(batch_size * beam_size, level)
+    # Dead beams carry -1 codes; hand the model a valid code, their scores are masked.
+    logits = tokens_to_logits(level, jnp.maximum(prefix, 0))
+    if logits.shape != (batch_size * beam_size, codebook_sizes[level]):
+      raise ValueError(f"level {level}: logits {logits.shape}, expected "
+                       f"{(batch_size * beam_size, codebook_sizes[level])}")
+    state = beam_step(state, level, logits, tables)
+  return BeamResult(sequences=state.sequences, scores=state.scores,
+                    leaf_nodes=state.nodes, valid=state.alive)
+
+
+def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
+               query_emb: jax.Array, item_emb: jax.Array, k: int,
+               bucket_cap: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Top-k items per query, ranked by (beam score, cosine inside the SID bucket); jittable.
+
+  Candidates are the items of every valid beam's bucket, padded to a fixed width so the
+  shapes are static: memory is O(batch * beam * cap * d) for the gathered item vectors,
+  with cap = `bucket_cap` or the index's largest bucket (no item dropped).
+
+  Args:
+    beams: output of `beam_search`.
+    inverted_index: the SID -> items index built from the same SIDs as the tables.
+    query_emb: [batch, d] l2-normalised query embeddings z^_q.
+    item_emb: [N, d] l2-normalised item embeddings z^_item.
+    k: number of items to return (static).
+    bucket_cap: static bucket width, 0 = the largest bucket.
+
+  Returns:
+    items: [batch, k] int32 item indices, -1 padded.
+    item_beam_scores: [batch, k] float32 beam score of each item's SID, -inf at padding.
+    cosines: [batch, k] float32 z^_q . z^_item, -inf at padding.
+  """
+  batch, beam = beams.scores.shape
+  items, present = index_lib.items_for_leaves(
+      inverted_index, jnp.where(beams.valid, beams.leaf_nodes, -1), bucket_cap)
+  cap = items.shape[-1]
+  vectors = item_emb[jnp.maximum(items, 0)]  # [batch, beam, cap, d]
+  cosines = jnp.einsum("bd,bwcd->bwc", query_emb.astype(jnp.float32),
+                       vectors.astype(jnp.float32))
+  scores = jnp.broadcast_to(beams.scores[..., None], items.shape)
+  flat = lambda x: x.reshape(batch, beam * cap)
+  items, present, scores, cosines = map(flat, (items, present, scores, cosines))
+  # Sort keys, last is primary: present first, then higher beam score, then higher cosine.
+  order = jnp.lexsort((-cosines, -jnp.where(present, scores, 0.0), ~present), axis=-1)
+  take = lambda x: jnp.take_along_axis(x, order[:, :k], axis=1)
+  items, present, scores, cosines = map(take, (items, present, scores, cosines))
+  pad = k - items.shape[1]
+  if pad > 0:  # Fewer candidate slots than k.
+    widen = lambda x, value: jnp.pad(x, ((0, 0), (0, pad)), constant_values=value)
+    items, present = widen(items, -1), widen(present, False)
+    scores, cosines = widen(scores, 0.0), widen(cosines, 0.0)
+  return (jnp.where(present, items, -1),
+          jnp.where(present, scores, NEG_INF),
+          jnp.where(present, cosines, NEG_INF))
