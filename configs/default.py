@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_dir = ""  # Where TFDS writes prepared datasets; '' = <workdir>/tfds.
   c.data.vocab_size = 8000  # Tokenizer vocabulary (WordPiece, trained on the dataset).
   c.data.max_item_len = 32  # Tokens of an item text.
-  c.data.max_query_len = 96  # Tokens of `query [SEP] history titles`.
-  c.data.max_history = 10  # Most recent history items in the request text [P].
+  c.data.max_query_len = 64  # Tokens of `query [SEP] history titles`.
+  c.data.max_history = 5  # Most recent history items in the request text (paper: 10).
   c.data.shuffle_seed = 0  # Seed of the training data order.
   c.data.worker_count = 0  # grain worker processes (0 = in the main process).
 
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.d_model = 128  # Width of encoder, decoder, codebooks (one width for all) [P].
   c.model.num_heads = 4  # Attention heads.
-  c.model.mlp_dim = 512  # Hidden width of the transformer MLPs.
+  c.model.mlp_dim = 256  # Hidden width of the transformer MLPs.
   c.model.encoder_layers = 2  # Shared text encoder depth.
   c.model.decoder_layers = 2  # SID decoder depth.
   c.model.dropout_rate = 0.0  # Dropout; 0 keeps jit == pmap == 1 device exact.

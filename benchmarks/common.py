@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmark scripts: machine description and timing."""
+
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def machine_description() -> str:
+  """One line naming the machine the figures come from."""
+  device = jax.devices()[0]
+  return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
+          f"jax {jax.__version__} on {device.platform} ({device.device_kind}), "
+          f"{jax.device_count()} device(s)")
+
+
+def time_calls(fn, repeats: int) -> float:
+  """Median wall seconds of `fn()` (which must block until its result is ready)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Measured float32 FLOP/s of a jitted n x n matmul: the practical peak of this machine."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  return 2 * n**3 / time_calls(lambda: f(a).block_until_ready(), repeats)
