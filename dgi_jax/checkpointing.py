@@ -11,7 +11,10 @@ delete the latest, so a preservation policy states both rules.
 """
 
 import json
+import os
 import pathlib
+import time
+import warnings
 from typing import Any, Dict, Optional
 
 import grain
@@ -20,6 +23,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_SUBDIR = "checkpoints"
+QUARANTINE_SUBDIR = "checkpoints_unreadable"  # Where unreadable step directories are moved.
+KEEP_LATEST = 2
 
 
 class CheckpointError(RuntimeError):
@@ -35,21 +40,25 @@ class Checkpointer:
 
   def __init__(self, workdir, best_metric: Optional[str] = None, best_mode: str = "max",
                read_only: bool = False):
-    policies = [checkpoint_managers.LatestN(1)]
+    self._workdir = pathlib.Path(workdir)
+    # Two latest, so a corrupted newest checkpoint still leaves one to resume from.
+    policies = [checkpoint_managers.LatestN(KEEP_LATEST)]
     best_fn = None
     if best_metric:
       best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
-      policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn,
-                                                reverse=best_mode == "min", n=1))
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+          keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=best_mode, read_only=read_only, create=not read_only,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
-    self._manager = ocp.CheckpointManager(
+    self._make_manager = lambda: ocp.CheckpointManager(  # noqa: E731
         checkpoint_dir(workdir).absolute(), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data_iterator": grain.checkpoint.CheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "tokenizer": ocp.JsonCheckpointHandler()})
+    self._manager = self._make_manager()
 
   # ------------------------------------------------------------------ queries
   def latest_step(self) -> Optional[int]:
@@ -103,6 +112,39 @@ class Checkpointer:
       items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored.state["train_state"], restored.state["rng"], step
+
+  def restore_latest_good(self, abstract_state: Any, abstract_rng: Any, data_iterator=None):
+    """`restore` of the newest readable checkpoint; None if there is no checkpoint at all.
+
+    A checkpoint that fails to restore (truncated or corrupted files) is moved to
+    `<workdir>/checkpoints_unreadable/` with a warning and the next older one is tried, so
+    training resumes from the last good state instead of failing or starting over.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        return self.restore(abstract_state, abstract_rng, data_iterator, step)
+      except Exception as error:  # pylint: disable=broad-except
+        warnings.warn(f"checkpoint step {step} in {checkpoint_dir(self._workdir)} is "
+                      f"unreadable ({type(error).__name__}: {error}); moving it to "
+                      f"{QUARANTINE_SUBDIR}/ and trying an older one")
+        self._quarantine(step)
+    if steps:  # Starting over silently would discard a whole run: stop instead.
+      raise CheckpointError(f"none of the checkpoints {steps} in {checkpoint_dir(self._workdir)}"
+                            f" could be restored; they were moved to {QUARANTINE_SUBDIR}/")
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    self._manager.close()
+    if jax.process_index() == 0:
+      target = self._workdir / QUARANTINE_SUBDIR
+      target.mkdir(parents=True, exist_ok=True)
+      source = checkpoint_dir(self._workdir) / str(step)
+      os.replace(source, target / f"{step}.{int(time.time())}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+    self._manager = self._make_manager()
 
   def read_params(self, step: Optional[int] = None) -> Any:
     """The saved parameters as they were written (no target structure needed)."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dgi_jax import checkpointing, kmeans, optim, sharding
+from dgi_jax import checkpointing, kmeans, optim, preemption, sharding
 from dgi_jax import train_step as train_step_lib
 from dgi_jax.data import dataset as dataset_lib
 from dgi_jax.data import pipeline
@@ -151,9 +151,51 @@ def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
   return step, lambda batch: sharding.global_batch(batch, batch_sharding)
 
 
+def _abstract_state(model, optimizer, config, rng, state_sharding_of):
+  """Shapes, dtypes and target shardings of the train state (nothing is allocated)."""
+  shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
+      init_params(model, config, rng), optimizer))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                     sharding=state_sharding_of), shapes)
+
+
+def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abstract_state,
+                   replicated):
+  """A new run's state: `init_from` params, or fresh params with k-means codebooks."""
+  params = init_params(model, config, init_rng, out_sharding=replicated)
+  if config.train.init_from:
+    params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
+  elif config.train.kmeans_init:
+    params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
+                                   kmeans_rng)
+  return jax.device_put(train_step_lib.create_train_state(params, optimizer), replicated)
+
+
+class _MetricsWindow:
+  """Averages step metrics between log lines and times them."""
+
+  def __init__(self):
+    self._sums, self._count, self._start = {}, 0, time.perf_counter()
+
+  def add(self, metrics: Dict[str, float]) -> None:
+    for k, v in metrics.items():
+      if k != "finite":
+        self._sums[k] = self._sums.get(k, 0.0) + float(v)
+    self._count += 1
+
+  def flush(self) -> Dict[str, float]:
+    summary = {k: v / self._count for k, v in self._sums.items()}
+    summary["steps_per_sec"] = self._count / (time.perf_counter() - self._start)
+    self.__init__()
+    return summary
+
+
 def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
                        stop_at_step: Optional[int] = None) -> Dict:
   """Trains DGI as `config` says, checkpointing under `workdir`; returns the last metrics.
+
+  Stops early, with a checkpoint, on SIGTERM (every process at the same step) or after
+  `stop_at_step`; calling it again resumes exactly where it stopped.
 
   Args:
     config: the full (locked) ml_collections config.
@@ -162,7 +204,9 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
       `train.eval_every` steps on the validation split; its `train.best_metric` picks the
       best checkpoint.
     stop_at_step: leave the loop (with a checkpoint) after this step although the run is
-      longer; a later call resumes it. The schedules always follow `train.num_steps`.
+      longer. The schedules always follow `train.num_steps`.
+  Raises:
+    NonFiniteLossError: a loss became NaN/inf; names the step and the last good checkpoint.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -172,39 +216,27 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
   optimizer = optim.make_optimizer(config.optim, total_steps)
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  host_batch = sharding.host_batch_size(config.train.global_batch_size)
 
-  rng = jax.random.PRNGKey(config.train.seed)
-  init_rng, kmeans_rng, run_rng = jax.random.split(rng, 3)
-  abstract_state = jax.eval_shape(
-      lambda: train_step_lib.create_train_state(init_params(model, config, init_rng),
-                                                optimizer))
+  init_rng, kmeans_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
+  abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-  abstract_state = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      abstract_state, state_sharding)
   abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
 
   data_iterator = pipeline.make_train_iterator(
-      run_data.dataset, run_data.tokenizer, config.data, host_batch,
-      config.data.shuffle_seed, jax.process_index(), jax.process_count(),
-      catalogue_tokens=run_data.catalogue_tokens)
+      run_data.dataset, run_data.tokenizer, config.data,
+      sharding.host_batch_size(config.train.global_batch_size), config.data.shuffle_seed,
+      jax.process_index(), jax.process_count(), catalogue_tokens=run_data.catalogue_tokens)
   eval_enabled = evaluate_fn is not None and config.train.eval_every > 0
   checkpointer = checkpointing.Checkpointer(
       workdir, best_metric=config.train.best_metric if eval_enabled else None)
 
-  if checkpointer.latest_step() is not None:
-    state, run_rng, step = checkpointer.restore(abstract_state, abstract_rng, data_iterator)
+  restored = checkpointer.restore_latest_good(abstract_state, abstract_rng, data_iterator)
+  if restored is not None:
+    state, run_rng, step = restored
     _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
   else:
-    params = init_params(model, config, init_rng, out_sharding=replicated)
-    if config.train.init_from:
-      params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
-    elif config.train.kmeans_init:
-      params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
-                                     kmeans_rng)
-    state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
-                           state_sharding)
+    state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
+                           abstract_state, replicated)
     run_rng = jax.device_put(run_rng, replicated)
 
   step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
@@ -212,53 +244,48 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
   pmapped = config.train.parallelism == "pmap"
   if pmapped:
     state = sharding.replicate_for_pmap(state)
-  host_state = (lambda s: sharding.unreplicate(s)) if pmapped else (lambda s: s)
+  on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
 
   config_json = checkpointing.dumps_config(config)
   tokenizer_json = run_data.tokenizer.to_json()
   writer = MetricsWriter(workdir)
-  first_step = int(host_state(state).step)
+  window = _MetricsWindow()
+  first_step = int(on_host(state).step)
+  last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
   last_good_step = checkpointer.latest_step()
-  metrics_sum, metrics_count, summary = {}, 0, {}
+  summary = {}
   progress = tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
                        disable=jax.process_index() != 0, dynamic_ncols=True)
-  window_start = time.perf_counter()
-
-  def save(step, metrics=None):
-    checkpointer.save(step, host_state(state), run_rng, data_iterator, config_json,
-                      tokenizer_json, metrics)
-
-  last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
-  for step in range(first_step, last_step):
-    batch = to_device(next(data_iterator))
-    state, metrics = step_fn(state, batch, run_rng)
-    metrics = jax.device_get(host_state(metrics) if pmapped else metrics)
-    if not metrics["finite"]:
-      checkpointer.close()
-      raise NonFiniteLossError(
-          f"non-finite loss at step {step} (loss terms: "
-          f"{ {k: float(v) for k, v in metrics.items()} }); last good checkpoint: "
-          f"step {last_good_step} in {checkpointing.checkpoint_dir(workdir)}")
-    for k, v in metrics.items():
-      metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v)
-    metrics_count += 1
-    done = step + 1
-    progress.update(1)
-    if done % config.train.log_every == 0 or done == total_steps:
-      elapsed = time.perf_counter() - window_start
-      summary = {k: v / metrics_count for k, v in metrics_sum.items() if k != "finite"}
-      summary["steps_per_sec"] = metrics_count / elapsed
-      writer.write(done, summary)
-      progress.set_postfix(loss=f"{summary['total']:.4f}",
-                           steps_s=f"{summary['steps_per_sec']:.2f}")
-      metrics_sum, metrics_count, window_start = {}, 0, time.perf_counter()
-    eval_metrics = None
-    if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
-      eval_metrics = evaluate_fn(host_state(state).params, run_data)
-      writer.write(done, eval_metrics, kind="valid")
-    if done % config.train.checkpoint_every == 0 or done == last_step:
-      save(done, eval_metrics)
-      last_good_step = done
+  with preemption.PreemptionGuard() as guard:
+    for step in range(first_step, last_step):
+      state, metrics = step_fn(state, to_device(next(data_iterator)), run_rng)
+      metrics = jax.device_get(on_host(metrics))
+      if not metrics["finite"]:
+        checkpointer.close()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (loss terms: "
+            f"{ {k: float(v) for k, v in metrics.items()} }); last good checkpoint: "
+            f"step {last_good_step} in {checkpointing.checkpoint_dir(workdir)}")
+      window.add(metrics)
+      done = step + 1
+      progress.update(1)
+      if done % config.train.log_every == 0 or done == last_step:
+        summary = window.flush()
+        writer.write(done, summary)
+        progress.set_postfix(loss=f"{summary['total']:.4f}",
+                             steps_s=f"{summary['steps_per_sec']:.2f}")
+      eval_metrics = None
+      if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
+        eval_metrics = evaluate_fn(on_host(state).params, run_data)
+        writer.write(done, eval_metrics, kind="valid")
+      preempted = guard.should_stop(done)
+      if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
+        checkpointer.save(done, on_host(state), run_rng, data_iterator, config_json,
+                          tokenizer_json, eval_metrics)
+        last_good_step = done
+      if preempted:
+        _log(f"SIGTERM: saved step {done}; rerun the same command to resume")
+        break
   progress.close()
   checkpointer.close()
   return summary

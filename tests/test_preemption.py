@@ -1,0 +1,122 @@
+"""Preemption safety: SIGTERM saves and exits 0, SIGKILL + resume is exact, and an
+unreadable latest checkpoint falls back to the previous one."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, load_config
+from dgi_jax import checkpointing, train
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(tfds_dir, **train_fields):
+  config = load_config("tiny")
+  with config.unlocked():
+    config.data.tfds_dir = tfds_dir
+    config.train.update(dict(num_steps=STEPS, log_every=1, checkpoint_every=1000))
+    config.train.update(train_fields)
+  return config
+
+
+def _params(workdir):
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    return checkpointer.read_params(), checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+
+
+def _assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tfds_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  train.train_and_evaluate(_config(tfds_dir), workdir)
+  return _params(workdir)[0]
+
+
+def _start_training(tfds_dir, workdir):
+  command = [sys.executable, "-m", "dgi_jax.main", "train", "--config",
+             str(REPO_ROOT / "configs/tiny.py"), "--workdir", str(workdir),
+             f"--config.data.tfds_dir={tfds_dir}", f"--config.train.num_steps={STEPS}",
+             "--config.train.log_every=1", "--config.train.checkpoint_every=5"]
+  return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(process, workdir, step, timeout=240):
+  """Blocks until metrics.jsonl reports `step` (the run is then mid-training)."""
+  metrics = pathlib.Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if process.poll() is not None:
+      pytest.fail(f"training exited early:\n{process.stdout.read()}")
+    if metrics.exists():
+      lines = metrics.read_text().splitlines()
+      if lines and json.loads(lines[-1])["step"] >= step:
+        return
+    time.sleep(0.05)
+  process.kill()
+  pytest.fail("training did not reach the step in time")
+
+
+def test_sigterm_saves_at_step_boundary_and_exits_zero(tfds_dir, tmp_path, straight_run):
+  process = _start_training(tfds_dir, tmp_path)
+  _wait_for_step(process, tmp_path, 3)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output
+  _, saved = _params(tmp_path)
+  last_logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+  assert 3 <= saved < STEPS and saved == last_logged
+  assert "SIGTERM" in output
+  train.train_and_evaluate(_config(tfds_dir), tmp_path)  # Resume to the end.
+  resumed, step = _params(tmp_path)
+  assert step == STEPS
+  _assert_same_params(resumed, straight_run)
+
+
+def test_sigkill_at_random_step_then_resume_is_bitwise_equal(tfds_dir, tmp_path,
+                                                              straight_run):
+  process = _start_training(tfds_dir, tmp_path)
+  _wait_for_step(process, tmp_path, int(np.random.default_rng().integers(6, 20)))
+  process.kill()
+  process.wait()
+  train.train_and_evaluate(_config(tfds_dir), tmp_path)
+  resumed, step = _params(tmp_path)
+  assert step == STEPS
+  _assert_same_params(resumed, straight_run)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path,
+                                                             straight_run):
+  config = _config(tfds_dir, checkpoint_every=10)
+  train.train_and_evaluate(config, tmp_path, stop_at_step=20)
+  assert sorted(checkpointing.Checkpointer(tmp_path, read_only=True).all_steps()) == [10, 20]
+  for path in (tmp_path / "checkpoints/20/state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"")  # A partially written array file.
+  with pytest.warns(UserWarning, match="step 20 .* unreadable"):
+    train.train_and_evaluate(config, tmp_path)
+  assert any((tmp_path / checkpointing.QUARANTINE_SUBDIR).iterdir())
+  resumed, step = _params(tmp_path)
+  assert step == STEPS
+  _assert_same_params(resumed, straight_run)
