@@ -6,7 +6,7 @@ sharded batch that is automatic; under `jax.pmap` the caller passes `gather`, wh
 all-gathers a per-device array along the device axis.
 """
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp

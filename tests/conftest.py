@@ -3,12 +3,17 @@
 import os
 import pathlib
 import sys
+import tempfile
 
 # Must happen before JAX touches a device.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests (and the training subprocesses they start) compile the same tiny programs:
+# a persistent compilation cache shared by the session compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="dgi_jax_test_compile_cache_"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,7 +1,6 @@
 """Small models and batches shared by the model, loss and train-step tests."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dgi_jax.models.config import ModelConfig

@@ -2,7 +2,6 @@
 unreadable latest checkpoint falls back to the previous one."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
