@@ -86,5 +86,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
   c.train.distributed = False  # Call jax.distributed.initialize() at start.
 
+  # ---------------------------------------------------------------- evaluation
+  c.eval = ml_collections.ConfigDict()
+  c.eval.beam_size = 10  # Beams of the constrained SID search (paper: 1..20) [P].
+  c.eval.k = 20  # Items returned per request; metrics are reported up to @20 [P].
+  c.eval.batch_size = 64  # Requests per search call (fixed: one compilation).
+  c.eval.item_batch_size = 512  # Items per embedding / quantization call when indexing.
+  c.eval.bucket_cap = 0  # Items ranked per SID bucket (0 = all; caps search memory).
+  c.eval.num_popularity_buckets = 5  # Equal-count buckets B0 (head) .. B4 (tail) [P].
+
   c.lock()
   return c

@@ -147,12 +147,20 @@ class Checkpointer:
     self._manager = self._make_manager()
 
   def read_params(self, step: Optional[int] = None) -> Any:
-    """The saved parameters as they were written (no target structure needed)."""
+    """The saved parameters on this process's first device, whatever device count wrote them.
+
+    The target is built from the checkpoint's own metadata (shapes, dtypes), so no model or
+    config is needed, and the saved shardings (which name the writer's devices) are ignored.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError("no checkpoint to restore")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    metadata = self._manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+        state=ocp.args.StandardRestore(target)))
     return restored.state["train_state"]["params"]
 
   def restore_json(self, name: str, step: Optional[int] = None) -> Dict:

@@ -1,5 +1,13 @@
 """The `dgi` command line: `dgi <command> --config CONFIG --workdir DIR [--config.a.b=v ...]`.
 
+  dgi train  --config CONFIG --workdir DIR      train (validation every train.eval_every)
+  dgi parity --config CONFIG                    JAX vs PyTorch reference
+  dgi eval   --workdir DIR [--split test] [--beam N] [--k K]
+  dgi search --workdir DIR "query text" [--history id,id] [--k 10] [--beam N]
+  dgi index  --workdir DIR --out sids.jsonl [--add items.jsonl]
+eval, search and index read the config, tokenizer and params from DIR's checkpoint (the
+best by validation, else the latest); they take no --config.
+
 Thin by design: parse flags and the config, optionally join a multi-host job, then call one
 library function.
 """
@@ -9,7 +17,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "parity")
+COMMANDS = ("train", "parity", "eval", "search", "index")
+# Commands that serve a trained work directory; their config comes from its checkpoint.
+SERVING_COMMANDS = ("eval", "search", "index")
 USAGE = f"usage: dgi {{{'|'.join(COMMANDS)}}} [flags]; `dgi <command> --help` lists them"
 
 FLAGS = flags.FLAGS
@@ -19,11 +29,51 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, data, plots.")
 flags.DEFINE_string("torch_checkpoint", None,
                     "parity: a PyTorch state_dict file to start both models from.")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "eval: the request split.")
+flags.DEFINE_integer("beam", None, "eval, search: beam size (default: the checkpoint's "
+                     "config.eval.beam_size).")
+flags.DEFINE_integer("k", None, "eval: items ranked per request (default config.eval.k); "
+                     "search: items shown (default 10).")
+flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
+                    "comma-separated.")
+flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
+flags.DEFINE_string("add", None, "index: items.jsonl of new items to quantize and include.")
+# Joining a multi-process job. A launcher (launch/local_multihost.sh, a cluster scheduler)
+# passes all three; TPU pods instead set --config.train.distributed=true and auto-detect.
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator service (multi-process jobs).")
+flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
+flags.DEFINE_integer("local_device_count", None,
+                     "CPU simulation: run on this many CPU devices in this process (implies "
+                     "the CPU platform; an alternative to XLA_FLAGS="
+                     "--xla_force_host_platform_device_count).")
 
 
 def _maybe_initialize_distributed(config) -> None:
+  """Sets up devices and joins a multi-process job; must run before JAX touches a device.
+
+  Explicit coordinator flags come from a launcher; `train.distributed` alone is for TPU pods
+  (and other clusters JAX detects), where `jax.distributed.initialize()` needs no arguments.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if config.train.distributed:
+  joining = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if any(v is not None for v in joining) and any(v is None for v in joining):
+    raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
+                         "together")
+  if FLAGS.local_device_count:
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", FLAGS.local_device_count)
+  if jax.config.jax_platforms == "cpu":
+    # Cross-process all-reduces between CPU clients need a collectives backend; without
+    # one they fail at the first step. gloo (TCP, through the coordinator) is this JAX's
+    # default, pinned here because older releases defaulted to none.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if FLAGS.coordinator_address is not None:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  elif config.train.distributed:
     jax.distributed.initialize()
 
 
@@ -32,7 +82,11 @@ def _train(config) -> None:
   if not FLAGS.workdir:
     raise app.UsageError("dgi train needs --workdir")
   _maybe_initialize_distributed(config)
-  summary = train.train_and_evaluate(config, FLAGS.workdir)
+  evaluate_fn = None
+  if config.train.eval_every > 0:
+    from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate_fn = evaluate.make_validation_fn(config)
+  summary = train.train_and_evaluate(config, FLAGS.workdir, evaluate_fn=evaluate_fn)
   print({k: round(v, 5) for k, v in summary.items()})
 
 
@@ -44,7 +98,80 @@ def _parity(config) -> int:
   return 0 if ok else 1
 
 
+def _eval() -> None:
+  from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
+  report, step, which, paths = evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.split,
+                                                         FLAGS.beam, FLAGS.k)
+  print(f"checkpoint: step {step} ({which})")
+  print(evaluate.format_report(report))
+  print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _search(query: str) -> None:
+  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
+  history = [i.strip() for i in FLAGS.history.split(",") if i.strip()]
+  if not query and not history:
+    raise app.UsageError("dgi search needs a query text, a --history, or both")
+  trained = workdir.load_trained(FLAGS.workdir)
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  hits = retriever.search_text(query, history, FLAGS.beam or trained.config.eval.beam_size,
+                               FLAGS.k or 10)
+  print(f"{'rank':>4}  {'beam score':>10}  {'cosine':>6}  {'SID':<14} item_id  text")
+  for hit in hits:
+    sid = "-".join(str(c) for c in hit["sid"])
+    print(f"{hit['rank']:>4}  {hit['beam_score']:>10.4f}  {hit['cosine']:>6.3f}  "
+          f"{sid:<14} {hit['item_id']}  {hit['text']}")
+  if not hits:
+    print("(no items)")
+
+
+def _index() -> None:
+  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
+  if not FLAGS.out:
+    raise app.UsageError("dgi index needs --out")
+  new_items = retrieval.read_items_file(FLAGS.add) if FLAGS.add else []
+  trained = workdir.load_trained(FLAGS.workdir)
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  retriever.add_items([i.text for i in new_items], [i.item_id for i in new_items])
+  path = retrieval.write_sid_table(FLAGS.out, retriever.item_ids, retriever.sids)
+  stats = retriever.stats
+  print(f"wrote {path}: {stats['num_items']} items ({len(new_items)} added), "
+        f"{stats['num_distinct_sids']} distinct SIDs, unique-SID share "
+        f"{stats['unique_sid_share']:.3f}")
+
+
+def _serve(argv, command: str) -> int:
+  """eval / search / index; problems with the inputs end in one error line, exit 1."""
+  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
+  from dgi_jax.data import jsonl_format  # pylint: disable=g-import-not-at-top
+  # Orbax warns about every read-only checkpoint manager it opens.
+  logging.set_verbosity(logging.ERROR)
+  if FLAGS["config"].present:
+    raise app.UsageError(f"dgi {command} takes its config from the checkpoint; drop "
+                         "--config")
+  if not FLAGS.workdir:
+    raise app.UsageError(f"dgi {command} needs --workdir")
+  if command != "search" and len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    if command == "eval":
+      _eval()
+    elif command == "search":
+      _search(" ".join(argv[1:]))
+    else:
+      _index()
+  except (workdir.WorkdirError, retrieval.ItemError,
+          jsonl_format.DatasetFormatError) as e:
+    print(f"dgi {command}: error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
 def _run(argv, command: str) -> int:
+  if command in SERVING_COMMANDS:
+    return _serve(argv, command)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config

@@ -6,6 +6,7 @@ Restore order: resume this run's latest checkpoint, else `train.init_from`, else
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -82,10 +83,15 @@ def init_params(model: DGIModel, config, rng: jax.Array, out_sharding=None):
   return jax.jit(init, out_shardings=out_sharding)(rng)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _embed_batch(model: DGIModel, params, tokens):
+  return model.apply({"params": params}, tokens, method=DGIModel.embed_items)
+
+
 def embed_items(model: DGIModel, params, item_tokens: np.ndarray,
                 batch_size: int = 512) -> np.ndarray:
   """z_base of every row of `item_tokens` [N, L] -> float32 [N, d] (batched, jitted)."""
-  fn = jax.jit(lambda p, t: model.apply({"params": p}, t, method=DGIModel.embed_items))
+  fn = functools.partial(_embed_batch, model)
   n = item_tokens.shape[0]
   padded = -n % batch_size
   tokens = np.concatenate([item_tokens, np.zeros((padded, item_tokens.shape[1]),

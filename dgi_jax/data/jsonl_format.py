@@ -136,7 +136,8 @@ def parse_request(obj: Mapping[str, Any], split: str, path, line: int,
   return records.Request(query=query, history=history, item_ids=targets)
 
 
-def _read_items(path: pathlib.Path) -> list[records.Item]:
+def read_items(path: pathlib.Path) -> list[records.Item]:
+  """Items of an `items.jsonl` file; raises `DatasetFormatError` naming file, line, field."""
   items, first_line = [], {}
   for line, obj in _iter_objects(path):
     item = parse_item(obj, path, line)
@@ -161,7 +162,7 @@ def read_jsonl_dataset(directory: os.PathLike | str) -> records.RawDataset:
     DatasetFormatError: a file is missing or empty, or a line is invalid.
   """
   directory = pathlib.Path(directory)
-  items = _read_items(directory / records.ITEMS_FILE)
+  items = read_items(directory / records.ITEMS_FILE)
   known_ids = {item.item_id: None for item in items}
   splits = {}
   for split in records.REQUEST_SPLITS:

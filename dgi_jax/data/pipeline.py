@@ -51,8 +51,10 @@ class _TrainBatch:
   the queries are tokenised here.
   """
 
-  def __init__(self, source, tokenizer, catalogue_tokens, max_query_len, max_history):
+  def __init__(self, source, tokenizer, catalogue_tokens, max_query_len, max_history,
+               rows: slice = slice(None)):
     self._source = source
+    self._rows = rows  # This host's rows of each global batch of indices.
     self._tokenizer = tokenizer
     self._catalogue_tokens = catalogue_tokens
     self._title_ids = title_ids(catalogue_tokens)
@@ -61,7 +63,7 @@ class _TrainBatch:
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     example_ids, queries, histories, targets = [], [], [], []
-    for row in self._source.__getitems__(indices.tolist()):
+    for row in self._source.__getitems__(indices[self._rows].tolist()):
       example_id, query, history, relevant = _decode(row)
       if relevant.shape != (1,):
         raise ValueError(f"training example {example_id} has {relevant.size} targets")
@@ -87,9 +89,13 @@ def make_train_iterator(dataset: dataset_lib.Dataset,
                         catalogue_tokens: np.ndarray | None = None):
   """Returns an endless, checkpointable iterator of this host's training batches.
 
-  The split is sharded by striding (`[process_index::process_count]`) before
-  shuffling, so each host reads only its own examples; the shard is reshuffled
-  every epoch. `it.get_state()` / `it.set_state(state)` resume the exact order.
+  The whole split is shuffled (reshuffled every epoch) and cut into global batches
+  of `host_batch_size * process_count` indices; host `p` reads only the records of
+  rows `[p * host_batch_size, (p + 1) * host_batch_size)` of each. The global batch
+  of a step is therefore the same for any number of hosts, so a run gives the same
+  losses on 1 or N hosts, and the iterator state (`it.get_state()`, which
+  `it.set_state(state)` resumes exactly) is the same on every host and depends only
+  on the step.
 
   Args:
     dataset: The prepared dataset.
@@ -107,15 +113,16 @@ def make_train_iterator(dataset: dataset_lib.Dataset,
   if catalogue_tokens is None:
     catalogue_tokens = encode_catalogue(dataset, tokenizer, data_config)
   source = dataset.source("train")
-  # The stream shuffles and batches indices; `_TrainBatch` reads their records.
-  ds = grain.MapDataset.range(len(source))[process_index::process_count]
-  if len(ds) < host_batch_size:
-    raise ValueError(f"shard of {len(ds)} examples is smaller than one batch "
-                     f"({host_batch_size})")
-  ds = ds.shuffle(seed=seed).repeat()  # repeat() reshuffles each epoch.
-  ds = ds.batch(host_batch_size, drop_remainder=True)
+  global_batch_size = host_batch_size * process_count
+  if len(source) < global_batch_size:
+    raise ValueError(f"{len(source)} training examples are fewer than one global batch "
+                     f"({global_batch_size})")
+  # The stream shuffles and batches indices; `_TrainBatch` reads this host's records.
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()  # Reshuffles.
+  ds = ds.batch(global_batch_size, drop_remainder=True)
+  rows = slice(process_index * host_batch_size, (process_index + 1) * host_batch_size)
   ds = ds.map(_TrainBatch(source, tokenizer, catalogue_tokens, data_config.max_query_len,
-                          data_config.max_history))
+                          data_config.max_history, rows))
   iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
   if data_config.worker_count > 0:
     # grain's worker pool reads absl flags; outside `app.run` (library use, tests)

@@ -1,0 +1,239 @@
+"""Evaluation of a trained retriever on a request split: ranking metrics, long tail, hubness.
+
+`evaluate_split` runs the constrained search over every request of a split and reports
+(DGI_METHOD.md, "Metrics" and "Long-tail protocol"):
+  metrics    Hit@{1,5,10,20}, NDCG@K, Recall@K (several relevant items), MRR@20, as
+             means over requests (sums plus a count, divided once).
+  long_tail  Hit@10 of (request, relevant item) pairs in five equal-count buckets by the
+             item's training popularity, B0 head .. B4 tail, and of unseen items apart.
+  hubness    Spearman correlation of the raw item-embedding norm with item popularity,
+             and of each level's codeword norm with its code popularity (summed f(i)).
+  index      code-usage perplexity per level, unique-SID share, bucket sizes.
+
+`make_validation_fn` gives `train.train_and_evaluate` its `evaluate_fn`. With several
+processes every process evaluates the whole split on its own local device (same data,
+same result): simple, and the split is small next to training.
+"""
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from dgi_jax import metrics
+from dgi_jax import plots
+from dgi_jax import retrieval
+from dgi_jax import train
+from dgi_jax import workdir as workdir_lib
+from dgi_jax.data import pipeline
+from dgi_jax.models.dgi import DGIModel
+
+LONG_TAIL_K = 10  # Figure 4 reports Hit@10 per bucket.
+
+
+def hubness(retriever: retrieval.Retriever, popularity: np.ndarray) -> Dict[str, Any]:
+  """Spearman correlations of item and codeword norms with training popularity.
+
+  Only the first `len(popularity)` items (the training catalogue) take part.
+  """
+  n = len(popularity)
+  codebooks = retriever.model.apply({"params": retriever.params},
+                                    method=DGIModel.get_codebooks)
+  codeword = []
+  for level, codebook in enumerate(codebooks):
+    code_popularity = metrics.codeword_popularity(retriever.sids[:n, level], popularity,
+                                                  codebook.shape[0])
+    codeword.append(metrics.norm_popularity_correlation(np.asarray(codebook),
+                                                        code_popularity))
+  return {"item_norm_spearman": metrics.spearman(retriever.item_norms[:n], popularity),
+          "codeword_norm_spearman": codeword}
+
+
+def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, config,
+                   split: str, beam_size: Optional[int] = None, k: Optional[int] = None,
+                   keep_rankings: bool = False) -> Dict[str, Any]:
+  """Searches every request of `split` and reports metrics (see the module doc).
+
+  Args:
+    retriever: The index and search of a trained model.
+    run_data: The run's dataset, tokenizer and catalogue tokens.
+    config: The full config (`data`, `eval`).
+    split: 'validation' or 'test'.
+    beam_size: Beams of the search; default `config.eval.beam_size`.
+    k: Items ranked per request; default `config.eval.k`. Metrics @K > k are left out.
+    keep_rankings: Also return 'rankings', int [Q, k] item indices per request in split
+      order (not JSON-serialisable).
+
+  Returns:
+    A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
+    hubness, index, timing (seconds, requests_per_sec).
+  """
+  beam_size = int(beam_size or config.eval.beam_size)
+  k = int(k or config.eval.k)
+  ks = tuple(x for x in metrics.DEFAULT_KS if x <= k)
+  mrr_k = min(metrics.MRR_K, k)
+  popularity = run_data.dataset.train_popularity
+  sums, pair_popularity, pair_hits, rankings = None, [], [], []
+  start = time.perf_counter()
+  batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
+                                  split, int(config.eval.batch_size),
+                                  catalogue_tokens=run_data.catalogue_tokens)
+  for batch in batches:
+    result = retriever.search(batch["query_tokens"], beam_size, k)
+    ranked = np.asarray(result.items)[batch["mask"]]
+    relevant = batch["relevant"][batch["mask"]]
+    batch_sums = metrics.metric_sums(ranked, relevant, ks, mrr_k)
+    sums = batch_sums if sums is None else metrics.merge_sums(sums, batch_sums)
+    pops, hits = metrics.pair_hits(ranked, relevant, popularity, LONG_TAIL_K)
+    pair_popularity.append(pops)
+    pair_hits.append(hits)
+    if keep_rankings:
+      rankings.append(ranked)
+  seconds = time.perf_counter() - start
+  means = metrics.finalize(sums)
+  num_requests = int(means.pop(metrics.COUNT_KEY))
+  pair_popularity = np.concatenate(pair_popularity)
+  long_tail = metrics.popularity_buckets(pair_popularity, np.concatenate(pair_hits),
+                                         int(config.eval.num_popularity_buckets))
+  report = {
+      "split": split,
+      "beam_size": beam_size,
+      "k": k,
+      "num_requests": num_requests,
+      "num_pairs": int(len(pair_popularity)),
+      "metrics": means,
+      "long_tail": dict(k=LONG_TAIL_K, **long_tail),
+      "hubness": hubness(retriever, popularity),
+      "index": dict(retriever.stats),
+      "timing": {"seconds": seconds, "requests_per_sec": num_requests / seconds},
+  }
+  if keep_rankings:
+    report["rankings"] = np.concatenate(rankings)
+  return report
+
+
+def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
+  """The scalar results of a report as one flat dict of finite floats (for training logs
+  and checkpoint selection): the ranking metrics, tail and unseen Hit@10, unique-SID
+  share and per-level code perplexity."""
+  out = dict(report["metrics"])
+  out["tail_hit@10"] = report["long_tail"]["buckets"][-1]["hit@10"]
+  out["unseen_hit@10"] = report["long_tail"]["unseen"]["hit@10"]
+  out["unique_sid_share"] = report["index"]["unique_sid_share"]
+  for level, value in enumerate(report["index"]["code_perplexity"]):
+    out[f"code_perplexity_{level}"] = value
+  return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:
+  """`evaluate_fn(params, run_data) -> {metric: float}` for `train.train_and_evaluate`.
+
+  Each call indexes the catalogue with the current params, then evaluates `split`.
+  """
+  model = train.build_model(config)
+
+  def evaluate_fn(params, run_data: train.RunData) -> Dict[str, float]:
+    retriever = retrieval.Retriever(model, params, run_data, config)
+    return flat_metrics(evaluate_split(retriever, run_data, config, split))
+
+  return evaluate_fn
+
+
+def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
+                     k: Optional[int] = None):
+  """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
+
+  Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
+
+  Returns:
+    (report, step, 'best' | 'latest', paths written).
+  """
+  step, which = workdir_lib.select_step(workdir)
+  trained = workdir_lib.load_trained(workdir, step)
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
+  report["checkpoint"] = {"step": int(step), "selected": which}
+  workdir = pathlib.Path(workdir)
+  paths = [write_report(report, workdir / f"eval_{split}.json")]
+  paths += plots.write_run_plots(report, workdir, workdir / "plots")
+  return report, step, which, paths
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _json_ready(x):
+  """NaN and inf become null (JSON has no such numbers); numpy scalars become Python."""
+  if isinstance(x, dict):
+    return {k: _json_ready(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_ready(v) for v in x]
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def write_report(report: Dict[str, Any], path) -> pathlib.Path:
+  """Writes a report as JSON atomically (temporary file, then rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(_json_ready({k: v for k, v in report.items() if k != "rankings"}), f,
+                indent=2)
+      f.write("\n")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _fmt(x) -> str:
+  return "  n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def format_report(report: Dict[str, Any]) -> str:
+  """A plain-text table of a report for the terminal."""
+  m = report["metrics"]
+  ks = [k for k in metrics.DEFAULT_KS if f"hit@{k}" in m]
+  lines = [(f"{report['split']}: {report['num_requests']} requests, "
+            f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
+            f"top {report['k']}; {report['timing']['seconds']:.1f} s "
+            f"({report['timing']['requests_per_sec']:.0f} requests/s)"),
+           "",
+           "metric " + "".join(f"{'@' + str(k):>8}" for k in ks)]
+  for name in ("hit", "ndcg", "recall"):
+    lines.append(f"{name:<7}" + "".join(f"{_fmt(m[f'{name}@{k}']):>8}" for k in ks))
+  mrr = [name for name in m if name.startswith("mrr@")]
+  lines += [f"{name:<7}{_fmt(m[name]):>8}" for name in mrr]
+  tail = report["long_tail"]
+  lines += ["", (f"popularity buckets (hit@{tail['k']} of (request, item) pairs; "
+                 "f = training requests of the item)"),
+            f"{'bucket':<10}{'pairs':>7}{'f range':>14}{'hit@' + str(tail['k']):>9}"]
+  for b in tail["buckets"]:
+    span = ("" if b["popularity_min"] is None
+            else f"{b['popularity_min']}-{b['popularity_max']}")
+    lines.append(f"{'B' + str(b['bucket']):<10}{b['count']:>7}{span:>14}"
+                 f"{_fmt(b['hit@10']):>9}")
+  unseen = tail["unseen"]
+  lines.append(f"{'unseen':<10}{unseen['count']:>7}{'0':>14}{_fmt(unseen['hit@10']):>9}")
+  stats, hub = report["index"], report["hubness"]
+  lines += ["",
+            f"index: {stats['num_items']} items, {stats['num_distinct_sids']} distinct SIDs, "
+            f"unique-SID share {stats['unique_sid_share']:.3f}, largest bucket "
+            f"{stats['max_bucket_size']}, code perplexity per level "
+            + " / ".join(f"{p:.1f}" for p in stats["code_perplexity"]),
+            "hubness (Spearman with popularity): item norm "
+            f"{_fmt(hub['item_norm_spearman'])}, codeword norm per level "
+            + " / ".join(_fmt(c) for c in hub["codeword_norm_spearman"])]
+  return "\n".join(lines)

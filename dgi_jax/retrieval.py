@@ -1,0 +1,263 @@
+"""Serving a trained DGI model: the offline index and the online constrained search.
+
+Offline (DGI_METHOD.md, "Inference"): every catalogue item is embedded (`z_base`) and
+hard-quantized into its SID; the SIDs give the prefix tables that constrain decoding and
+the inverted index SID -> items; the l2-normalised embeddings are cached for the cosine
+re-rank inside a SID bucket.
+
+Online: `Retriever.search` encodes a batch of requests, runs the beam search over the
+SIDs that exist, and ranks the items of the returned SIDs by (beam score, cosine).
+
+Items added after training (`add_items`) are embedded and quantized with the trained
+encoder and codebooks, without retraining; both index structures are rebuilt from the
+extended SID array (see `index.py`, "Adding items").
+"""
+
+import functools
+import json
+import os
+import pathlib
+import tempfile
+from typing import Dict, List, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgi_jax import decoding
+from dgi_jax import index as index_lib
+from dgi_jax import train
+from dgi_jax.data import jsonl_format
+from dgi_jax.data import records
+from dgi_jax.models import quantizer
+from dgi_jax.models.dgi import DGIModel
+
+
+class ItemError(ValueError):
+  """An item id that is unknown (search history) or already taken (added items)."""
+
+
+@flax.struct.dataclass
+class SearchResult:
+  """Top-k items of a batch of requests, best first (-1 / -inf at padding)."""
+  items: jax.Array  # [B, k] int32 item indices.
+  beam_scores: jax.Array  # [B, k] float32 log P(SID of the item | request).
+  cosines: jax.Array  # [B, k] float32 z^_q . z^_item.
+  beams: decoding.BeamResult  # The SIDs the search produced ([B, beam, m]).
+
+
+# The model is a static argument: a linen module is a hashable dataclass of its config,
+# so every Retriever of the same model shares one compilation per shape (validation
+# builds a new Retriever each time).
+@functools.partial(jax.jit, static_argnums=0)
+def _embed_and_quantize(model: DGIModel, params, item_tokens: jax.Array):
+  """Item tokens [n, L] -> (z_base [n, d], hard SIDs [n, m])."""
+  apply = functools.partial(model.apply, {"params": params})
+  z_base = apply(item_tokens, method=DGIModel.embed_items)
+  return z_base, apply(z_base, method=DGIModel.hard_codes)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap"))
+def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
+            inverted: index_lib.InvertedIndex, item_emb: jax.Array,
+            query_tokens: jax.Array, *, beam_size: int, k: int,
+            bucket_cap: int) -> SearchResult:
+  """Encode requests -> constrained beam search -> (beam score, cosine) ranking."""
+  apply = functools.partial(model.apply, {"params": params})
+  query_states, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
+  beam_states, beam_z_q, beam_tokens = rep(query_states), rep(z_q), rep(query_tokens)
+
+  def tokens_to_logits(level, prefix):
+    del level  # prefix_logits reads the level off the prefix length.
+    return apply(beam_z_q, beam_states, beam_tokens, prefix,
+                 method=DGIModel.prefix_logits)
+
+  beams = decoding.beam_search(tokens_to_logits, query_tokens.shape[0], beam_size,
+                               tables, model.cfg.codebook_sizes)
+  items, beam_scores, cosines = decoding.rank_items(
+      beams, inverted, quantizer.l2_normalize(z_q), item_emb, k, bucket_cap)
+  return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
+                      beams=beams)
+
+
+class Retriever:
+  """A trained model's index over a catalogue, and the search over it.
+
+  Attributes:
+    item_ids: Item id of each item index (catalogue order, then added items).
+    item_texts: Text of each item index.
+    sids: int32 [N, m] hard SID of each item.
+    item_embeddings: float32 [N, d] l2-normalised z_base (the cosine re-rank's vectors).
+    item_norms: float32 [N] norms of the raw z_base (for hubness checks).
+    tables, inverted_index: The structures `search` runs on.
+    stats: `index.collision_stats` of the current SIDs.
+  """
+
+  def __init__(self, model: DGIModel, params, run_data: train.RunData, config):
+    """Indexes the catalogue of `run_data` with `params`.
+
+    Args:
+      model: The DGI model.
+      params: Its trained parameters (host or device arrays).
+      run_data: The run's dataset, tokenizer and catalogue tokens.
+      config: The full config (`data` layouts and the `eval` section).
+    """
+    self.model = model
+    # One local device: training leaves the params replicated over the whole mesh, and a
+    # jit follows committed inputs, so the search would run once per device. Host copy
+    # first, so multi-process (global) arrays work too.
+    self._device = jax.local_devices()[0]
+    self.params = jax.device_put(jax.device_get(params), self._device)
+    self.tokenizer = run_data.tokenizer
+    self._data_config = config.data
+    self._item_batch_size = int(config.eval.item_batch_size)
+    self._bucket_cap = int(config.eval.bucket_cap)
+    self.item_ids: List[str] = []
+    self.item_texts: List[str] = []
+    self._index_of: Dict[str, int] = {}
+    num_levels = model.cfg.num_levels
+    self.sids = np.zeros((0, num_levels), np.int32)
+    self.item_embeddings = np.zeros((0, model.cfg.d_model), np.float32)
+    self.item_norms = np.zeros((0,), np.float32)
+    self._append(run_data.dataset.item_ids, run_data.dataset.item_texts,
+                 run_data.catalogue_tokens)
+
+  # ------------------------------------------------------------------ indexing
+  @property
+  def num_items(self) -> int:
+    return len(self.item_ids)
+
+  def quantize_tokens(self, item_tokens: np.ndarray):
+    """Item tokens [n, L] -> (z_base float32 [n, d], SIDs int32 [n, m]), batched.
+
+    Fixed-size batches (the last one zero-padded) keep to one compilation.
+    """
+    batch = self._item_batch_size
+    tokens = np.concatenate([item_tokens, np.zeros((-len(item_tokens) % batch,
+                                                    item_tokens.shape[1]), np.int32)])
+    z_base, codes = zip(*(jax.device_get(_embed_and_quantize(
+        self.model, self.params, tokens[i:i + batch])) for i in range(0, len(tokens), batch)))
+    n = len(item_tokens)
+    return (np.concatenate(z_base)[:n].astype(np.float32),
+            np.concatenate(codes)[:n].astype(np.int32))
+
+  def _append(self, ids: Sequence[str], texts: Sequence[str],
+              item_tokens: np.ndarray) -> np.ndarray:
+    z_base, sids = self.quantize_tokens(item_tokens)
+    start = self.num_items
+    for offset, item_id in enumerate(ids):
+      self._index_of[item_id] = start + offset
+    self.item_ids.extend(ids)
+    self.item_texts.extend(texts)
+    self.sids = np.concatenate([self.sids, sids])
+    norms = np.linalg.norm(z_base, axis=-1)
+    self.item_norms = np.concatenate([self.item_norms, norms.astype(np.float32)])
+    normalised = np.asarray(quantizer.l2_normalize(jnp.asarray(z_base)), np.float32)
+    self.item_embeddings = np.concatenate([self.item_embeddings, normalised])
+    # Rebuilt from scratch: node and leaf ids shift when SIDs are added.
+    codebook_sizes = self.model.cfg.codebook_sizes
+    self.tables = index_lib.build_prefix_tables(self.sids, codebook_sizes)
+    self.inverted_index = index_lib.build_inverted_index(self.sids)
+    self.stats = index_lib.collision_stats(self.sids, codebook_sizes)
+    self._device_embeddings = jax.device_put(self.item_embeddings, self._device)
+    return np.arange(start, self.num_items)
+
+  def add_items(self, texts: Sequence[str], ids: Sequence[str]) -> np.ndarray:
+    """Indexes new items with the trained encoder and quantizer; returns their indices.
+
+    Raises:
+      ItemError: an id is empty, repeated or already indexed.
+      ValueError: the lengths differ.
+    """
+    texts, ids = list(texts), list(ids)
+    if len(texts) != len(ids):
+      raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    if not ids:
+      return np.zeros((0,), np.int64)
+    seen = set()
+    for item_id in ids:
+      if not item_id or item_id in self._index_of or item_id in seen:
+        raise ItemError(f"item id {item_id!r} is empty, repeated or already indexed")
+      seen.add(item_id)
+    tokens = self.tokenizer.encode_items(texts, self._data_config.max_item_len)
+    return self._append(ids, texts, tokens)
+
+  def index_of(self, item_id: str) -> int:
+    """Item index of an item id (raises `ItemError`)."""
+    if item_id not in self._index_of:
+      raise ItemError(f"unknown item id {item_id!r}")
+    return self._index_of[item_id]
+
+  # ------------------------------------------------------------------ search
+  def search(self, query_tokens, beam_size: int, k: int) -> SearchResult:
+    """Top-k items of request tokens [B, Lq] (jitted; one compilation per B and index)."""
+    return _search(self.model, self.params, self.tables, self.inverted_index,
+                   self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
+                   beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap)
+
+  def encode_requests(self, queries: Sequence[str],
+                      histories: Sequence[Sequence[str]]) -> np.ndarray:
+    """Request tokens [B, max_query_len] of query texts and histories of item ids.
+
+    Titles come from the catalogue truncated to `max_item_len`, as in training.
+    """
+    data = self._data_config
+    history_texts = [[self.item_texts[self.index_of(i)] for i in h] for h in histories]
+    return self.tokenizer.encode_requests(list(queries), history_texts,
+                                          data.max_query_len, data.max_history,
+                                          max_title_len=data.max_item_len)
+
+  def search_text(self, query: str, history: Sequence[str] = (), beam_size: int = 10,
+                  k: int = 10) -> List[Dict[str, object]]:
+    """Top-k items of one request as dicts: rank, item_id, text, sid, beam_score, cosine."""
+    result = jax.device_get(self.search(self.encode_requests([query], [history]),
+                                        beam_size, k))
+    hits = []
+    for rank, (item, score, cosine) in enumerate(zip(result.items[0],
+                                                     result.beam_scores[0],
+                                                     result.cosines[0]), start=1):
+      if item < 0:
+        break
+      hits.append({"rank": rank, "item_id": self.item_ids[item],
+                   "text": self.item_texts[item], "sid": self.sids[item].tolist(),
+                   "beam_score": float(score), "cosine": float(cosine)})
+    return hits
+
+
+def write_sid_table(path, item_ids: Sequence[str], sids) -> pathlib.Path:
+  """Writes `{"item_id": ..., "sid": [c_1, .., c_m]}` lines atomically (temp + rename)."""
+  path = pathlib.Path(path)
+  sids = np.asarray(sids)
+  if len(item_ids) != len(sids):
+    raise ValueError(f"{len(item_ids)} item ids but {len(sids)} SIDs")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for item_id, sid in zip(item_ids, sids.tolist()):
+        f.write(json.dumps({"item_id": item_id, "sid": sid}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def read_items_file(path) -> List[records.Item]:
+  """Items of a file in the `items.jsonl` format (`{"item_id", "text"}` per line).
+
+  Raises:
+    jsonl_format.DatasetFormatError: naming the file, line and field of a bad record.
+  """
+  # The dataset reader's own item parser, so new items obey the same rules and errors.
+  return jsonl_format.read_items(pathlib.Path(path))
+
+
+def read_sid_table(path) -> Dict[str, List[int]]:
+  """Reads a `write_sid_table` file back: item id -> SID."""
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return {row["item_id"]: row["sid"] for row in rows}
+

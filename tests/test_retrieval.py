@@ -1,0 +1,145 @@
+"""The retriever of a trained tiny run: existing SIDs, agreement with evaluation, added
+items, and the `dgi index` table."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dgi_jax import evaluate, index, metrics, retrieval, train
+from dgi_jax import workdir as workdir_lib
+from dgi_jax.data import pipeline
+from conftest import REPO_ROOT, load_config
+
+NEW_ITEMS = [("new-lamp", "Aurora brass desk lamp with linen shade, warm white"),
+             ("new-tea", "Kyoto sencha green tea, loose leaf, 250 g tin")]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("retrieval")
+  config = load_config("tiny")
+  with config.unlocked():
+    config.data.tfds_dir = str(root / "tfds")
+    config.train.num_steps = 10
+    config.train.checkpoint_every = 10
+  train.train_and_evaluate(config, root / "run")
+  return root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir):
+  return workdir_lib.load_trained(run_dir)
+
+
+@pytest.fixture(scope="module")
+def retriever(trained):
+  return retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                             trained.config)
+
+
+def _first_test_batch(trained):
+  return next(pipeline.iterate_eval(
+      trained.run_data.dataset, trained.run_data.tokenizer, trained.config.data, "test",
+      trained.config.eval.batch_size, catalogue_tokens=trained.run_data.catalogue_tokens))
+
+
+def test_search_returns_existing_sids_and_only_their_items(trained, retriever):
+  batch = _first_test_batch(trained)
+  result = jax.device_get(retriever.search(batch["query_tokens"], beam_size=5, k=20))
+  existing = {tuple(s) for s in retriever.sids}
+  beams = result.beams
+  assert beams.valid.any()
+  assert all(tuple(s) in existing for s in beams.sequences[beams.valid])
+  for b in range(len(batch["mask"])):
+    score_of = {tuple(s): score for s, score, ok in
+                zip(beams.sequences[b], beams.scores[b], beams.valid[b]) if ok}
+    items = result.items[b][result.items[b] >= 0]
+    assert len(items) and len(set(items.tolist())) == len(items)
+    for item, score in zip(items, result.beam_scores[b]):
+      assert score == score_of[tuple(retriever.sids[item])]
+    # Lexicographic: beam score descending, cosine descending inside one SID.
+    keys = list(zip(-result.beam_scores[b][:len(items)], -result.cosines[b][:len(items)]))
+    assert keys == sorted(keys)
+
+
+def test_search_agrees_with_evaluate_split(trained, retriever):
+  config, run_data = trained.config, trained.run_data
+  report = evaluate.evaluate_split(retriever, run_data, config, "test", beam_size=5,
+                                   k=20, keep_rankings=True)
+  rankings = report["rankings"]
+  num = run_data.dataset.num_examples("test")
+  assert rankings.shape == (num, 20) and report["num_requests"] == num
+  # The same requests, tokenised from their text, searched as one batch.
+  rows = run_data.dataset.source("test").__getitems__(list(range(num)))
+  ids = run_data.dataset.item_ids
+  first = config.eval.batch_size
+  tokens = retriever.encode_requests(
+      [r["query"].decode() for r in rows[:first]],
+      [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows[:first]])
+  np.testing.assert_array_equal(tokens, _first_test_batch(trained)["query_tokens"])
+  items = np.asarray(retriever.search(tokens, beam_size=5, k=20).items)
+  np.testing.assert_array_equal(items, rankings[:first])
+  # The reported metrics are those of the rankings.
+  relevant = np.full((num, run_data.dataset.max_relevant("test")), -1)
+  for q, r in enumerate(rows):
+    targets = np.asarray(r["relevant"]).reshape(-1)
+    relevant[q, :len(targets)] = targets
+  expected = metrics.retrieval_metrics(rankings, relevant)
+  for name, value in report["metrics"].items():
+    assert value == pytest.approx(expected[name]), name
+  assert sum(b["count"] for b in report["long_tail"]["buckets"]) == report["num_pairs"]
+  assert report["num_pairs"] == int((relevant >= 0).sum())
+
+
+def test_added_items_are_quantized_and_retrievable(trained):
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  old_sids = retriever.sids.copy()
+  new = retriever.add_items([t for _, t in NEW_ITEMS], [i for i, _ in NEW_ITEMS])
+  np.testing.assert_array_equal(new, [len(old_sids), len(old_sids) + 1])
+  np.testing.assert_array_equal(retriever.sids[:len(old_sids)], old_sids)
+  tokens = trained.run_data.tokenizer.encode_items(
+      [t for _, t in NEW_ITEMS], trained.config.data.max_item_len)
+  np.testing.assert_array_equal(retriever.sids[new], retriever.quantize_tokens(tokens)[1])
+  inverted = retriever.inverted_index
+  leaves = np.asarray(inverted.item_leaf)[new]
+  bucket, _ = index.items_for_leaves(inverted, jax.numpy.asarray(leaves))
+  for item, row in zip(new, np.asarray(bucket)):
+    assert item in row
+  # A beam as wide as the number of distinct SIDs makes the search exhaustive, so every
+  # indexed item, the new ones included, is a candidate.
+  beam = retriever.tables.num_leaves
+  for (item_id, text), item in zip(NEW_ITEMS, new):
+    hits = retriever.search_text(text, beam_size=beam, k=retriever.num_items)
+    found = [h for h in hits if h["item_id"] == item_id]
+    assert found and found[0]["sid"] == retriever.sids[item].tolist()
+  with pytest.raises(retrieval.ItemError, match="already indexed"):
+    retriever.add_items(["again"], [NEW_ITEMS[0][0]])
+  with pytest.raises(retrieval.ItemError, match="unknown item id"):
+    retriever.search_text("lamp", history=["no-such-item"])
+
+
+def test_dgi_index_writes_one_valid_sid_per_item(run_dir, retriever, tmp_path):
+  new_items = tmp_path / "new_items.jsonl"
+  new_items.write_text("".join(json.dumps({"item_id": i, "text": t}) + "\n"
+                               for i, t in NEW_ITEMS))
+  out = tmp_path / "tables" / "sids.jsonl"
+  proc = subprocess.run([sys.executable, "-m", "dgi_jax.main", "index", "--workdir",
+                         str(run_dir), "--out", str(out), "--add", str(new_items)],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(lines) == retriever.num_items + len(NEW_ITEMS)
+  assert [l["item_id"] for l in lines] == retriever.item_ids + [i for i, _ in NEW_ITEMS]
+  sizes = retriever.model.cfg.codebook_sizes
+  for line in lines:
+    assert len(line["sid"]) == len(sizes)
+    assert all(0 <= c < k for c, k in zip(line["sid"], sizes))
+  table = retrieval.read_sid_table(out)
+  for item_id, sid in zip(retriever.item_ids, retriever.sids.tolist()):
+    assert table[item_id] == sid
+  assert sorted(p.name for p in out.parent.iterdir()) == ["sids.jsonl"]  # No temp files.
