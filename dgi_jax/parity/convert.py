@@ -1,0 +1,177 @@
+"""Exact weight conversion between the Flax `DGIModel` params and the PyTorch reference.
+
+Only transposes and reshapes are involved, so both directions are bit-exact. The layouts:
+
+| Flax (`params[...]`)                    | PyTorch (`state_dict`)              | transform     |
+|-----------------------------------------|-------------------------------------|---------------|
+| encoder/token_embed/embedding [V, d]    | encoder.token_embed.weight [V, d]   | copy          |
+| encoder/pos_embed, decoder/level_embed  | same names with dots                | copy          |
+| */layers_i/<ln>/{scale,bias}            | *.layers.i.<norm>.{weight,bias}     | copy          |
+| */<attn>/{query,key,value}/kernel       | *.<attn>.{q,k,v}_proj.weight [d, d] | [d, h, dh] -> |
+|                                         |                                     | (d, h*dh).T   |
+| */<attn>/{query,key,value}/bias [h, dh] | *.<attn>.{q,k,v}_proj.bias [d]      | (h*dh,)       |
+| */<attn>/out/kernel [h, dh, d]          | *.<attn>.out_proj.weight [d, d]     | (h*dh, d).T   |
+| */mlp/{wi,wo}/kernel [in, out]          | *.mlp.{fc1,fc2}.weight [out, in]    | .T            |
+| codebook_t, head_t [K_t, d]             | codebooks.t, heads.t [K_t, d]       | copy          |
+| gamma_quantizer, gamma_decoder []       | gamma_q, gamma_d []                 | copy          |
+| gamma_quantizer (shared, no decoder's)  | gamma []                            | copy          |
+
+LayerNorm names: encoder `ln_attn`/`ln_mlp` <-> `attn_norm`/`mlp_norm`; decoder
+`ln_self`/`ln_cross`/`ln_mlp` <-> `self_attn_norm`/`cross_attn_norm`/`mlp_norm`;
+`ln_final` <-> `final_norm`. Any name outside these tables raises, so a change in either
+model's layout is caught here rather than silently dropped.
+"""
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+
+# Flax module name -> PyTorch module name, for names below the encoder/decoder layers.
+_MODULES = {
+    "ln_attn": "attn_norm", "ln_mlp": "mlp_norm", "ln_self": "self_attn_norm",
+    "ln_cross": "cross_attn_norm", "ln_final": "final_norm",
+    "attn": "attn", "self_attn": "self_attn", "cross_attn": "cross_attn", "mlp": "mlp",
+    "query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "out_proj",
+    "wi": "fc1", "wo": "fc2", "token_embed": "token_embed",
+}
+_LEAVES = {"scale": "weight", "bias": "bias", "kernel": "weight", "embedding": "weight"}
+_MODULES_INV = {v: k for k, v in _MODULES.items()}
+_ATTN_INPUTS = ("query", "key", "value")
+
+
+def _flatten(tree: Dict[str, Any], prefix: Tuple[str, ...] = ()):
+  for name, value in tree.items():
+    if isinstance(value, dict) or hasattr(value, "items"):
+      yield from _flatten(value, prefix + (name,))
+    else:
+      yield prefix + (name,), value
+
+
+def _unwrap(params):
+  return params["params"] if "params" in params else params
+
+
+def _flax_to_torch_key(path: Tuple[str, ...], shared_gamma: bool) -> Tuple[str, str]:
+  """Flax param path -> (state_dict key, transform kind)."""
+  top = path[0]
+  if len(path) == 1:
+    if top.startswith("codebook_"):
+      return f"codebooks.{int(top[len('codebook_'):])}", "copy"
+    if top.startswith("head_"):
+      return f"heads.{int(top[len('head_'):])}", "copy"
+    if top == "gamma_quantizer":
+      return ("gamma" if shared_gamma else "gamma_q"), "copy"
+    if top == "gamma_decoder":
+      return "gamma_d", "copy"
+  elif top in ("encoder", "decoder"):
+    parts = [top]
+    for name in path[1:-1]:
+      if name.startswith("layers_"):
+        parts += ["layers", str(int(name[len("layers_"):]))]
+      elif name in _MODULES:
+        parts.append(_MODULES[name])
+      else:
+        raise KeyError(f"unknown Flax module {name!r} in {'/'.join(path)}")
+    leaf, parent = path[-1], path[-2] if len(path) > 2 else None
+    if len(path) == 2 and leaf in ("pos_embed", "level_embed"):
+      return f"{top}.{leaf}", "copy"
+    if leaf not in _LEAVES:
+      raise KeyError(f"unknown Flax leaf {leaf!r} in {'/'.join(path)}")
+    kind = "copy"
+    if leaf == "kernel":
+      kind = ("qkv_kernel" if parent in _ATTN_INPUTS else
+              "out_kernel" if parent == "out" else "dense_kernel")
+    elif leaf == "bias" and parent in _ATTN_INPUTS:
+      kind = "qkv_bias"
+    return ".".join(parts + [_LEAVES[leaf]]), kind
+  raise KeyError(f"unknown Flax parameter {'/'.join(path)}")
+
+
+def _torch_to_flax_path(key: str) -> Tuple[Tuple[str, ...], str]:
+  """state_dict key -> (Flax param path, transform kind)."""
+  parts = key.split(".")
+  top = parts[0]
+  if top in ("codebooks", "heads") and len(parts) == 2:
+    return (f"{'codebook' if top == 'codebooks' else 'head'}_{int(parts[1])}",), "copy"
+  if key in ("gamma", "gamma_q"):
+    return ("gamma_quantizer",), "copy"
+  if key == "gamma_d":
+    return ("gamma_decoder",), "copy"
+  if top in ("encoder", "decoder"):
+    if len(parts) == 2 and parts[1] in ("pos_embed", "level_embed"):
+      return (top, parts[1]), "copy"
+    path, i = [top], 1
+    while i < len(parts) - 1:
+      if parts[i] == "layers":
+        path.append(f"layers_{int(parts[i + 1])}")
+        i += 2
+        continue
+      if parts[i] not in _MODULES_INV:
+        raise KeyError(f"unknown PyTorch module {parts[i]!r} in {key}")
+      path.append(_MODULES_INV[parts[i]])
+      i += 1
+    parent, leaf = path[-1], parts[-1]
+    if leaf == "bias":
+      return tuple(path + ["bias"]), ("qkv_bias" if parent in _ATTN_INPUTS else "copy")
+    if leaf == "weight":
+      if parent == "token_embed":
+        return tuple(path + ["embedding"]), "copy"
+      if parent.startswith("ln_"):
+        return tuple(path + ["scale"]), "copy"
+      kind = ("qkv_kernel" if parent in _ATTN_INPUTS else
+              "out_kernel" if parent == "out" else "dense_kernel")
+      return tuple(path + ["kernel"]), kind
+  raise KeyError(f"unknown PyTorch parameter {key}")
+
+
+def flax_to_torch(params) -> Dict[str, torch.Tensor]:
+  """Flax `DGIModel` params (with or without the 'params' level) -> reference state_dict.
+
+  Also converts gradients (the maps are linear), which is how the parity check lines
+  them up leaf by leaf.
+  """
+  params = _unwrap(params)
+  shared_gamma = "gamma_decoder" not in params
+  state = {}
+  for path, value in _flatten(params):
+    key, kind = _flax_to_torch_key(path, shared_gamma)
+    x = np.asarray(value)
+    if kind == "qkv_kernel":
+      x = x.reshape(x.shape[0], -1).T
+    elif kind == "qkv_bias":
+      x = x.reshape(-1)
+    elif kind == "out_kernel":
+      x = x.reshape(-1, x.shape[-1]).T
+    elif kind == "dense_kernel":
+      x = x.T
+    # np.array (not ascontiguousarray, which turns 0-d gammas into [1]) copies, so the
+    # tensor owns writable memory.
+    state[key] = torch.from_numpy(np.array(x, order="C", copy=True))
+  return state
+
+
+def torch_to_flax(state_dict, num_heads: int) -> Dict[str, Any]:
+  """Reference state_dict -> Flax params (without the 'params' level), numpy leaves.
+
+  Args:
+    state_dict: `DGIReference.state_dict()` or a checkpoint of it.
+    num_heads: attention heads; needed to split `[d, d]` projections into `[d, h, dh]`.
+  """
+  params: Dict[str, Any] = {}
+  for key, tensor in state_dict.items():
+    path, kind = _torch_to_flax_path(key)
+    x = tensor.detach().cpu().numpy()
+    if kind == "qkv_kernel":  # [h*dh, d] -> [d, h, dh]
+      x = x.T.reshape(x.shape[1], num_heads, -1)
+    elif kind == "qkv_bias":
+      x = x.reshape(num_heads, -1)
+    elif kind == "out_kernel":  # [d, h*dh] -> [h, dh, d]
+      x = x.T.reshape(num_heads, -1, x.shape[0])
+    elif kind == "dense_kernel":
+      x = x.T
+    node = params
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = np.array(x, order="C", copy=True)
+  return params

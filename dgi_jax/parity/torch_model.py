@@ -1,0 +1,336 @@
+"""PyTorch reference of the DGI model (training forward pass and losses).
+
+Written from the method description and the "Model specification" in `docs/DESIGN.md`,
+independently of the Flax model, so that a disagreement points at a mistake in either.
+Float32, no dropout (parity is checked with dropout off). Gumbel noise is an input.
+
+`state_dict` layout (`V` vocab, `L` position rows, `d` width, `F` MLP width, `m` levels,
+`K_t` codebook size of level t; `i` encoder layer, `j` decoder layer). Linear weights
+are `[out, in]` (PyTorch convention), applied as `x @ W.T + b`.
+
+| key                                              | shape      | meaning                       |
+|--------------------------------------------------|------------|-------------------------------|
+| encoder.token_embed.weight                       | [V, d]     | token embedding (row 0 = pad) |
+| encoder.pos_embed                                | [L, d]     | learned positions             |
+| encoder.layers.i.attn_norm.{weight,bias}         | [d]        | LN before self-attention      |
+| encoder.layers.i.attn.{q,k,v}_proj.weight        | [d, d]     | projections; out row = h*dh+c |
+| encoder.layers.i.attn.{q,k,v}_proj.bias          | [d]        |                               |
+| encoder.layers.i.attn.out_proj.{weight,bias}     | [d, d],[d] | output projection             |
+| encoder.layers.i.mlp_norm.{weight,bias}          | [d]        | LN before the MLP             |
+| encoder.layers.i.mlp.fc1.{weight,bias}           | [F, d],[F] | first MLP layer (exact GELU)  |
+| encoder.layers.i.mlp.fc2.{weight,bias}           | [d, F],[d] | second MLP layer              |
+| encoder.final_norm.{weight,bias}                 | [d]        | LN giving the token states H  |
+| codebooks.t                                      | [K_t, d]   | raw codebook W_t of level t   |
+| gamma_q, gamma_d (or gamma if share_gamma)       | []         | scales of the cosine logits   |
+| decoder.level_embed                              | [m, d]     | learned level embedding       |
+| decoder.layers.j.self_attn_norm.{weight,bias}    | [d]        | LN before causal self-attn    |
+| decoder.layers.j.self_attn.*                     | as encoder | causal self-attention         |
+| decoder.layers.j.cross_attn_norm.{weight,bias}   | [d]        | LN before cross-attention     |
+| decoder.layers.j.cross_attn.*                    | as encoder | attends to H_q (key mask)     |
+| decoder.layers.j.mlp_norm / mlp.fc1 / mlp.fc2    | as encoder | MLP block                     |
+| decoder.final_norm.{weight,bias}                 | [d]        | LN giving h                   |
+| heads.t (only when tie_heads is false)           | [K_t, d]   | separate output head U_t      |
+
+With `tie_heads` the decoder heads ARE `codebooks.t`; there is no second copy.
+"""
+
+import dataclasses
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from dgi_jax.parity import torch_losses
+
+LN_EPS = 1e-6  # Spec: every LayerNorm uses eps 1e-6 (PyTorch's default is 1e-5).
+GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
+GEOMETRIES = ("cosine", "dot")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+  """Hyper-parameters of the reference (the model and loss sections of the config)."""
+
+  vocab_size: int
+  max_len: int  # Rows of the position table: max(max_item_len, max_query_len).
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  encoder_layers: int
+  decoder_layers: int
+  codebook_sizes: Tuple[int, ...]
+  gamma_init: float
+  share_gamma: bool
+  grad_path: str
+  tie_heads: bool
+  geometry: str
+  loss_weights: Tuple[Tuple[str, float], ...]  # (term, weight) pairs, see torch_losses.
+  beta: float
+  infonce_temperature: float
+  div_eps: float
+
+  def __post_init__(self):
+    if self.grad_path not in GRAD_PATHS:
+      raise ValueError(f"grad_path={self.grad_path!r}; expected one of {GRAD_PATHS}")
+    if self.geometry not in GEOMETRIES:
+      raise ValueError(f"geometry={self.geometry!r}; expected one of {GEOMETRIES}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} not divisible by num_heads={self.num_heads}")
+
+  @classmethod
+  def from_config(cls, config) -> "ReferenceConfig":
+    """Reads the `data`, `model` and `loss` sections of an ml_collections config."""
+    m, loss = config.model, config.loss
+    return cls(
+        vocab_size=int(config.data.vocab_size),
+        max_len=max(int(config.data.max_item_len), int(config.data.max_query_len)),
+        d_model=int(m.d_model), num_heads=int(m.num_heads), mlp_dim=int(m.mlp_dim),
+        encoder_layers=int(m.encoder_layers), decoder_layers=int(m.decoder_layers),
+        codebook_sizes=tuple(int(k) for k in m.codebook_sizes),
+        gamma_init=float(m.gamma_init), share_gamma=bool(m.share_gamma),
+        grad_path=str(m.grad_path), tie_heads=bool(m.tie_heads), geometry=str(m.geometry),
+        loss_weights=tuple(torch_losses.loss_weights(loss).items()),
+        beta=float(loss.beta), infonce_temperature=float(loss.infonce_temperature),
+        div_eps=float(loss.div_eps))
+
+
+class Attention(nn.Module):
+  """Multi-head attention with biased q/k/v/out projections and a boolean key mask."""
+
+  def __init__(self, d_model: int, num_heads: int):
+    super().__init__()
+    self.num_heads = num_heads
+    self.q_proj = nn.Linear(d_model, d_model)
+    self.k_proj = nn.Linear(d_model, d_model)
+    self.v_proj = nn.Linear(d_model, d_model)
+    self.out_proj = nn.Linear(d_model, d_model)
+
+  def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x `[B, Lq, d]` attends to kv `[B, Lk, d]`; mask broadcasts to `[B, Lq, Lk]`."""
+    b, lq, d = x.shape
+    lk, h = kv.shape[1], self.num_heads
+    dh = d // h
+    q = self.q_proj(x).view(b, lq, h, dh).transpose(1, 2)
+    k = self.k_proj(kv).view(b, lk, h, dh).transpose(1, 2)
+    v = self.v_proj(kv).view(b, lk, h, dh).transpose(1, 2)
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
+    # Spec: masked logits take the dtype's most negative value (not -inf), so a fully
+    # masked row gives a uniform softmax instead of NaN.
+    logits = logits.masked_fill(~mask[:, None], torch.finfo(logits.dtype).min)
+    out = torch.softmax(logits, dim=-1) @ v
+    return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
+
+
+class Mlp(nn.Module):
+  """`fc2(gelu(fc1(x)))` with the exact (erf) GELU."""
+
+  def __init__(self, d_model: int, mlp_dim: int):
+    super().__init__()
+    self.fc1 = nn.Linear(d_model, mlp_dim)
+    self.fc2 = nn.Linear(mlp_dim, d_model)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.fc2(F.gelu(self.fc1(x), approximate="none"))
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: `x += MHA(LN(x))`, `x += MLP(LN(x))`."""
+
+  def __init__(self, d_model: int, num_heads: int, mlp_dim: int):
+    super().__init__()
+    self.attn_norm = nn.LayerNorm(d_model, eps=LN_EPS)
+    self.attn = Attention(d_model, num_heads)
+    self.mlp_norm = nn.LayerNorm(d_model, eps=LN_EPS)
+    self.mlp = Mlp(d_model, mlp_dim)
+
+  def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    y = self.attn_norm(x)
+    x = x + self.attn(y, y, key_mask[:, None, :])
+    return x + self.mlp(self.mlp_norm(x))
+
+
+class Encoder(nn.Module):
+  """Shared text encoder: returns token states `H`, the float mask and the masked mean."""
+
+  def __init__(self, cfg: ReferenceConfig):
+    super().__init__()
+    d = cfg.d_model
+    self.token_embed = nn.Embedding(cfg.vocab_size, d)
+    self.pos_embed = nn.Parameter(torch.empty(cfg.max_len, d))
+    self.layers = nn.ModuleList(
+        [EncoderBlock(d, cfg.num_heads, cfg.mlp_dim) for _ in range(cfg.encoder_layers)])
+    self.final_norm = nn.LayerNorm(d, eps=LN_EPS)
+    nn.init.normal_(self.token_embed.weight, std=0.02)
+    nn.init.normal_(self.pos_embed, std=0.02)
+
+  def forward(self, tokens: torch.Tensor):
+    """tokens `[B, L]` (0 = padding) -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`)."""
+    key_mask = tokens != 0
+    x = self.token_embed(tokens) + self.pos_embed[:tokens.shape[1]]
+    for layer in self.layers:
+      x = layer(x, key_mask)
+    states = self.final_norm(x)
+    mask = key_mask.to(states.dtype)
+    pooled = torch.sum(states * mask[..., None], dim=1) / torch.clamp(
+        torch.sum(mask, dim=1, keepdim=True), min=1.0)
+    return states, mask, pooled
+
+
+class DecoderBlock(nn.Module):
+  """Pre-LN block: causal self-attention, cross-attention to `H_q`, MLP."""
+
+  def __init__(self, d_model: int, num_heads: int, mlp_dim: int):
+    super().__init__()
+    self.self_attn_norm = nn.LayerNorm(d_model, eps=LN_EPS)
+    self.self_attn = Attention(d_model, num_heads)
+    self.cross_attn_norm = nn.LayerNorm(d_model, eps=LN_EPS)
+    self.cross_attn = Attention(d_model, num_heads)
+    self.mlp_norm = nn.LayerNorm(d_model, eps=LN_EPS)
+    self.mlp = Mlp(d_model, mlp_dim)
+
+  def forward(self, x, memory, memory_mask):
+    m = x.shape[1]
+    causal = torch.tril(torch.ones(m, m, dtype=torch.bool, device=x.device))[None]
+    y = self.self_attn_norm(x)
+    x = x + self.self_attn(y, y, causal)
+    x = x + self.cross_attn(self.cross_attn_norm(x), memory, memory_mask[:, None, :])
+    return x + self.mlp(self.mlp_norm(x))
+
+
+class Decoder(nn.Module):
+  """SID decoder over `m` level positions; adds the level embedding to its inputs."""
+
+  def __init__(self, cfg: ReferenceConfig):
+    super().__init__()
+    d = cfg.d_model
+    self.level_embed = nn.Parameter(torch.empty(len(cfg.codebook_sizes), d))
+    self.layers = nn.ModuleList(
+        [DecoderBlock(d, cfg.num_heads, cfg.mlp_dim) for _ in range(cfg.decoder_layers)])
+    self.final_norm = nn.LayerNorm(d, eps=LN_EPS)
+    nn.init.normal_(self.level_embed, std=0.02)
+
+  def forward(self, inputs, memory, memory_mask):
+    """inputs `[B, m, d]`, memory `H_q` `[B, Lq, d]`, memory_mask `[B, Lq]` -> `[B, m, d]`."""
+    x = inputs + self.level_embed[None]
+    for layer in self.layers:
+      x = layer(x, memory, memory_mask)
+    return self.final_norm(x)
+
+
+class DGIReference(nn.Module):
+  """The DGI model: encoder, residual quantizer, decoder with codebook-tied heads."""
+
+  def __init__(self, cfg: ReferenceConfig):
+    super().__init__()
+    self.cfg = cfg
+    d = cfg.d_model
+    self.encoder = Encoder(cfg)
+    self.codebooks = nn.ParameterList(
+        [nn.Parameter(torch.randn(k, d) / math.sqrt(d)) for k in cfg.codebook_sizes])
+    if cfg.share_gamma:
+      self.gamma = nn.Parameter(torch.tensor(cfg.gamma_init))
+    else:
+      self.gamma_q = nn.Parameter(torch.tensor(cfg.gamma_init))
+      self.gamma_d = nn.Parameter(torch.tensor(cfg.gamma_init))
+    self.decoder = Decoder(cfg)
+    if not cfg.tie_heads:
+      self.heads = nn.ParameterList(
+          [nn.Parameter(torch.randn(k, d) / math.sqrt(d)) for k in cfg.codebook_sizes])
+
+  def _gammas(self):
+    if self.cfg.share_gamma:
+      return self.gamma, self.gamma
+    return self.gamma_q, self.gamma_d
+
+  def _logits(self, x: torch.Tensor, w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Scaled cosine `gamma * cos(x, w_k)` or dot `x . w_k`; x `[B, d]`, w `[K, d]`."""
+    if self.cfg.geometry == "cosine":
+      return gamma * (torch_losses.normalize(x) @ torch_losses.normalize(w).T)
+    return x @ w.T
+
+  def quantize(self, z_base: torch.Tensor, gumbel_noise: Sequence[torch.Tensor], tau: float):
+    """Residual quantization with Gumbel soft assignments (training path).
+
+    Args:
+      z_base: `[B, d]` pooled item embeddings (`r_0`).
+      gumbel_noise: per level `[B, K_t]` Gumbel(0, 1) samples.
+      tau: Gumbel-softmax temperature.
+
+    Returns:
+      Dict of per-level lists: `codes` `[B]`, `probs` `[B, K_t]`, `code_vectors` `zt_t`,
+      `residuals` `r_{t-1}`, `hard_codewords` `W_t[c_t]` (all `[B, d]` but codes/probs).
+    """
+    gamma_q, _ = self._gammas()
+    out = {k: [] for k in ("codes", "probs", "code_vectors", "residuals", "hard_codewords")}
+    r = z_base
+    for w, g in zip(self.codebooks, gumbel_noise):
+      scores = self._logits(r, w, gamma_q)
+      codes = torch.argmax(scores, dim=-1)  # Noise-free: hard codes are the NTP targets.
+      probs = torch.softmax((scores + g) / tau, dim=-1)
+      hard = w[codes]
+      path = self.cfg.grad_path
+      if path in ("gumbel_soft", "frozen"):
+        zt = probs @ w
+      elif path == "ste":
+        zt = r + (hard - r).detach()
+      else:  # gumbel_st: hard one-hot of the noisy scores, soft gradient.
+        y = F.one_hot(torch.argmax(scores + g, dim=-1), w.shape[0]).to(probs.dtype)
+        zt = (y + probs - probs.detach()) @ w
+      level = dict(codes=codes, probs=probs, code_vectors=zt, residuals=r, hard_codewords=hard)
+      for key, value in level.items():
+        out[key].append(value)
+      r = r - zt
+    return out
+
+  def decoder_inputs(self, z_q: torch.Tensor, code_vectors: Sequence[torch.Tensor]):
+    """`x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j` -> `[B, m, d]` (soft teacher forcing)."""
+    inputs, prefix = [], torch.zeros_like(z_q)
+    for zt in code_vectors:
+      inputs.append(z_q + prefix)
+      v = zt.detach() if self.cfg.grad_path == "frozen" else zt
+      prefix = prefix + v
+    return torch.stack(inputs, dim=1)
+
+  def head_logits(self, h: torch.Tensor) -> List[torch.Tensor]:
+    """Decoder states `[B, m, d]` -> per-level logits `[B, K_t]` (heads tied or not)."""
+    _, gamma_d = self._gammas()
+    heads = self.codebooks if self.cfg.tie_heads else self.heads
+    return [self._logits(h[:, t], u, gamma_d) for t, u in enumerate(heads)]
+
+  def forward(self, item_tokens: torch.Tensor, query_tokens: torch.Tensor,
+              item_index: torch.Tensor, gumbel_noise: Sequence[torch.Tensor],
+              tau: float) -> Dict[str, object]:
+    """Training forward pass and losses.
+
+    Args:
+      item_tokens: `[B, Li]` long, target item text (0 = padding).
+      query_tokens: `[B, Lq]` long, `query [SEP] history` text.
+      item_index: `[B]` long, target item ids (for InfoNCE duplicate masking).
+      gumbel_noise: per level `[B, K_t]` float Gumbel(0, 1) noise.
+      tau: Gumbel-softmax temperature.
+
+    Returns:
+      Dict with the scalar terms `ntp`, `global`, `local`, `infonce`, `div`, `total`;
+      `logits` (per level `[B, K_t]`), `codes` (per level `[B]`), `probs`, `z_base`, `z_q`.
+    """
+    cfg = self.cfg
+    _, _, z_base = self.encoder(item_tokens)
+    h_q, mask_q, z_q = self.encoder(query_tokens)
+    quant = self.quantize(z_base, gumbel_noise, tau)
+    h = self.decoder(self.decoder_inputs(z_q, quant["code_vectors"]), h_q, mask_q > 0)
+    logits = self.head_logits(h)
+    terms = {
+        "ntp": torch_losses.ntp_loss(logits, quant["codes"]),
+        "global": torch_losses.global_loss(z_base, quant["code_vectors"], cfg.geometry),
+        "local": torch_losses.local_loss(quant["residuals"], quant["hard_codewords"],
+                                         cfg.beta),
+        "infonce": torch_losses.infonce_loss(z_q, z_base, item_index,
+                                             cfg.infonce_temperature),
+        "div": torch_losses.div_loss(quant["probs"], cfg.div_eps),
+    }
+    terms["total"] = torch_losses.total_loss(terms, dict(cfg.loss_weights))
+    terms.update(logits=logits, codes=quant["codes"], probs=quant["probs"],
+                 z_base=z_base, z_q=z_q)
+    return terms
