@@ -69,7 +69,7 @@ class ReferenceOptimizer:
 
 
 def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
-                 lr_scale: float = 0.1
+                 lr_scale: float = 0.1, jit: bool = True
                  ) -> Tuple[List[Dict[str, float]], List[Dict[str, float]]]:
   """Trains both models from one JAX init on the same batches, noise and temperatures.
 
@@ -90,6 +90,8 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
     batch_size: rows per batch; 0 = `config.train.global_batch_size`.
     seed: seed of the JAX init and the data.
     lr_scale: factor on both peak learning rates (see above).
+    jit: jit the forward/backward (one compilation; op-by-op dispatch of a whole
+      training step costs more than that over 20 steps).
 
   Returns:
     (jax_terms, torch_terms): per step, the loss terms before that step's update.
@@ -110,11 +112,20 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   optimizer = optim.make_optimizer(config.optim, steps)
   loss = compare.flax_loss_fn(config)
 
-  @jax.jit
-  def jax_step(params, opt_state, batch, noise, tau):
-    (_, (terms, _)), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, noise, tau)
+  def apply_update(grads, opt_state, params):
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, terms
+    return optax.apply_updates(params, updates), opt_state
+
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  if jit:
+    grad_fn = jax.jit(grad_fn)
+  # The update is always jitted: op by op it would compile every optax primitive for
+  # every parameter shape.
+  apply_update = jax.jit(apply_update)
+
+  def jax_step(params, opt_state, batch, noise, tau):
+    (_, (terms, _)), grads = grad_fn(params, batch, noise, tau)
+    return (*apply_update(grads, opt_state, params), terms)
 
   jax_params = jax.tree.map(jnp.asarray, params)
   opt_state = optimizer.init(jax_params)
