@@ -22,7 +22,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    # portpicker: free coordinator ports for the multi-process tests.
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6"],
     # The PyTorch reference; pinned so pip takes the CPU wheel rather than a CUDA build.
     "torch": ["torch==2.13.0"],
     "tpu": ["jax[tpu]>=0.10"],

@@ -65,9 +65,10 @@ def _maybe_initialize_distributed(config) -> None:
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", FLAGS.local_device_count)
   if jax.config.jax_platforms == "cpu":
-    # Cross-process all-reduces between CPU clients need a collectives backend; without
-    # one they fail at the first step. gloo (TCP, through the coordinator) is this JAX's
-    # default, pinned here because older releases defaulted to none.
+    # Cross-process computations between CPU clients need a collectives backend; without
+    # one the first fails ("Multiprocess computations aren't implemented on the CPU
+    # backend"). gloo (TCP, through the coordinator) is this JAX's default, pinned here
+    # because older releases defaulted to none.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if FLAGS.coordinator_address is not None:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

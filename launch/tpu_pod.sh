@@ -22,7 +22,7 @@
 #   Flags after `--` go to `dgi train`, e.g. -- --config.train.num_steps=100
 #
 # The committed HEAD is shipped (git archive), so what runs is what a commit names. The
-# training command stays attached to the ssh session: run this script under tmux or screen
+# training command stays attached to the ssh connection: run this script under tmux or screen
 # for long jobs. Rerunning it resumes from the last checkpoint in --workdir.
 set -euo pipefail
 
