@@ -70,7 +70,7 @@ def _train(workdir, num_processes: int, local_devices: int, tfds_dir) -> None:
                *train_flags]
   env["PYTHON"] = sys.executable
   with (log_dir / "launch.log").open("w") as out:
-    # A session of its own, so a timeout can stop the launcher and every process it started.
+    # Its own process group, so a timeout can stop the launcher and every process it started.
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
