@@ -65,8 +65,8 @@ def run_worker(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from common import time_calls  # pylint: disable=g-import-not-at-top
-  from train_throughput import random_batch  # pylint: disable=g-import-not-at-top
-  from dgi_jax import optim, sharding, train, train_step  # pylint: disable=g-import-not-at-top
+  from train_throughput import random_batch, sharded_train_step  # pylint: disable=g-import-not-at-top
+  from dgi_jax import sharding  # pylint: disable=g-import-not-at-top
 
   if args.num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -75,14 +75,7 @@ def run_worker(args) -> None:
   config = runpy.run_path(args.config)["get_config"]()
   global_batch = config.train.global_batch_size
   host_batch = sharding.host_batch_size(global_batch)
-  model = train.build_model(config)
-  optimizer = optim.make_optimizer(config.optim, config.train.num_steps)
-  mesh = sharding.make_mesh()
-  rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  params = train.init_params(model, config, jax.random.PRNGKey(0), out_sharding=rep)
-  state = jax.device_put(train_step.create_train_state(params, optimizer), rep)
-  step = jax.jit(train_step.make_train_step(model, optimizer, config, config.train.num_steps),
-                 in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+  _, state, step, data = sharded_train_step(config)
   # Every process draws the same global batch and feeds its own rows of it.
   rows = slice(jax.process_index() * host_batch, (jax.process_index() + 1) * host_batch)
   host_rows = {k: v[rows] for k, v in

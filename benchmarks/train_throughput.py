@@ -30,14 +30,8 @@ def random_batch(config, batch_size, rs):
       example_id=np.arange(batch_size, dtype=np.int32))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/default.py")
-  parser.add_argument("--steps", type=int, default=20)
-  args = parser.parse_args()
-  config = runpy.run_path(args.config)["get_config"]()
-  batch_size = config.train.global_batch_size
-
+def sharded_train_step(config):
+  """Fresh params, their replicated train state, the jitted sharded step, the batch sharding."""
   model = train.build_model(config)
   optimizer = optim.make_optimizer(config.optim, config.train.num_steps)
   mesh = sharding.make_mesh()
@@ -46,6 +40,18 @@ def main():
   state = jax.device_put(train_step.create_train_state(params, optimizer), rep)
   step = jax.jit(train_step.make_train_step(model, optimizer, config, config.train.num_steps),
                  in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+  return params, state, step, data
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/default.py")
+  parser.add_argument("--steps", type=int, default=20)
+  args = parser.parse_args()
+  config = runpy.run_path(args.config)["get_config"]()
+  batch_size = config.train.global_batch_size
+
+  params, state, step, data = sharded_train_step(config)
   rs = np.random.RandomState(0)
   batch = sharding.global_batch(random_batch(config, batch_size, rs), data)
   rng = jax.random.PRNGKey(1)
