@@ -1,19 +1,11 @@
 """Helpers shared by the benchmark scripts: machine description and timing."""
 
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 
-
-def machine_description() -> str:
-  """One line naming the machine the figures come from."""
-  device = jax.devices()[0]
-  return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} on {device.platform} ({device.device_kind}), "
-          f"{jax.device_count()} device(s)")
+from dgi_jax.benchmark.machine import machine_description  # noqa: F401  (re-exported)
 
 
 def time_calls(fn, repeats: int) -> float:

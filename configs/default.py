@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_heads = True  # Decoder heads ARE the codebooks (symmetric weight sharing) [P].
   c.model.geometry = "cosine"  # 'cosine' (scaled cosine) or 'dot' (dot logits, MSE recon).
   c.model.dtype = "float32"  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
+  # Items get their own encoder tower instead of sharing the request encoder [D]; the
+  # Two-Stage baseline uses it to keep its item embeddings (hence SIDs) frozen in stage 2.
+  c.model.separate_item_encoder = False
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()
@@ -69,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.tau_start = 1.0  # Gumbel temperature at step 0 [P].
   c.optim.tau_end = 0.1  # Gumbel temperature at the last step [P].
+  # Top-level parameter names (prefixes) that get no updates, e.g. ('item_encoder',
+  # 'codebook_', 'gamma_quantizer') for the Two-Stage baseline's second stage.
+  c.optim.frozen = ()
 
   # ---------------------------------------------------------------- training
   c.train = ml_collections.ConfigDict()

@@ -75,46 +75,51 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
-  ks = tuple(x for x in metrics.DEFAULT_KS if x <= k)
-  mrr_k = min(metrics.MRR_K, k)
-  popularity = run_data.dataset.train_popularity
-  sums, pair_popularity, pair_hits, rankings = None, [], [], []
   start = time.perf_counter()
+  ranked, relevant = [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
   for batch in batches:
     result = retriever.search(batch["query_tokens"], beam_size, k)
-    ranked = np.asarray(result.items)[batch["mask"]]
-    relevant = batch["relevant"][batch["mask"]]
-    batch_sums = metrics.metric_sums(ranked, relevant, ks, mrr_k)
-    sums = batch_sums if sums is None else metrics.merge_sums(sums, batch_sums)
-    pops, hits = metrics.pair_hits(ranked, relevant, popularity, LONG_TAIL_K)
-    pair_popularity.append(pops)
-    pair_hits.append(hits)
-    if keep_rankings:
-      rankings.append(ranked)
+    ranked.append(np.asarray(result.items)[batch["mask"]])
+    relevant.append(batch["relevant"][batch["mask"]])
   seconds = time.perf_counter() - start
-  means = metrics.finalize(sums)
-  num_requests = int(means.pop(metrics.COUNT_KEY))
-  pair_popularity = np.concatenate(pair_popularity)
-  long_tail = metrics.popularity_buckets(pair_popularity, np.concatenate(pair_hits),
-                                         int(config.eval.num_popularity_buckets))
-  report = {
-      "split": split,
-      "beam_size": beam_size,
-      "k": k,
-      "num_requests": num_requests,
-      "num_pairs": int(len(pair_popularity)),
-      "metrics": means,
-      "long_tail": dict(k=LONG_TAIL_K, **long_tail),
-      "hubness": hubness(retriever, popularity),
-      "index": dict(retriever.stats),
-      "timing": {"seconds": seconds, "requests_per_sec": num_requests / seconds},
-  }
+  ranked = np.concatenate(ranked)
+  report = dict(split=split, beam_size=beam_size, k=k)
+  report.update(ranking_report(ranked, np.concatenate(relevant),
+                               run_data.dataset.train_popularity,
+                               int(config.eval.num_popularity_buckets)))
+  report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
+  report["index"] = dict(retriever.stats)
+  report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
-    report["rankings"] = np.concatenate(rankings)
+    report["rankings"] = ranked
   return report
+
+
+def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
+                   num_buckets: int) -> Dict[str, Any]:
+  """Metrics and long-tail profile of any retriever's rankings of one split.
+
+  Args:
+    ranked: int [Q, k] item indices per request, best first (-1 = no item).
+    relevant: int [Q, R] relevant item indices per request, padded with -1.
+    train_popularity: int [num_items] training requests per item, f(i).
+    num_buckets: popularity buckets of the long-tail profile.
+
+  Returns:
+    num_requests, num_pairs, metrics (@K for K <= k, MRR@min(20, k)) and long_tail.
+  """
+  k = ranked.shape[1]
+  ks = tuple(x for x in metrics.DEFAULT_KS if x <= k)
+  means = metrics.retrieval_metrics(ranked, relevant, ks, min(metrics.MRR_K, k))
+  num_requests = int(means.pop(metrics.COUNT_KEY))
+  pair_popularity, pair_hits = metrics.pair_hits(ranked, relevant, train_popularity,
+                                                 LONG_TAIL_K)
+  long_tail = metrics.popularity_buckets(pair_popularity, pair_hits, num_buckets)
+  return {"num_requests": num_requests, "num_pairs": int(len(pair_popularity)),
+          "metrics": means, "long_tail": dict(k=LONG_TAIL_K, **long_tail)}
 
 
 def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:

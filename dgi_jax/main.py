@@ -5,6 +5,8 @@
   dgi eval   --workdir DIR [--split test] [--beam N] [--k K]
   dgi search --workdir DIR "query text" [--history id,id] [--k 10] [--beam N]
   dgi index  --workdir DIR --out sids.jsonl [--add items.jsonl]
+  dgi benchmark --dataset beauty|scifact|DIR --workdir DIR [--methods all|a,b]
+                [--data_root ../shared/data] [--results_dir DIR] [--config CONFIG]
 eval, search and index read the config, tokenizer and params from DIR's checkpoint (the
 best by validation, else the latest); they take no --config.
 
@@ -17,12 +19,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "parity", "eval", "search", "index")
+COMMANDS = ("train", "parity", "eval", "search", "index", "benchmark")
 # Commands that serve a trained work directory; their config comes from its checkpoint.
 SERVING_COMMANDS = ("eval", "search", "index")
 USAGE = f"usage: dgi {{{'|'.join(COMMANDS)}}} [flags]; `dgi <command> --help` lists them"
 
 FLAGS = flags.FLAGS
+_COMMAND_ARGS = []  # The command's own arguments, as typed.
 config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Config file (Python, `get_config()`); override fields "
     "with --config.section.field=value.", lock_config=True)
@@ -38,6 +41,15 @@ flags.DEFINE_string("history", "", "search: the user's history, item ids oldest 
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
 flags.DEFINE_string("add", None, "index: items.jsonl of new items to quantize and include.")
+flags.DEFINE_string("dataset", None, "benchmark: 'beauty', 'scifact' (converted from "
+                    "--data_root) or a directory in the generic JSONL format.")
+flags.DEFINE_string("methods", "all", "benchmark: 'all' or comma-separated method names "
+                    "(bm25, dense, two_stage, dgi, dgi_ste, dgi_untied, dgi_ste_untied, "
+                    "dgi_dot, dgi_none).")
+flags.DEFINE_string("data_root", "../shared/data", "benchmark: folder holding the raw "
+                    "datasets (amazon_beauty/, scifact/).")
+flags.DEFINE_string("results_dir", None, "benchmark: where results.md and plots go "
+                    "(default --workdir).")
 # Joining a multi-process job. A launcher (launch/local_multihost.sh, a cluster scheduler)
 # passes all three; TPU pods instead set --config.train.distributed=true and auto-detect.
 flags.DEFINE_string("coordinator_address", None,
@@ -170,11 +182,43 @@ def _serve(argv, command: str) -> int:
   return 0
 
 
+def _benchmark_config():
+  """--config if given, else configs/benchmark_<dataset>.py, else configs/benchmark.py."""
+  if FLAGS["config"].present:
+    return FLAGS.config
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  named = pathlib.Path("configs") / f"benchmark_{FLAGS.dataset}.py"
+  path = named if named.is_file() else pathlib.Path("configs") / "benchmark.py"
+  if not path.is_file():
+    raise app.UsageError(f"no {path} here: run from the repository root or pass --config")
+  return runpy.run_path(str(path))["get_config"]()
+
+
+def _benchmark(command_line) -> int:
+  from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  if not FLAGS.workdir or not FLAGS.dataset:
+    raise app.UsageError("dgi benchmark needs --dataset and --workdir")
+  config = _benchmark_config()
+  if "benchmark" not in config:
+    raise app.UsageError("the config has no `benchmark` section; use configs/benchmark*.py")
+  try:
+    path = runner.run_benchmark(FLAGS.dataset, FLAGS.methods, config, FLAGS.workdir,
+                                FLAGS.data_root, FLAGS.results_dir, command_line)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"dgi benchmark: error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {path}")
+  return 0
+
+
 def _run(argv, command: str) -> int:
   if command in SERVING_COMMANDS:
     return _serve(argv, command)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if command == "benchmark":
+    return _benchmark(["dgi", command] + _COMMAND_ARGS)
   config = FLAGS.config
   if command == "train":
     _train(config)
@@ -188,6 +232,7 @@ def main() -> None:
     print(USAGE, file=sys.stderr)
     sys.exit(2)
   command = sys.argv.pop(1)
+  _COMMAND_ARGS[:] = sys.argv[1:]  # For results files that quote their command line.
   # Orbax and TFDS log every save and read at INFO through absl.
   logging.set_verbosity(logging.WARNING)
   app.run(lambda argv: sys.exit(_run(argv, command)))

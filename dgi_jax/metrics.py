@@ -113,7 +113,9 @@ def pair_hits(ranked, relevant, item_popularity, k: int = 10) -> Tuple[np.ndarra
   """Flattens (request, relevant item) pairs: (training popularity [P], hit@k [P] bool)."""
   positions, is_relevant = first_positions(ranked, relevant)
   popularity = np.asarray(item_popularity)[np.asarray(relevant)[is_relevant]]
-  return popularity, positions[is_relevant] < k
+  # An absent item sits at position L; with k > L that must still be a miss.
+  found = positions < min(k, np.shape(ranked)[1])
+  return popularity, found[is_relevant]
 
 
 def popularity_buckets(popularity_of_pair_items, hits,

@@ -7,10 +7,18 @@ import optax
 QUANTIZER_PARAMS = ("codebook_", "gamma_")
 
 
-def param_labels(params):
-  """'quantizer' for codebooks and gammas (top-level), 'backbone' for everything else."""
+def is_frozen(name: str, optim_config) -> bool:
+  """Whether the top-level parameter `name` is listed (by prefix) in `optim.frozen`."""
+  return name.startswith(tuple(optim_config.get("frozen", ())))
+
+
+def param_labels(params, optim_config=None):
+  """'frozen' for the top-level names `optim.frozen` lists, 'quantizer' for codebooks and
+  gammas, 'backbone' for everything else."""
   def label(path, _):
     top = path[0].key if hasattr(path[0], "key") else str(path[0])
+    if optim_config is not None and is_frozen(top, optim_config):
+      return "frozen"
     return "quantizer" if top.startswith(QUANTIZER_PARAMS) else "backbone"
   return jax.tree_util.tree_map_with_path(label, params)
 
@@ -35,11 +43,13 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
     return optax.adamw(learning_rate_schedule(peak, optim_config.warmup_steps, total_steps),
                        b1=optim_config.b1, b2=optim_config.b2,
                        weight_decay=optim_config.weight_decay, mask=decay_mask)
+  transforms = {"backbone": adamw(optim_config.backbone_lr),
+                "quantizer": adamw(optim_config.quantizer_lr)}
+  if optim_config.get("frozen", ()):  # Only then: keeps the usual optimiser state tree.
+    transforms["frozen"] = optax.set_to_zero()
   return optax.chain(
       optax.clip_by_global_norm(optim_config.grad_clip_norm),
-      optax.multi_transform({"backbone": adamw(optim_config.backbone_lr),
-                             "quantizer": adamw(optim_config.quantizer_lr)},
-                            param_labels))
+      optax.multi_transform(transforms, lambda params: param_labels(params, optim_config)))
 
 
 def gumbel_temperature(step, optim_config, total_steps: int):

@@ -68,7 +68,9 @@ def plot_popularity_buckets(long_tail: Dict[str, Any], path, title: str = "") ->
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center", va="bottom", fontsize=8)
   ax.set_xticks(range(len(values)), labels, fontsize=8)
-  ax.set_ylim(0, 1.05)
+  # Real-data hit rates can be a few percent: scale to the data, not to 1.
+  finite = [v for v in values if not math.isnan(v)]
+  ax.set_ylim(0, min(1.05, max(0.05, 1.25 * max(finite, default=0.0))))
   ax.set_ylabel(f"Hit@{long_tail.get('k', 10)}")
   ax.set_title(title or "Hit@10 by item popularity (B0 head .. B4 tail)")
   return save_png(figure, path)

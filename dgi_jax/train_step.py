@@ -51,6 +51,8 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
   """
   cfg = model.cfg
   deterministic = cfg.dropout_rate == 0.0
+  item_tower = model.item_encoder_name
+  item_tower_frozen = optim.is_frozen(item_tower, config.optim)
   if axis_name is None:
     gather = losses.identity_gather
   else:
@@ -71,9 +73,11 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
     def loss_fn(params, item_encoder_params):
       # The item path reads the encoder through its own argument, so its gradient (the
       # paper's Figure 3 signal) is separable from the request path's.
-      z_base = model.apply({"params": dict(params, encoder=item_encoder_params)},
+      z_base = model.apply({"params": dict(params, **{item_tower: item_encoder_params})},
                            batch["item_tokens"], deterministic, rngs=rngs,
                            method=DGIModel.embed_items)
+      if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
+        z_base = jax.lax.stop_gradient(z_base)
       outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise, tau,
                             deterministic, rngs=rngs,
                             method=DGIModel.forward_from_item_embedding)
@@ -82,8 +86,8 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
       return terms["total"], terms
 
     (_, terms), (grads, item_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(params, params["encoder"])
-    grads = dict(grads, encoder=jax.tree.map(jnp.add, grads["encoder"], item_grads))
+        loss_fn, argnums=(0, 1), has_aux=True)(params, params[item_tower])
+    grads = dict(grads, **{item_tower: jax.tree.map(jnp.add, grads[item_tower], item_grads)})
     terms = dict(terms, tau=tau)
     if axis_name is not None:
       # Each device differentiates its own copy of the parameters: average the copies'

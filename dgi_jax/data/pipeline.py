@@ -141,6 +141,18 @@ def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
   return out
 
 
+def read_requests(dataset: dataset_lib.Dataset, split: str) -> dict:
+  """Every request of `split` in file order (for retrievers that read text, e.g. BM25).
+
+  Returns {"query": list of str, "history": list of int32 arrays (oldest first, whole),
+  "relevant": int32 [Q, R] padded with -1, laid out as `iterate_eval` lays it out}.
+  """
+  source = dataset.source(split)
+  rows = [_decode(row) for row in source.__getitems__(list(range(len(source))))]
+  return {"query": [q for _, q, _, _ in rows], "history": [h for _, _, h, _ in rows],
+          "relevant": _pad_rows([r for _, _, _, r in rows], dataset.max_relevant(split))}
+
+
 def iterate_eval(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenizer,
                  data_config, split: str, batch_size: int, process_index: int = 0,
                  process_count: int = 1, catalogue_tokens: np.ndarray | None = None

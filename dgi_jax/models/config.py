@@ -28,6 +28,7 @@ class ModelConfig:
   tie_heads: bool = True
   geometry: str = "cosine"
   dtype: str = "float32"
+  separate_item_encoder: bool = False
 
   def __post_init__(self):
     if self.grad_path not in GRAD_PATHS:
@@ -51,8 +52,11 @@ class ModelConfig:
   @classmethod
   def from_config(cls, config) -> "ModelConfig":
     """Builds the model config from the full ml_collections config (model + data fields)."""
-    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len"}
-    kwargs = {k: config.model[k] for k in fields}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    del defaults["vocab_size"], defaults["max_len"]
+    # Configs saved before a field existed (older checkpoints) get the field's default,
+    # which is the behaviour those runs had.
+    kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
     return cls(vocab_size=config.data.vocab_size,
                max_len=max(config.data.max_item_len, config.data.max_query_len),

@@ -70,9 +70,16 @@ class DGIModel(nn.Module):
   """Differentiable Geometric Indexing. See docs/DESIGN.md "Model specification"."""
   cfg: ModelConfig
 
+  @property
+  def item_encoder_name(self) -> str:
+    """Top-level parameter collection of the item tower ('encoder' when shared)."""
+    return "item_encoder" if self.cfg.separate_item_encoder else "encoder"
+
   def setup(self):
     cfg = self.cfg
     self.encoder = TextEncoder(cfg)
+    # One tower for requests and items (DGI), or a second one for items.
+    self.item_encoder = TextEncoder(cfg) if cfg.separate_item_encoder else self.encoder
     self.decoder = SidDecoder(cfg)
     self.codebooks = [self.param(f"codebook_{t}", CODEBOOK_INIT, (k, cfg.d_model))
                       for t, k in enumerate(cfg.codebook_sizes)]
@@ -89,7 +96,7 @@ class DGIModel(nn.Module):
   # ------------------------------------------------------------------ encoders
   def embed_items(self, item_tokens, deterministic: bool = True):
     """[B, Li] item text tokens -> z_base [B, d]."""
-    return self.encoder(item_tokens, deterministic)[1]
+    return self.item_encoder(item_tokens, deterministic)[1]
 
   def encode_requests(self, query_tokens, deterministic: bool = True):
     """[B, Lq] request tokens -> (H_q [B, Lq, d], z_q [B, d])."""

@@ -1,0 +1,34 @@
+"""Benchmark config (`dgi benchmark --dataset DIR`): the shared budget of every method.
+
+Sized so that each trained method takes minutes on 2 CPU cores. `benchmark_beauty.py`,
+`benchmark_scifact.py` adapt it per dataset; `benchmark_accelerator.py` is the larger
+budget for one GPU/TPU.
+"""
+
+import pathlib
+import runpy
+
+import ml_collections
+
+# Config files are loaded by path (not as a package), so the base config is too.
+_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the locked benchmark config."""
+  c = _default["get_config"]()
+  with c.unlocked():
+    # Final checkpoint, evaluated once on test: no validation passes inside the budget.
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 250
+    c.benchmark = ml_collections.ConfigDict()
+    # Two-Stage: share of train.num_steps spent on stage 1 (item tower + quantizer); the
+    # rest trains the retriever on the frozen SIDs, so its total equals the others'.
+    c.benchmark.two_stage_stage1_fraction = 0.3
+    c.benchmark.bm25_k1 = 0.9  # BM25 term-frequency saturation (Anserini default).
+    c.benchmark.bm25_b = 0.4  # BM25 length normalisation (Anserini default).
+    # Options of the dataset's converter (dgi_jax/data/converters), e.g. max_valid_users.
+    c.benchmark.converter_options = ml_collections.ConfigDict()
+    c.benchmark.reference = ""  # Published numbers quoted in results.md.
+  c.lock()
+  return c

@@ -1,0 +1,1 @@
+"""`dgi benchmark`: baselines and ablations of the paper trained and evaluated alike."""

@@ -1,0 +1,92 @@
+"""The methods `dgi benchmark` compares: the paper's Table-2 baselines and Table-3 ablations.
+
+Every trained method is the DGI code base with config overrides, so all share one encoder,
+data pipeline, step budget and evaluation; only what the method changes differs.
+
+  bm25                   bm25s over item texts; request = query + recent history titles.
+  dense                  the same encoder trained with in-batch InfoNCE only; exact cosine
+                         top-K over the catalogue.
+  two_stage              TIGER-like: stage 1 trains an item tower and an RQ quantizer
+                         (InfoNCE for the towers, reconstruction + commitment + diversity
+                         for the codebooks; dot geometry); stage 2 freezes the item tower and
+                         codebooks (hence the SIDs) and trains the request encoder and a
+                         decoder with separate dot-product heads on next-code prediction.
+  dgi                    full DGI (Gumbel soft vectors, heads = codebooks, scaled cosine).
+  dgi_ste                ablation: straight-through estimator instead of soft vectors.
+  dgi_untied             ablation: separate decoder heads (no symmetric weight sharing).
+  dgi_ste_untied         ablation: both of the above.
+  dgi_dot                ablation: dot-product logits and MSE reconstruction.
+  dgi_none               ablation: all three removed. This is also the joint-STE
+                         (UniSearch-like) baseline: one-stage training through STE with a
+                         separate output layer and dot logits.
+"""
+
+import dataclasses
+from typing import Dict, Tuple
+
+BM25, DENSE, GENERATIVE, TWO_STAGE = "bm25", "dense", "generative", "two_stage"
+
+# Loss weights that switch every term off; methods turn on what they train with.
+_NO_LOSSES = {"loss.ntp_weight": 0.0, "loss.global_weight": 0.0, "loss.local_weight": 0.0,
+              "loss.infonce_weight": 0.0, "loss.div_weight": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One row of the results table.
+
+  Attributes:
+    name: Identifier used on the command line and as the method's work directory.
+    label: Name in the results table.
+    kind: How it trains and ranks: BM25, DENSE, GENERATIVE or TWO_STAGE.
+    overrides: Config overrides, 'section.field' -> value, applied to the benchmark config.
+    stage2_overrides: TWO_STAGE only: overrides of the second stage on top of `overrides`.
+  """
+  name: str
+  label: str
+  kind: str
+  overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
+  stage2_overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+
+METHODS: Tuple[Method, ...] = (
+    Method("bm25", "BM25 (bm25s)", BM25),
+    Method("dense", "Dense dual encoder (InfoNCE)", DENSE,
+           dict(_NO_LOSSES, **{"loss.infonce_weight": 1.0, "train.kmeans_init": False})),
+    Method("two_stage", "Two-Stage (TIGER-like, dot heads)", TWO_STAGE,
+           overrides={**_NO_LOSSES, "loss.infonce_weight": 1.0, "loss.global_weight": 1.0,
+                      "loss.local_weight": 1.0, "loss.div_weight": 1.0,
+                      "model.separate_item_encoder": True, "model.geometry": "dot",
+                      "model.tie_heads": False, "model.grad_path": "ste"},
+           stage2_overrides={**_NO_LOSSES, "loss.ntp_weight": 1.0,
+                             "optim.frozen": ("item_encoder", "codebook_",
+                                              "gamma_quantizer")}),
+    Method("dgi_none", "Joint STE (UniSearch-like) = DGI none", GENERATIVE,
+           {"model.grad_path": "ste", "model.tie_heads": False, "model.geometry": "dot"}),
+    Method("dgi", "DGI (full)", GENERATIVE),
+    Method("dgi_ste", "DGI w/o soft gradient (STE)", GENERATIVE,
+           {"model.grad_path": "ste"}),
+    Method("dgi_untied", "DGI w/o weight sharing", GENERATIVE,
+           {"model.tie_heads": False}),
+    Method("dgi_ste_untied", "DGI w/o soft gradient, w/o sharing", GENERATIVE,
+           {"model.grad_path": "ste", "model.tie_heads": False}),
+    Method("dgi_dot", "DGI w/o scaled cosine (dot)", GENERATIVE,
+           {"model.geometry": "dot"}),
+)
+
+BY_NAME = {m.name: m for m in METHODS}
+# The two tables of results.md: the paper's Table 2 (methods) and Table 3 (ablations).
+TABLE_2 = ("bm25", "dense", "two_stage", "dgi_none", "dgi")
+TABLE_3 = ("dgi", "dgi_ste", "dgi_untied", "dgi_ste_untied", "dgi_dot", "dgi_none")
+
+
+def select(spec: str) -> Tuple[Method, ...]:
+  """Methods of a comma-separated list of names, or all of them for 'all' (table order)."""
+  if spec.strip() == "all":
+    return METHODS
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  unknown = [n for n in names if n not in BY_NAME]
+  if unknown or not names:
+    raise ValueError(f"unknown method(s) {unknown or spec!r}; choose from "
+                     f"{', '.join(BY_NAME)} or 'all'")
+  return tuple(m for m in METHODS if m.name in names)

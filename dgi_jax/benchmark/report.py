@@ -1,0 +1,121 @@
+"""results.md of a benchmark: Table-2 and Table-3 style tables, long tail, plots."""
+
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict, List, Sequence
+
+from dgi_jax import plots
+from dgi_jax.benchmark import methods as methods_lib
+
+METRIC_COLUMNS = (("Hit@1", "hit@1"), ("Hit@5", "hit@5"), ("Hit@10", "hit@10"),
+                  ("Hit@20", "hit@20"), ("R@1", "recall@1"), ("R@5", "recall@5"),
+                  ("R@10", "recall@10"), ("R@20", "recall@20"), ("N@5", "ndcg@5"),
+                  ("N@10", "ndcg@10"), ("N@20", "ndcg@20"), ("MRR@20", "mrr@20"))
+
+
+def _num(x, digits: int = 4) -> str:
+  return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _metrics_table(results: Sequence[Dict[str, Any]]) -> List[str]:
+  header = ["method"] + [c for c, _ in METRIC_COLUMNS] + ["train min"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results:
+    m = r["report"]["metrics"]
+    cells = [r["label"]] + [_num(m.get(key)) for _, key in METRIC_COLUMNS]
+    cells.append(f"{r['train_seconds'] / 60:.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _long_tail_table(results: Sequence[Dict[str, Any]]) -> List[str]:
+  first = results[0]["report"]["long_tail"]
+  spans = [f"B{b['bucket']} (f {b['popularity_min']}–{b['popularity_max']})"
+           for b in first["buckets"]]
+  header = ["method"] + spans + ["unseen", "unique SIDs"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results:
+    tail = r["report"]["long_tail"]
+    index = r["report"].get("index")
+    cells = ([r["label"]] + [_num(b["hit@10"], 3) for b in tail["buckets"]]
+             + [_num(tail["unseen"]["hit@10"], 3),
+                "–" if index is None else f"{index['unique_sid_share']:.3f}"])
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _budget(config) -> str:
+  m, t = config.model, config.train
+  return (f"{t.num_steps} steps x global batch {t.global_batch_size} for every trained "
+          f"method (Two-Stage splits them {config.benchmark.two_stage_stage1_fraction:.0%} "
+          f"quantizer / rest retriever); encoder {m.encoder_layers} + decoder "
+          f"{m.decoder_layers} layers, d_model {m.d_model}, codebooks "
+          f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
+          f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
+          f"tokens; beam {config.eval.beam_size}; test split evaluated on the final "
+          "checkpoint.")
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,
+                  command: str) -> pathlib.Path:
+  """Writes results.md and one long-tail PNG per finished method under `results_dir`.
+
+  Args:
+    dataset: the dataset's name, for titles.
+    config: the benchmark config (budget description, reference numbers).
+    finished: method name -> its result (see `runner.run_method`).
+    results_dir: output folder.
+    command: the command line that produced the results.
+  """
+  results_dir = pathlib.Path(results_dir)
+  finished = {m.name: finished[m.name] for m in methods_lib.METHODS if m.name in finished}
+  lines = [f"# Benchmark results: {dataset}", "",
+           f"Command: `{command}`", ""]
+  if finished:
+    any_result = next(iter(finished.values()))
+    report = any_result["report"]
+    lines += [f"Machine: {any_result['machine']}", "",
+              f"Test split: {report['num_requests']} requests, {report['num_pairs']} "
+              "(request, relevant item) pairs; metrics are means over requests "
+              "(Hit@K: any relevant item in the top K; R@K: share of relevant items in "
+              "the top K; N@K: NDCG).", ""]
+  lines += [f"Budget: {_budget(config)}", ""]
+  if config.benchmark.reference:
+    lines += [f"Published reference: {config.benchmark.reference}", ""]
+  for title, names in (("Methods (the paper's Table 2)", methods_lib.TABLE_2),
+                       ("Ablations (the paper's Table 3)", methods_lib.TABLE_3)):
+    rows = [finished[n] for n in names if n in finished]
+    lines += [f"## {title}", ""]
+    lines += _metrics_table(rows) if rows else ["(no method finished yet)"]
+    lines.append("")
+  if finished:
+    rows = list(finished.values())
+    lines += ["## Long tail: Hit@10 by target popularity (B0 head .. B4 tail)", "",
+              "Buckets hold equal numbers of (request, item) pairs, sorted by the item's "
+              "training popularity f; 'unseen' = items never a training target.", ""]
+    lines += _long_tail_table(rows) + [""]
+    for r in rows:
+      png = plots.plot_popularity_buckets(
+          r["report"]["long_tail"], results_dir / f"longtail_{r['method']}.png",
+          title=f"{dataset}: {r['label']} — Hit@10 by popularity")
+      lines.append(f"![{r['label']}]({png.name})")
+    lines.append("")
+  missing = [m.name for m in methods_lib.METHODS if m.name not in finished]
+  if missing:
+    lines += [f"Not run or not finished: {', '.join(missing)}.", ""]
+  path = results_dir / "results.md"
+  _write_text(path, "\n".join(lines))
+  return path

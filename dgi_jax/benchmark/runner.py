@@ -1,0 +1,219 @@
+"""Trains and evaluates each benchmark method under one budget; resumable.
+
+Layout of a benchmark work directory:
+
+  data/<dataset>/      the converted JSONL dataset (beauty, scifact), built once
+  tfds/                prepared TFDS files and tokenizer, shared by every method
+  <method>/            the method's training run (two_stage: stage1/ and stage2/)
+  <method>/result.json its test report, timings and config; written last, atomically
+
+A method with a result.json is finished and is not run again; one without is (re)started,
+and its training resumes from its own latest checkpoint. The results table and plots are
+rebuilt from every result.json after each method, so an interrupted benchmark leaves a
+valid partial table.
+"""
+
+import json
+import os
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from dgi_jax import evaluate, plots, retrieval, train
+from dgi_jax import workdir as workdir_lib
+from dgi_jax.baselines import bm25, dense
+from dgi_jax.benchmark import methods as methods_lib
+from dgi_jax.benchmark import report as report_lib
+from dgi_jax.benchmark.machine import machine_description
+from dgi_jax.data import converters, pipeline
+
+RESULT_FILE = "result.json"
+SPLIT = "test"
+
+
+def prepare_dataset(dataset: str, data_root, workdir, converter_options) -> str:
+  """The JSONL directory of `dataset`: a converted named dataset, or a user directory."""
+  if dataset not in converters.CONVERTERS:
+    if not os.path.isdir(dataset):
+      raise FileNotFoundError(f"--dataset {dataset!r} is neither one of "
+                              f"{sorted(converters.CONVERTERS)} nor a directory")
+    return str(dataset)
+  out = pathlib.Path(workdir) / "data" / dataset
+  if not out.is_dir():  # Converters write to a temporary directory, then rename.
+    source = pathlib.Path(data_root) / converters.DEFAULT_SOURCES[dataset]
+    converters.CONVERTERS[dataset](source, out, **dict(converter_options))
+  return str(out)
+
+
+def method_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any],
+                  **fields) -> ml_collections.ConfigDict:
+  """A copy of `base` with 'section.field' overrides (then `fields`, same form) applied."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for key, value in {**overrides, **fields}.items():
+    section, field = key.split(".")
+    if field not in config[section]:
+      raise KeyError(f"method override {key!r}: no such config field")
+    config[section][field] = value
+  config.lock()
+  return config
+
+
+def training_seconds(run_dir) -> float:
+  """Seconds spent in train steps, from metrics.jsonl (adds up across resumed sessions)."""
+  seconds, previous = 0.0, 0
+  for record in sorted((r for r in plots.read_metrics(run_dir) if r.get("kind") == "train"),
+                       key=lambda r: r["step"]):
+    seconds += (record["step"] - previous) / record["steps_per_sec"]
+    previous = record["step"]
+  return seconds
+
+
+def _train(config, run_dir) -> float:
+  train.train_and_evaluate(config, run_dir)
+  return training_seconds(run_dir)
+
+
+def _num_params(params) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def _generative_report(run_dir, config) -> Dict[str, Any]:
+  trained = workdir_lib.load_trained(run_dir)
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  report = evaluate.evaluate_split(retriever, trained.run_data, trained.config, SPLIT)
+  report["num_params"] = _num_params(trained.params)
+  return report
+
+
+def _ranked_report(ranked, relevant, run_data, config, seconds) -> Dict[str, Any]:
+  report = dict(split=SPLIT, k=int(ranked.shape[1]))
+  report.update(evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
+                                        int(config.eval.num_popularity_buckets)))
+  report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
+  return report
+
+
+def _bm25_report(config, workdir) -> Dict[str, Any]:
+  run_data = train.prepare_run_data(config, workdir)
+  dataset = run_data.dataset
+  start = time.perf_counter()
+  requests = pipeline.read_requests(dataset, SPLIT)
+  texts = [bm25.request_text(query, dataset.history_texts(history), config.data.max_history)
+           for query, history in zip(requests["query"], requests["history"])]
+  ranked = bm25.bm25_rankings(dataset.item_texts, texts, int(config.eval.k),
+                              k1=float(config.benchmark.bm25_k1),
+                              b=float(config.benchmark.bm25_b))
+  return _ranked_report(ranked, requests["relevant"], run_data, config,
+                        time.perf_counter() - start)
+
+
+def _dense_report(run_dir, config) -> Dict[str, Any]:
+  trained = workdir_lib.load_trained(run_dir)
+  start = time.perf_counter()
+  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                          trained.config, SPLIT, int(config.eval.k))
+  report = _ranked_report(ranked, relevant, trained.run_data, trained.config,
+                          time.perf_counter() - start)
+  report["num_params"] = _num_params(trained.params)
+  return report
+
+
+def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, Any]:
+  """Trains (or resumes) and evaluates one method; returns and writes its result."""
+  method_dir = pathlib.Path(workdir) / method.name
+  config = method_config(base_config, method.overrides)
+  start = time.perf_counter()
+  train_seconds = 0.0
+  if method.kind == methods_lib.BM25:
+    report = _bm25_report(config, workdir)
+  elif method.kind == methods_lib.DENSE:
+    train_seconds = _train(config, method_dir)
+    report = _dense_report(method_dir, config)
+  elif method.kind == methods_lib.GENERATIVE:
+    train_seconds = _train(config, method_dir)
+    report = _generative_report(method_dir, config)
+  elif method.kind == methods_lib.TWO_STAGE:
+    total = int(config.train.num_steps)
+    stage1_steps = max(1, round(total * float(config.benchmark.two_stage_stage1_fraction)))
+    stage1 = method_config(config, {}, **{"train.num_steps": stage1_steps})
+    stage2 = method_config(config, method.stage2_overrides,
+                           **{"train.num_steps": total - stage1_steps,
+                              "train.init_from": str(method_dir / "stage1")})
+    train_seconds = _train(stage1, method_dir / "stage1")
+    train_seconds += _train(stage2, method_dir / "stage2")
+    report = _generative_report(method_dir / "stage2", stage2)
+  else:
+    raise ValueError(f"method {method.name}: unknown kind {method.kind!r}")
+  result = {
+      "method": method.name,
+      "label": method.label,
+      "kind": method.kind,
+      "train_seconds": train_seconds,
+      "wall_seconds_this_session": time.perf_counter() - start,
+      "overrides": {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in method.overrides.items()},
+      "machine": machine_description(),
+      "report": report,
+  }
+  evaluate.write_report(result, method_dir / RESULT_FILE)
+  return result
+
+
+def read_result(workdir, name: str) -> Optional[Dict[str, Any]]:
+  """A finished method's result, or None."""
+  path = pathlib.Path(workdir) / name / RESULT_FILE
+  if not path.is_file():
+    return None
+  with path.open(encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
+                  data_root="../shared/data", results_dir=None,
+                  command: Optional[Sequence[str]] = None, log=print) -> pathlib.Path:
+  """`dgi benchmark`: runs every selected method not yet finished; writes results.md.
+
+  Args:
+    dataset: 'beauty', 'scifact' (converted from `data_root`) or a JSONL directory.
+    method_spec: 'all' or comma-separated method names (see `methods`).
+    base_config: the benchmark config (budget, model size, `benchmark` section).
+    workdir: where data, runs and results live; rerun with the same to resume.
+    data_root: folder holding the raw datasets (amazon_beauty/, scifact/).
+    results_dir: where results.md and the long-tail plots go (default `workdir`).
+    command: the command line, quoted in results.md.
+  Returns:
+    The path of results.md.
+  """
+  selected = methods_lib.select(method_spec)
+  workdir = pathlib.Path(workdir)
+  results_dir = pathlib.Path(results_dir or workdir)
+  data_dir = prepare_dataset(dataset, data_root, workdir,
+                             base_config.benchmark.converter_options)
+  base = method_config(base_config, {}, **{"data.dataset": data_dir,
+                                          "data.tfds_dir": str(workdir / "tfds")})
+  command = shlex.join(command if command is not None else sys.argv)
+  for method in selected:
+    if read_result(workdir, method.name) is not None:
+      log(f"[benchmark] {method.name}: finished earlier, kept")
+      continue
+    log(f"[benchmark] {method.name}: {method.label}")
+    result = run_method(method, base, workdir)
+    metrics = result["report"]["metrics"]
+    log(f"[benchmark] {method.name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
+        f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
+    _write_results(dataset, base, workdir, results_dir, command)
+  return _write_results(dataset, base, workdir, results_dir, command)
+
+
+def _write_results(dataset, config, workdir, results_dir, command) -> pathlib.Path:
+  finished = {m.name: read_result(workdir, m.name) for m in methods_lib.METHODS}
+  return report_lib.write_results(
+      dataset, config, {name: r for name, r in finished.items() if r is not None},
+      results_dir, command)
