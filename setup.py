@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "matplotlib>=3.8",
     "bm25s>=0.2",
+    "PyStemmer>=2.2",  # Snowball stemming for the BM25 baseline (wheels on PyPI).
 ]
 
 EXTRAS = {

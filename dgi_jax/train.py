@@ -115,7 +115,9 @@ def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray,
   for t, codebook in enumerate(codebooks):
     params[f"codebook_{t}"] = codebook
     if not cfg.tie_heads:
-      params[f"head_{t}"] = codebook  # Separate parameters that start from the same place.
+      # Separate parameters that start from the same place: a copy, since one buffer in
+      # two leaves of the donated train state fails ("donate the same buffer twice").
+      params[f"head_{t}"] = jnp.array(codebook, copy=True)
   return params
 
 

@@ -1,0 +1,1 @@
+"""Non-generative baselines of the benchmark: BM25 and dense exact-cosine ranking."""

@@ -1,0 +1,96 @@
+"""`dgi benchmark` end to end on a small JSONL dataset: every kind of method, the frozen
+index of Two-Stage, agreement with `dgi eval`, results.md and resuming."""
+
+import jax
+import numpy as np
+import pytest
+
+from dgi_jax import evaluate, retrieval
+from dgi_jax import workdir as workdir_lib
+from dgi_jax.benchmark import runner
+from dgi_jax.data import jsonl_format, synthetic_catalogue
+from conftest import load_config
+
+METHODS = "bm25,dense,two_stage,dgi"
+
+
+def _benchmark_config():
+  config = load_config("tiny")
+  with config.unlocked():
+    config.benchmark = load_config("benchmark").benchmark
+    config.train.num_steps = 12
+    config.train.checkpoint_every = 6
+    config.benchmark.reference = "a published number"
+  config.lock()
+  return config
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  root = tmp_path_factory.mktemp("benchmark")
+  raw = synthetic_catalogue.make_synthetic_dataset(300, 1200, 100, seed=4)
+  data = jsonl_format.write_jsonl_dataset(root / "jsonl", raw.items, raw.splits)
+  workdir, results = root / "work", root / "results"
+  path = runner.run_benchmark(str(data), METHODS, _benchmark_config(), workdir,
+                              results_dir=results, command=["dgi", "benchmark", "--x"],
+                              log=lambda _: None)
+  return dict(data=data, workdir=workdir, results=results, path=path)
+
+
+def test_results_md_lists_every_method_with_plots(bench):
+  text = bench["path"].read_text()
+  assert "Command: `dgi benchmark --x`" in text and "a published number" in text
+  for name in METHODS.split(","):
+    result = runner.read_result(bench["workdir"], name)
+    assert result is not None and result["label"] in text
+    assert (bench["results"] / f"longtail_{name}.png").stat().st_size > 1000
+    assert 0.0 <= result["report"]["metrics"]["hit@10"] <= 1.0
+    assert result["report"]["num_requests"] == 100
+  missing = [line for line in text.splitlines() if line.startswith("Not run")]
+  assert missing and "dgi_ste" in missing[0] and "bm25" not in missing[0]
+
+
+def test_two_stage_second_stage_keeps_the_first_stage_sids(bench):
+  stage1 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage1")
+  stage2 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage2")
+  sids = [retrieval.Retriever(t.model, t.params, t.run_data, t.config).sids
+          for t in (stage1, stage2)]
+  np.testing.assert_array_equal(sids[0], sids[1])
+  # ... while the retriever (request encoder, decoder, heads) did train.
+  for name in ("encoder", "decoder", "head_0"):
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(stage1.params[name]), jax.tree.leaves(stage2.params[name]))), name
+  assert stage2.config.train.num_steps + stage1.config.train.num_steps == 12
+
+
+def test_generative_result_equals_dgi_eval(bench):
+  result = runner.read_result(bench["workdir"], "dgi")
+  report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi", "test")
+  assert result["report"]["metrics"] == pytest.approx(report["metrics"])
+  assert result["train_seconds"] > 0
+
+
+def test_rerun_keeps_finished_methods_and_runs_only_new_ones(bench, monkeypatch):
+  before = (bench["workdir"] / "dgi" / runner.RESULT_FILE).stat().st_mtime_ns
+  ran = []
+
+  def fake_run_method(method, config, workdir):
+    ran.append(method.name)
+    return {"method": method.name, "label": method.label, "train_seconds": 0.0,
+            "report": {"metrics": {"hit@10": 0.0, "ndcg@10": 0.0}}}
+
+  monkeypatch.setattr(runner, "run_method", fake_run_method)
+  runner.run_benchmark(str(bench["data"]), METHODS + ",dgi_ste", _benchmark_config(),
+                       bench["workdir"], results_dir=bench["results"], command=["dgi"],
+                       log=lambda _: None)
+  assert ran == ["dgi_ste"]
+  assert (bench["workdir"] / "dgi" / runner.RESULT_FILE).stat().st_mtime_ns == before
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope"):
+    runner.run_benchmark(str(tmp_path / "nope"), "bm25", _benchmark_config(), tmp_path,
+                         log=lambda _: None)
+  with pytest.raises(ValueError, match="unknown method"):
+    runner.run_benchmark(str(tmp_path), "bm26", _benchmark_config(), tmp_path,
+                         log=lambda _: None)
