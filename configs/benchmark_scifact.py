@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_history = 0
     c.model.codebook_sizes = (128, 128, 128)
     c.train.kmeans_items = 5183
-    c.train.num_steps = 600
+    c.train.num_steps = 300
     c.benchmark.converter_options = ml_collections.ConfigDict(
         {"pseudo_queries_per_doc": 1})
     c.benchmark.reference = "BEIR (Thakur et al. 2021) BM25 on SciFact test: nDCG@10 .665."

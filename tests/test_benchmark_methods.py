@@ -83,7 +83,7 @@ def test_method_config_applies_overrides_and_rejects_unknown_fields(tiny_config)
 
 def test_select_methods():
   assert methods.select("all") == methods.METHODS
-  assert [m.name for m in methods.select("dgi, bm25")] == ["bm25", "dgi"]  # Table order.
+  assert [m.name for m in methods.select("dgi_ste, bm25")] == ["bm25", "dgi_ste"]
   with pytest.raises(ValueError, match="nope"):
     methods.select("dgi,nope")
   table_names = set(methods.TABLE_2) | set(methods.TABLE_3)
@@ -126,3 +126,18 @@ def test_dense_rankings_match_brute_force_cosine(tmp_path):
   expected = np.argsort(-(z_q @ items.T), axis=-1, kind="stable")[:, :7]
   np.testing.assert_array_equal(ranked[:8], expected)
   np.testing.assert_array_equal(relevant[:8], batch["relevant"])
+
+
+def test_kmeans_gives_untied_heads_their_own_buffers(tiny_config):
+  with tiny_config.unlocked():
+    tiny_config.model.tie_heads = False
+  model = train.build_model(tiny_config)
+  params = train.init_params(model, tiny_config, jax.random.PRNGKey(0))
+  tokens = np.random.RandomState(0).randint(1, 500, (300, 16)).astype(np.int32)
+  params = train.kmeans_init_codebooks(model, params, tokens, tiny_config,
+                                       jax.random.PRNGKey(1))
+  for t in range(3):
+    head, codebook = params[f"head_{t}"], params[f"codebook_{t}"]
+    np.testing.assert_array_equal(head, codebook)  # Same start ...
+    # ... in separate buffers: the donated train state may not hold one buffer twice.
+    assert head.unsafe_buffer_pointer() != codebook.unsafe_buffer_pointer()

@@ -49,10 +49,11 @@ class Method:
   stage2_overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
+# Run order ('all'): the cheap baseline, full DGI and the main baselines first, so an
+# interrupted benchmark has the headline comparison; tables use TABLE_2 / TABLE_3 order.
 METHODS: Tuple[Method, ...] = (
     Method("bm25", "BM25 (bm25s)", BM25),
-    Method("dense", "Dense dual encoder (InfoNCE)", DENSE,
-           dict(_NO_LOSSES, **{"loss.infonce_weight": 1.0, "train.kmeans_init": False})),
+    Method("dgi", "DGI (full)", GENERATIVE),
     Method("two_stage", "Two-Stage (TIGER-like, dot heads)", TWO_STAGE,
            overrides={**_NO_LOSSES, "loss.infonce_weight": 1.0, "loss.global_weight": 1.0,
                       "loss.local_weight": 1.0, "loss.div_weight": 1.0,
@@ -61,9 +62,10 @@ METHODS: Tuple[Method, ...] = (
            stage2_overrides={**_NO_LOSSES, "loss.ntp_weight": 1.0,
                              "optim.frozen": ("item_encoder", "codebook_",
                                               "gamma_quantizer")}),
+    Method("dense", "Dense dual encoder (InfoNCE)", DENSE,
+           dict(_NO_LOSSES, **{"loss.infonce_weight": 1.0, "train.kmeans_init": False})),
     Method("dgi_none", "Joint STE (UniSearch-like) = DGI none", GENERATIVE,
            {"model.grad_path": "ste", "model.tie_heads": False, "model.geometry": "dot"}),
-    Method("dgi", "DGI (full)", GENERATIVE),
     Method("dgi_ste", "DGI w/o soft gradient (STE)", GENERATIVE,
            {"model.grad_path": "ste"}),
     Method("dgi_untied", "DGI w/o weight sharing", GENERATIVE,
