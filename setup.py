@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     "flax>=0.12",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12",
+    "etils[epath]",  # Paths that may be gs://... (work directories on a bucket).
     "chex>=0.1.90",
     "tensorflow-datasets>=4.9.10",
     "importlib_resources",  # Imported by TFDS when it builds, but not declared by it.
@@ -27,7 +28,8 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6"],
     # The PyTorch reference; pinned so pip takes the CPU wheel rather than a CUDA build.
     "torch": ["torch==2.13.0"],
-    "tpu": ["jax[tpu]>=0.10"],
+    # gcsfs (through etils) lets epath open gs:// work directories without TensorFlow.
+    "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]"],
     "gpu": ["jax[cuda12]>=0.10"],
 }
 

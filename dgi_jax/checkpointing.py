@@ -1,8 +1,9 @@
 """All Orbax code: one checkpoint per saved step holding everything needed to resume.
 
 A checkpoint holds `state` (params — codebooks included — optimiser state, step) and the
-run's rng, the data iterator's position (one file per process, grain's handler), the
-config (JSON) and the tokenizer (JSON). Restore order (see `train.py`): resume this run's
+run's rng, the data iterator's position (one file per process in grain's format, read back
+by `LayoutTolerantIteratorHandler` under any process count), the config (JSON) and the
+tokenizer (JSON). Restore order (see `train.py`): resume this run's
 latest checkpoint, else `init_from` another run's params, else start from scratch.
 
 Retention: the latest checkpoint is always kept (resume needs it) and, when a validation
@@ -10,15 +11,17 @@ metric is given, the best one too. `max_to_keep` + `best_fn` would keep the N be
 delete the latest, so a preservation policy states both rules.
 """
 
+import dataclasses
 import json
-import os
-import pathlib
+import re
 import time
 import warnings
 from typing import Any, Dict, Optional
 
+from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -31,8 +34,128 @@ class CheckpointError(RuntimeError):
   """A work directory holds no checkpoint, or one that does not fit."""
 
 
-def checkpoint_dir(workdir) -> pathlib.Path:
-  return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
+class CheckpointLayoutError(CheckpointError):
+  """A readable checkpoint that cannot be restored under this process count.
+
+  Not a damaged checkpoint: `restore_latest_good` raises it instead of quarantining.
+  """
+
+
+def as_path(path) -> epath.Path:
+  """`path` as an `epath.Path`: local paths and `gs://bucket/...` alike.
+
+  `pathlib.Path("gs://b/x")` is `gs:/b/x`, and `epath.Path.absolute()` / `resolve()`
+  prefix a URI with the working directory, so only local paths are made absolute.
+  """
+  path = epath.Path(path)
+  return path if is_uri(path) else path.absolute()
+
+
+def is_uri(path) -> bool:
+  """Whether `path` names an object store (`gs://`, `s3://`, ...) rather than a local file."""
+  return "://" in str(path)
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  return as_path(workdir) / CHECKPOINT_SUBDIR
+
+
+_ITERATOR_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+class LayoutTolerantIteratorHandler(grain.checkpoint.CheckpointHandler):
+  """grain's iterator handler, restorable under another process count.
+
+  grain writes one `process_<i>-of-<n>.json` per process and reads back only the file of
+  the reader's own index and count, so a checkpoint written by 2 processes cannot be read
+  by 1 or 4. Our training stream is layout-invariant (global batches; every process is at
+  the same position of the same global stream, `pipeline.make_train_iterator`), so any
+  process's state is every process's state. This handler saves as grain does and
+  restores this process's file when the layout is unchanged; otherwise it reads all
+  files of the writing layout, checks they form one complete layout and hold the same
+  state, and uses it. (Every process reads every file, so all make the same decision;
+  that is n small reads per process, once, when a run moves to another process count.)
+  """
+
+  def restore(self, directory: epath.Path, item=None, args=None):
+    """Sets `item`'s state from the checkpoint; returns it, or the error that stopped it.
+
+    The error is returned, not raised: raising would skip Orbax's end-of-restore barrier on
+    this process alone and leave the others waiting there. `Checkpointer.restore` raises it
+    after the barrier.
+    """
+    item = item or args.item
+    try:
+      index, count = _process_layout()
+      own = directory / f"process_{index}-of-{count}.json"
+      if own.exists():
+        text = own.read_text()
+      elif isinstance(item, grain.DatasetIterator):
+        text = _layout_invariant_state(directory, index, count)
+      else:  # A DataLoader's state holds its shard (process index and count).
+        raise CheckpointLayoutError(
+            f"{directory}: {type(item).__name__} states depend on the process layout and "
+            f"{own.name} does not exist")
+      item.set_state(json.loads(text) if isinstance(item, grain.DatasetIterator)
+                     else text.encode())
+      item.start_prefetch()
+    except Exception as error:  # pylint: disable=broad-except
+      return error
+    return item
+
+
+def _process_layout():
+  """(this process's index, process count): the names of the iterator files it reads."""
+  return jax.process_index(), jax.process_count()
+
+
+def _layout_invariant_state(directory: epath.Path, index: int, count: int) -> str:
+  """The one iterator state (JSON text) that every file of another layout holds.
+
+  Raises CheckpointError for a damaged checkpoint (files of several layouts, a missing or
+  unparsable file), CheckpointLayoutError when the files hold different states.
+  """
+  files = {}
+  for path in directory.iterdir():
+    match = _ITERATOR_FILE.fullmatch(path.name)
+    if match:
+      files[int(match[1]), int(match[2])] = path
+  counts = {n for _, n in files}
+  if len(counts) != 1:
+    raise CheckpointError(f"{directory}: expected the iterator files of one process layout, "
+                          f"found {sorted(p.name for p in files.values()) or 'none'}")
+  (written_count,) = counts
+  missing = sorted(set(range(written_count)) - {i for i, _ in files})
+  if missing:
+    raise CheckpointError(f"{directory}: iterator state of process(es) {missing} of "
+                          f"{written_count} is missing")
+  texts, states = {}, {}
+  for (i, _), path in sorted(files.items()):
+    texts[i] = path.read_text()
+    try:
+      states[i] = json.loads(texts[i])
+    except json.JSONDecodeError as error:
+      raise CheckpointError(f"{path}: not an iterator state ({error})") from None
+  differing = [i for i in states if states[i] != states[0]]
+  if differing:
+    raise CheckpointLayoutError(
+        f"{directory}: the iterator states of processes {differing} differ from process "
+        f"0's, so the data position depends on the {written_count}-process layout; "
+        f"process {index} of {count} cannot take one of them. Resume on "
+        f"{written_count} process(es).")
+  return texts[0]
+
+
+@ocp.args.register_with_handler(LayoutTolerantIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(LayoutTolerantIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorRestore(ocp.args.CheckpointArgs):
+  item: Any
 
 
 class Checkpointer:
@@ -40,7 +163,7 @@ class Checkpointer:
 
   def __init__(self, workdir, best_metric: Optional[str] = None, best_mode: str = "max",
                read_only: bool = False):
-    self._workdir = pathlib.Path(workdir)
+    self._workdir = as_path(workdir)
     # Two latest, so a corrupted newest checkpoint still leaves one to resume from.
     policies = [checkpoint_managers.LatestN(KEEP_LATEST)]
     best_fn = None
@@ -53,9 +176,9 @@ class Checkpointer:
         best_fn=best_fn, best_mode=best_mode, read_only=read_only, create=not read_only,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
     self._make_manager = lambda: ocp.CheckpointManager(  # noqa: E731
-        checkpoint_dir(workdir).absolute(), options=options,
+        checkpoint_dir(self._workdir), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data_iterator": grain.checkpoint.CheckpointHandler(),
+                       "data_iterator": LayoutTolerantIteratorHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "tokenizer": ocp.JsonCheckpointHandler()})
     self._manager = self._make_manager()
@@ -78,7 +201,7 @@ class Checkpointer:
                  config=ocp.args.JsonSave(config_json),
                  tokenizer=ocp.args.JsonSave(tokenizer_json))
     if data_iterator is not None:
-      items["data_iterator"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data_iterator"] = IteratorSave(data_iterator)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def wait(self) -> None:
@@ -109,8 +232,10 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardRestore({"train_state": abstract_state,
                                                 "rng": abstract_rng}))
     if data_iterator is not None:
-      items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data_iterator"] = IteratorRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if isinstance(restored.get("data_iterator"), Exception):
+      raise restored["data_iterator"]
     return restored.state["train_state"], restored.state["rng"], step
 
   def restore_latest_good(self, abstract_state: Any, abstract_rng: Any, data_iterator=None):
@@ -119,16 +244,32 @@ class Checkpointer:
     A checkpoint that fails to restore (truncated or corrupted files) is moved to
     `<workdir>/checkpoints_unreadable/` with a warning and the next older one is tried, so
     training resumes from the last good state instead of failing or starting over.
+    `CheckpointLayoutError` (a sound checkpoint that this process count cannot take) is
+    raised as is: the checkpoint stays where it is. With several processes, they agree:
+    if one cannot restore a step, none uses it (one process training from another step
+    than the rest would deadlock in the first collective).
     """
     steps = sorted(self.all_steps(), reverse=True)
     for step in steps:
+      restored, error = None, None
       try:
-        return self.restore(abstract_state, abstract_rng, data_iterator, step)
-      except Exception as error:  # pylint: disable=broad-except
-        warnings.warn(f"checkpoint step {step} in {checkpoint_dir(self._workdir)} is "
-                      f"unreadable ({type(error).__name__}: {error}); moving it to "
-                      f"{QUARANTINE_SUBDIR}/ and trying an older one")
-        self._quarantine(step)
+        restored = self.restore(abstract_state, abstract_rng, data_iterator, step)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+      outcome = _worst_outcome(2 if isinstance(error, CheckpointLayoutError)
+                               else 1 if error is not None else 0)
+      if outcome == 0:
+        return restored
+      if outcome == 2:
+        raise error if isinstance(error, CheckpointLayoutError) else CheckpointLayoutError(
+            f"another process cannot restore checkpoint step {step} in "
+            f"{checkpoint_dir(self._workdir)} under this process layout (see its log)")
+      reason = (f"{type(error).__name__}: {error}" if error is not None
+                else "another process could not read it, see its log")
+      warnings.warn(f"checkpoint step {step} in {checkpoint_dir(self._workdir)} is "
+                    f"unreadable ({reason}); moving it to {QUARANTINE_SUBDIR}/ and trying "
+                    "an older one")
+      self._quarantine(step)
     if steps:  # Starting over silently would discard a whole run: stop instead.
       raise CheckpointError(f"none of the checkpoints {steps} in {checkpoint_dir(self._workdir)}"
                             f" could be restored; they were moved to {QUARANTINE_SUBDIR}/")
@@ -139,8 +280,14 @@ class Checkpointer:
     if jax.process_index() == 0:
       target = self._workdir / QUARANTINE_SUBDIR
       target.mkdir(parents=True, exist_ok=True)
+      note = target / "README.txt"
+      if not note.exists():
+        # Object stores have no empty folders, and a rename into one that does not exist
+        # fails (fsspec): the note makes the folder exist.
+        note.write_text("Checkpoint steps that could not be restored; see the warning in "
+                        "the training log.\n")
       source = checkpoint_dir(self._workdir) / str(step)
-      os.replace(source, target / f"{step}.{int(time.time())}")
+      source.rename(target / f"{step}.{int(time.time())}")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
@@ -171,6 +318,14 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.JsonRestore()}))
     return restored[name]
+
+
+def _worst_outcome(code: int) -> int:
+  """The largest of every process's `code` (just `code` on one process)."""
+  if jax.process_count() == 1:
+    return code
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.int32(code))))
 
 
 def restore_params(workdir, abstract_params: Any, step: Optional[int] = None) -> Any:

@@ -4,6 +4,14 @@ On one process a SIGTERM handler sets a flag. On several processes JAX's preempt
 service (started by `jax.distributed.initialize`) catches the signal, and
 `reached_preemption_sync_point(step)` returns True on every process at the same step —
 a per-step collective is not needed, and all processes save the same step.
+
+This works on CPU too (gloo collectives; tests/test_multihost.py signals one of two
+processes). Measured on 2 CPU cores: the per-step call costs ~0.1-1.4 us, where an
+all-gather of a "stop requested" flag (`multihost_utils.process_allgather`) costs ~3 ms.
+The signal is noticed with up to 1 s delay (XLA's SIGTERM listener polls once a second,
+`preemption_notifier.cc`); the processes then stop at the step after the largest one any
+of them had reached. Every process must call `should_stop` at every step, starting from
+the same step (the training loop does).
 """
 
 import signal

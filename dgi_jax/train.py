@@ -8,10 +8,11 @@ Restore order: resume this run's latest checkpoint, else `train.init_from`, else
 import dataclasses
 import functools
 import json
-import pathlib
+import os
 import time
 from typing import Any, Callable, Dict, Optional
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,21 +41,45 @@ class RunData:
   catalogue_tokens: np.ndarray  # int32 [num_items, max_item_len]
 
 
-def data_dir(config, workdir) -> pathlib.Path:
-  return pathlib.Path(config.data.tfds_dir or pathlib.Path(workdir) / "tfds")
+def _host_local_data(config, workdir) -> bool:
+  """Whether the TFDS files go to each host's disk rather than beside the work directory.
+
+  array_record reads local files only (google/array_record#120), so with an object-store
+  work directory (gs://...) and no `data.tfds_dir` they go to a local cache on every host.
+  """
+  return not config.data.tfds_dir and checkpointing.is_uri(workdir)
+
+
+def data_dir(config, workdir) -> epath.Path:
+  """The TFDS data directory: `data.tfds_dir`, else `<workdir>/tfds`, else a local cache."""
+  if config.data.tfds_dir:
+    return checkpointing.as_path(config.data.tfds_dir)
+  if _host_local_data(config, workdir):
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return epath.Path(cache) / "dgi_jax" / "tfds"
+  return checkpointing.as_path(workdir) / "tfds"
 
 
 def prepare_run_data(config, workdir) -> RunData:
-  """Builds (process 0) or opens the dataset and tokenizer of a run."""
+  """Builds (process 0) or opens the dataset and tokenizer of a run.
+
+  With host-local TFDS files every process builds its own copy (the build is
+  deterministic); the tokenizer is still trained once, by process 0, and shared through
+  `<workdir>/tfds`.
+  """
   build = jax.process_index() == 0
   root = data_dir(config, workdir)
+  host_local = _host_local_data(config, workdir)
+  tokenizer_root = checkpointing.as_path(workdir) / "tfds" if host_local else root
   if build:
     dataset = dataset_lib.prepare_dataset(config.data, root, build=True)
-    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, root, build=True)
+    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
+                                                build=True)
   sync_processes("data prepared")
   if not build:
-    dataset = dataset_lib.prepare_dataset(config.data, root, build=False)
-    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, root, build=False)
+    dataset = dataset_lib.prepare_dataset(config.data, root, build=host_local)
+    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
+                                                build=False)
   if tokenizer.vocab_size > config.data.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens > data.vocab_size="
                      f"{config.data.vocab_size}")
@@ -127,19 +152,41 @@ def _log(message: str) -> None:
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `<workdir>/metrics.jsonl` (process 0 only)."""
+  """Writes one JSON object per line to `<workdir>/metrics.jsonl` (process 0 only).
 
-  def __init__(self, workdir):
-    self._path = pathlib.Path(workdir) / METRICS_FILE
+  A local file is appended to. Object stores cannot append: GCS objects are immutable, and
+  gcsfs even accepts mode "a" and then overwrites (fsspec/gcsfs#533), which would keep only
+  the last line. There the writer keeps the file's lines in memory (those of earlier runs
+  are read once, at the start) and rewrites the whole object on every `write`. One file
+  per run segment would avoid the rewrite, but every reader (plots, the benchmark's
+  training time, tests) reads the one `metrics.jsonl`. No temporary object and rename:
+  an object upload is atomic by itself (readers see the old or the new object), and a GCS
+  rename is a copy plus a delete. Cost: one upload of the whole file per line, i.e. a
+  few hundred KB every `train.log_every` steps for a long run.
+  """
+
+  def __init__(self, workdir, append: Optional[bool] = None):
+    """`append`: whether the file system can append; default: unless an object store."""
+    self._path = checkpointing.as_path(workdir) / METRICS_FILE
     self._enabled = jax.process_index() == 0
+    self._append = not checkpointing.is_uri(self._path) if append is None else append
+    self._lines = None  # Every line of the file, when rewriting.
+    if self._enabled and not self._append:
+      self._lines = (self._path.read_text().splitlines(keepends=True)
+                     if self._path.exists() else [])
 
   def write(self, step: int, metrics: Dict[str, Any], kind: str = "train") -> None:
     if not self._enabled:
       return
     record = {"step": int(step), "kind": kind}
     record.update({k: float(v) for k, v in metrics.items()})
-    with self._path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self._append:
+      with self._path.open("a") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      self._path.write_text("".join(self._lines))
 
 
 def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
@@ -216,7 +263,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
   Raises:
     NonFiniteLossError: a loss became NaN/inf; names the step and the last good checkpoint.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = checkpointing.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   run_data = prepare_run_data(config, workdir)
   model = build_model(config)

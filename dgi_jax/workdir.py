@@ -7,7 +7,6 @@ config and the tokenizer saved with the checkpoint, the parameters of the best c
 Every problem raises `WorkdirError` with a message meant for the command line.
 """
 
-import pathlib
 from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
@@ -35,7 +34,7 @@ class TrainedRun(NamedTuple):
 
 
 def _open(workdir) -> checkpointing.Checkpointer:
-  workdir = pathlib.Path(workdir)
+  workdir = checkpointing.as_path(workdir)  # Local or gs://.
   if not workdir.is_dir():
     raise WorkdirError(f"work directory {workdir} does not exist")
   if not checkpointing.checkpoint_dir(workdir).is_dir():

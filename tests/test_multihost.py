@@ -1,9 +1,11 @@
 """Multi-process training on one machine: processes joined through `jax.distributed`.
 
 2 processes x 4 CPU devices must train exactly like 1 process x 8 devices (same global
-batches, same sharded step; only the all-reduce implementation differs), and checkpoints
-must move between the two layouts. Every run is a `dgi train` subprocess; the multi-process
-ones are started by `launch/local_multihost.sh`.
+batches, same sharded step; only the all-reduce implementation differs), checkpoints
+must move between the two layouts, and a SIGTERM to one process must stop both at the
+same step with a checkpoint. Every run is a `dgi train` subprocess; the multi-process
+ones are started by `launch/local_multihost.sh`, except the preemption test's, which
+signals one process of the two.
 """
 
 import concurrent.futures
@@ -14,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import portpicker
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from dgi_jax import train
+from dgi_jax import checkpointing, train
 
 STEPS = 20
 RESUME_STEP = 10
@@ -45,6 +48,17 @@ OVERRIDES = (
 )
 
 
+def _env():
+  # Compiling dominates runs this short, and LLVM's optimisation passes take half of it;
+  # every run here compiles the same way, so the comparisons are unaffected.
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+
+
+def _train_flags(workdir, tfds_dir):
+  return ["--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
+          f"--config.data.tfds_dir={tfds_dir}", *OVERRIDES]
+
+
 def _train(workdir, num_processes: int, local_devices: int, tfds_dir) -> None:
   """Runs `dgi train` as `num_processes` processes with `local_devices` CPU devices each.
 
@@ -52,12 +66,8 @@ def _train(workdir, num_processes: int, local_devices: int, tfds_dir) -> None:
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  # Compiling dominates runs this short, and LLVM's optimisation passes take half of it;
-  # every run here compiles the same way, so the comparisons are unaffected.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_backend_optimization_level=0")
-  train_flags = ["--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                 f"--config.data.tfds_dir={tfds_dir}", *OVERRIDES]
+  env = _env()
+  train_flags = _train_flags(workdir, tfds_dir)
   log_dir = workdir / "logs"
   log_dir.mkdir(exist_ok=True)
   if num_processes == 1:
@@ -91,23 +101,14 @@ def _losses(workdir) -> dict:
   return {r["step"]: r["total"] for r in map(json.loads, lines) if r["kind"] == "train"}
 
 
-def _start_from_checkpoint(source, target, step: int, num_processes: int) -> None:
-  """Copies `source`'s checkpoint `step` into a fresh work directory `target`.
+def _start_from_checkpoint(source, target, step: int) -> None:
+  """Copies `source`'s checkpoint `step`, as written, into a fresh work directory `target`.
 
-  The data iterator's position is stored once per process of the writing layout
-  (`process_<i>-of-<n>.json`) and read back under the reading layout's names. The
-  training pipeline's position does not depend on the layout (every process of every
-  layout is at the same index of the same global stream), so process 0's state is
-  copied to every name the new layout reads.
+  The data iterator's files keep the writing layout's names (`process_<i>-of-<n>.json`);
+  restoring them under another process count is the checkpointer's job.
   """
   step_dir = pathlib.Path(target) / "checkpoints" / str(step)
   shutil.copytree(pathlib.Path(source) / "checkpoints" / str(step), step_dir)
-  iterator_dir = step_dir / "data_iterator"
-  written = sorted(iterator_dir.glob("process_*-of-*.json"))
-  for i in range(num_processes):
-    wanted = iterator_dir / f"process_{i}-of-{num_processes}.json"
-    if not wanted.exists():
-      shutil.copy(written[0], wanted)
 
 
 def _assert_close(got: dict, want: dict, steps) -> None:
@@ -153,8 +154,8 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
 def test_checkpoints_move_between_process_layouts(runs):
   root, tfds_dir, dirs = runs
   resumed = {"1x8->2x4": root / "single_to_multi", "2x4->1x8": root / "multi_to_single"}
-  _start_from_checkpoint(dirs["1x8"], resumed["1x8->2x4"], RESUME_STEP, 2)
-  _start_from_checkpoint(dirs["2x4"], resumed["2x4->1x8"], RESUME_STEP, 1)
+  _start_from_checkpoint(dirs["1x8"], resumed["1x8->2x4"], RESUME_STEP)
+  _start_from_checkpoint(dirs["2x4"], resumed["2x4->1x8"], RESUME_STEP)
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     futures = [pool.submit(_train, resumed["1x8->2x4"], 2, 4, tfds_dir),
                pool.submit(_train, resumed["2x4->1x8"], 1, 8, tfds_dir)]
@@ -165,3 +166,91 @@ def test_checkpoints_move_between_process_layouts(runs):
     got = _losses(resumed[name])
     assert sorted(got) == list(after), name
     _assert_close(got, _losses(dirs[source]), after)
+    # Resumed from the copied step, not quarantined and restarted.
+    assert not (resumed[name] / checkpointing.QUARANTINE_SUBDIR).exists(), name
+    assert "Resumed from step 10" in _process_0_log(resumed[name]), name
+  # Each run's checkpoints carry its own layout's iterator files.
+  assert _iterator_files(resumed["1x8->2x4"], STEPS) == ["process_0-of-2.json",
+                                                         "process_1-of-2.json"]
+  assert _iterator_files(resumed["2x4->1x8"], STEPS) == ["process_0-of-1.json"]
+
+
+def _iterator_files(workdir, step: int) -> list:
+  return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints" / str(step) /
+                                 "data_iterator").glob("*.json"))
+
+
+def _process_0_log(workdir) -> str:
+  logs = pathlib.Path(workdir) / "logs"
+  log = logs / "process_0.log" if (logs / "process_0.log").exists() else logs / "launch.log"
+  return log.read_text()
+
+
+def _wait_for_logged_step(workdir, step: int, processes, timeout_s: float = RUN_TIMEOUT_S):
+  """Blocks until process 0's metrics.jsonl reaches `step` (training is then under way)."""
+  metrics = pathlib.Path(workdir) / train.METRICS_FILE
+  deadline = time.time() + timeout_s
+  while time.time() < deadline:
+    if any(p.poll() is not None for p in processes):
+      return  # The caller reports the exit codes and logs.
+    if metrics.exists():
+      lines = metrics.read_text().splitlines()
+      if lines and json.loads(lines[-1])["step"] >= step:
+        return
+    time.sleep(0.05)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
+  """A SIGTERM to process 1 alone: both save the same step, exit 0, and the resumed run
+  continues the uninterrupted run's loss trace.
+
+  JAX's preemption service (started by `jax.distributed.initialize`) catches the signal;
+  its listener polls for it once a second, then `reached_preemption_sync_point` turns True
+  on every process at the same step. Training runs at about 1 step/s here, so the stop
+  lands within a few steps of the signal, well before the end.
+  """
+  root, tfds_dir, dirs = runs
+  workdir = root / "preempted"
+  log_dir = workdir / "logs"
+  log_dir.mkdir(parents=True)
+  env = _env()
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+  port = portpicker.pick_unused_port()
+  processes = []
+  for i in range(2):
+    with (log_dir / f"process_{i}.log").open("w") as log:
+      processes.append(subprocess.Popen(
+          [sys.executable, "-m", "dgi_jax.main", "train", *_train_flags(workdir, tfds_dir),
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+          cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+  try:
+    signal_step = 3
+    _wait_for_logged_step(workdir, signal_step, processes)
+    processes[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=RUN_TIMEOUT_S) for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
+  assert codes == [0, 0], "\n".join(f"--- process {i} (exit {c}):\n{log[-3000:]}"
+                                    for i, (c, log) in enumerate(zip(codes, logs)))
+  assert "SIGTERM caught" in logs[1] and "SIGTERM caught" not in logs[0]
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  saved = checkpointer.latest_step()
+  checkpointer.close()
+  assert signal_step <= saved < STEPS
+  assert f"SIGTERM: saved step {saved}" in logs[0]
+  assert max(_losses(workdir)) == saved  # Process 0 stopped at the saved step.
+  # Both processes saved the iterator position of that same step.
+  files = [pathlib.Path(workdir) / "checkpoints" / str(saved) / "data_iterator" / name
+           for name in ("process_0-of-2.json", "process_1-of-2.json")]
+  assert files[0].read_text() == files[1].read_text()
+
+  _train(workdir, 2, 4, tfds_dir)  # Resume to the end.
+  got = _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  _assert_close(got, _losses(dirs["2x4"]), range(1, STEPS + 1))
+  assert f"Resumed from step {saved}" in _process_0_log(workdir)

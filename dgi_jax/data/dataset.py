@@ -10,11 +10,10 @@ parameters or a hash of the JSONL files, so changed inputs never reuse stale fil
 
 import dataclasses
 import os
-import pathlib
-import shutil
-import tempfile
+import uuid
 from typing import Sequence
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -87,33 +86,36 @@ def builder_and_config(data_config) -> tuple[type[tfds.core.GeneratorBasedBuilde
         num_items=data_config.synthetic_num_items,
         num_train=data_config.synthetic_num_train,
         num_eval=data_config.synthetic_num_eval, seed=data_config.seed)
-  if not os.path.isdir(data_config.dataset):
+  if not epath.Path(data_config.dataset).is_dir():
     raise FileNotFoundError(f"dataset {data_config.dataset!r} is neither "
                             f"{SYNTHETIC!r} nor a directory")
   return dgi_jsonl.DgiJsonl, dgi_jsonl.make_config(data_config.dataset)
 
 
-def _build(builder_cls, config, data_dir: pathlib.Path, final: pathlib.Path) -> None:
+def _build(builder_cls, config, data_dir: epath.Path, final: epath.Path) -> None:
   """Builds into a scratch data_dir and renames the finished version directory.
 
   On a failure TFDS removes its own incomplete folder but leaves the builder and
   config folders and a downloads folder behind; building elsewhere and renaming
   keeps `data_dir` free of half-made datasets.
   """
-  data_dir.mkdir(parents=True, exist_ok=True)
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=data_dir))
+  scratch = data_dir / f".incomplete-{uuid.uuid4().hex}"
+  scratch.mkdir(parents=True)
   try:
     builder = builder_cls(config=config, data_dir=os.fspath(scratch),
                           file_format="array_record")
     builder.download_and_prepare(download_dir=os.fspath(scratch / "downloads"))
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
-      os.rename(builder.data_dir, final)
+      epath.Path(builder.data_dir).rename(final)
     except OSError:
       if not final.is_dir():  # Else another process finished the same build first.
         raise
   finally:
-    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+      scratch.rmtree()
+    except OSError:
+      pass
 
 
 def prepare_dataset(data_config, data_dir: os.PathLike | str, *,
@@ -132,8 +134,13 @@ def prepare_dataset(data_config, data_dir: os.PathLike | str, *,
   Raises:
     DatasetFormatError: a JSONL file is invalid (nothing is left in `data_dir`).
     FileNotFoundError: the dataset is not prepared and `build` is False.
+    ValueError: `data_dir` is on an object store (gs://...), which array_record cannot
+      read (google/array_record#120).
   """
-  data_dir = pathlib.Path(data_dir)
+  if "://" in os.fspath(data_dir):
+    raise ValueError(f"TFDS data directory {os.fspath(data_dir)}: array_record reads local "
+                     "files only; give a local (or mounted) data.tfds_dir")
+  data_dir = epath.Path(data_dir)
   builder_cls, config = builder_and_config(data_config)
   version = f"{builder_cls.name}/{config.name}/{builder_cls.VERSION}"
   final = data_dir / version

@@ -10,11 +10,11 @@ Id 0 is padding; the encoder masks it.
 
 import json
 import os
-import pathlib
 import re
-import tempfile
+import uuid
 from typing import Iterable, Sequence
 
+from etils import epath
 import numpy as np
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
@@ -49,8 +49,8 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: os.PathLike | str) -> "Tokenizer":
-    """Loads a tokenizer saved by `save`."""
-    return cls(tokenizers.Tokenizer.from_file(os.fspath(path)))
+    """Loads a tokenizer saved by `save` (local or object-store path)."""
+    return cls(tokenizers.Tokenizer.from_str(epath.Path(path).read_text()))
 
   @classmethod
   def from_json(cls, obj: dict) -> "Tokenizer":
@@ -62,17 +62,24 @@ class Tokenizer:
     return json.loads(self._tok.to_str())
 
   def save(self, path: os.PathLike | str) -> None:
-    """Writes the tokenizer JSON atomically (temporary file, then rename)."""
-    path = pathlib.Path(path)
+    """Writes the tokenizer JSON atomically.
+
+    Locally through a temporary file and a rename; an object-store upload (gs://...) is
+    atomic by itself.
+    """
+    path = epath.Path(path)
+    text = self._tok.to_str(pretty=True)
+    if "://" in os.fspath(path):
+      path.write_text(text)
+      return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
     try:
-      self._tok.save(tmp)
-      os.replace(tmp, path)
+      tmp.write_text(text)
+      tmp.replace(path)
     finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+      if tmp.exists():
+        tmp.unlink()
 
   @property
   def vocab_size(self) -> int:
@@ -152,10 +159,10 @@ def assemble_requests(query_ids: Sequence[Sequence[int]],
 
 
 def tokenizer_path(directory: os.PathLike | str, dataset_version: str,
-                   vocab_size: int) -> pathlib.Path:
+                   vocab_size: int) -> epath.Path:
   """File of the tokenizer of a dataset version, so a data change retrains it."""
   name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_version)
-  return pathlib.Path(directory) / f"wordpiece_{name}_v{vocab_size}.json"
+  return epath.Path(directory) / f"wordpiece_{name}_v{vocab_size}.json"
 
 
 def prepare_tokenizer(dataset, data_config, directory: os.PathLike | str, *,
