@@ -23,8 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 250
     c.benchmark = ml_collections.ConfigDict()
     # Two-Stage: share of train.num_steps spent on stage 1 (item tower + quantizer); the
-    # rest trains the retriever on the frozen SIDs, so its total equals the others'.
-    c.benchmark.two_stage_stage1_fraction = 0.3
+    # rest (after the encoder warm-up) trains the retriever on the frozen SIDs, so its
+    # total equals the others'.
+    c.benchmark.two_stage_stage1_fraction = 0.15
+    # Generative methods (DGI and its ablations): share of train.num_steps that trains the
+    # encoder alone with InfoNCE before k-means initialises the codebooks over its item
+    # embeddings, standing in for the paper's pre-trained T5 (0 = k-means on the random
+    # encoder at step 0). The total stays train.num_steps.
+    c.benchmark.encoder_warmup_fraction = 0.3
     c.benchmark.bm25_k1 = 0.9  # BM25 term-frequency saturation (Anserini default).
     c.benchmark.bm25_b = 0.4  # BM25 length normalisation (Anserini default).
     # Options of the dataset's converter (dgi_jax/data/converters), e.g. max_valid_users.

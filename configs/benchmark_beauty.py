@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_history = 20  # The leave-one-out protocol's history length (tokens cut first).
     c.model.codebook_sizes = (256, 256, 256)  # TIGER's 3 x 256 on this dataset.
     c.train.kmeans_items = 12101  # The whole catalogue.
-    c.train.num_steps = 1200
+    c.train.num_steps = 1000
     c.benchmark.converter_options = ml_collections.ConfigDict({"max_valid_users": 2000})
     c.benchmark.reference = ("TIGER (Rajput et al. 2023) on this split: R@5 .0454, N@5 "
                              ".0321, R@10 .0648, N@10 .0384; SASRec R@5 .0387, N@5 .0249, "

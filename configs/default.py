@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Items get their own encoder tower instead of sharing the request encoder [D]; the
   # Two-Stage baseline uses it to keep its item embeddings (hence SIDs) frozen in stage 2.
   c.model.separate_item_encoder = False
+  # Quantize the unit-length item embedding z_base / ||z_base|| [D]: cosine scores ignore
+  # the scale anyway, and it keeps L_Local (squared distances) on the scale of the other
+  # losses instead of ~100x them, which collapses the embeddings on real data.
+  c.model.normalize_item_embedding = True
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()
@@ -60,11 +64,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.beta = 0.25  # Commitment weight inside L_Local [D, as RQ-VAE].
   c.loss.infonce_temperature = 0.07  # tau_CL [D].
   c.loss.div_eps = 1e-10  # eps in log(pbar + eps).
+  # Code usage pbar of L_Div [D]: 'clean' = batch mean of softmax(s / tau), the smooth
+  # version of the hard codes' histogram; 'gumbel' = batch mean of the Gumbel-softmax p,
+  # whose noise alone looks diverse while the hard codes (the SIDs) collapse.
+  c.loss.div_probs = "clean"
 
   # ---------------------------------------------------------------- optimisation
   c.optim = ml_collections.ConfigDict()
   c.optim.backbone_lr = 1e-3  # Encoder/decoder peak LR (paper 5e-5 for pre-trained T5).
-  c.optim.quantizer_lr = 1e-2  # Codebooks and gammas (paper: 10x the backbone) [P].
+  # Codebooks and gammas. The paper uses 10x the backbone's 5e-5 [P]; with unit-length
+  # item embeddings (codewords of norm <= 1) a 1e-2 Adam step moves a 128-d codeword by
+  # ~0.1 per step and the codes churn and collapse, so from scratch we use 1x [D].
+  c.optim.quantizer_lr = 1e-3
   c.optim.warmup_steps = 100  # Linear warm-up, then linear decay to 0 [P: 1000].
   c.optim.weight_decay = 0.01  # AdamW decoupled weight decay [D].
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping.
@@ -90,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500  # Steps between validation passes (0 = never).
   c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.
   c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
+  # With init_from: replace its codebooks by k-means over the loaded encoder's item
+  # embeddings (a pre-trained / warmed-up encoder, as the paper's k-means init assumes).
+  c.train.init_from_kmeans = False
   c.train.distributed = False  # Call jax.distributed.initialize() at start.
 
   # ---------------------------------------------------------------- evaluation

@@ -16,6 +16,9 @@ from dgi_jax.models.quantizer import l2_normalize
 
 Gather = Callable[[jax.Array], jax.Array]
 
+# `loss.div_probs` -> the quantizer output whose batch mean is the diversity loss's usage.
+DIV_USAGE = {"clean": "usage", "gumbel": "probs"}
+
 
 def identity_gather(x):
   """The gather of a batch that is already global."""
@@ -93,7 +96,8 @@ def dgi_losses(outputs: Dict, item_index: jax.Array, loss_config, geometry: str,
       "local": local_loss(outputs["residuals"], outputs["hard_codewords"], loss_config.beta),
       "infonce": infonce_loss(outputs["z_q"], outputs["z_base"], item_index,
                               loss_config.infonce_temperature, gather, row_offset),
-      "div": diversity_loss(outputs["probs"], loss_config.div_eps, gather),
+      "div": diversity_loss(outputs[DIV_USAGE[loss_config.get("div_probs", "gumbel")]],
+                            loss_config.div_eps, gather),
   }
   terms["total"] = sum(loss_config[f"{name}_weight"] * value for name, value in terms.items())
   return terms

@@ -216,10 +216,14 @@ def _abstract_state(model, optimizer, config, rng, state_sharding_of):
 
 def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abstract_state,
                    replicated):
-  """A new run's state: `init_from` params, or fresh params with k-means codebooks."""
+  """A new run's state: `init_from` params (codebooks optionally re-initialised by k-means
+  over the loaded encoder's item embeddings), or fresh params with k-means codebooks."""
   params = init_params(model, config, init_rng, out_sharding=replicated)
   if config.train.init_from:
     params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
+    if config.train.get("init_from_kmeans", False):
+      params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
+                                     kmeans_rng)
   elif config.train.kmeans_init:
     params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
                                    kmeans_rng)

@@ -56,6 +56,7 @@ def test_results_md_lists_every_method_with_plots(bench):
 def test_two_stage_second_stage_keeps_the_first_stage_sids(bench):
   stage1 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage1")
   stage2 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage2")
+  warmup = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "warmup")
   sids = [retrieval.Retriever(t.model, t.params, t.run_data, t.config).sids
           for t in (stage1, stage2)]
   np.testing.assert_array_equal(sids[0], sids[1])
@@ -63,12 +64,26 @@ def test_two_stage_second_stage_keeps_the_first_stage_sids(bench):
   for name in ("encoder", "decoder", "head_0"):
     assert not all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(stage1.params[name]), jax.tree.leaves(stage2.params[name]))), name
-  assert stage2.config.train.num_steps + stage1.config.train.num_steps == 12
+  # One budget: warm-up round(.3 * 12) = 4, stage 1 round(.15 * 12) = 2, stage 2 the rest.
+  steps = [t.config.train.num_steps for t in (warmup, stage1, stage2)]
+  assert steps == [4, 2, 6]
+  assert stage1.config.train.init_from_kmeans and not stage2.config.train.init_from_kmeans
+
+
+def test_generative_methods_warm_up_the_encoder_then_kmeans(bench):
+  warmup = workdir_lib.load_trained(bench["workdir"] / "dgi" / "warmup")
+  main = workdir_lib.load_trained(bench["workdir"] / "dgi" / "main")
+  assert [warmup.config.train.num_steps, main.config.train.num_steps] == [4, 8]
+  # The warm-up trains InfoNCE alone; the main run starts from it with k-means codebooks.
+  assert warmup.config.loss.infonce_weight == 1.0 and warmup.config.loss.ntp_weight == 0.0
+  assert main.config.loss.ntp_weight == 1.0
+  assert main.config.train.init_from.endswith("warmup") and main.config.train.init_from_kmeans
+  assert not np.allclose(warmup.params["codebook_0"], main.params["codebook_0"])
 
 
 def test_generative_result_equals_dgi_eval(bench):
   result = runner.read_result(bench["workdir"], "dgi")
-  report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi", "test")
+  report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi" / "main", "test")
   assert result["report"]["metrics"] == pytest.approx(report["metrics"])
   assert result["train_seconds"] > 0
 

@@ -65,6 +65,28 @@ def test_diversity_loss_is_negative_entropy_of_mean_usage():
   assert float(losses.diversity_loss(p, eps=0.0 + 1e-30)) == pytest.approx(-math.log(2), rel=1e-6)
 
 
+@pytest.mark.parametrize("div_probs,key", [("clean", "usage"), ("gumbel", "probs")])
+def test_diversity_term_reads_the_configured_usage(div_probs, key):
+  cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=1.0, local_weight=1.0,
+                                       infonce_weight=1.0, div_weight=1.0, beta=0.25,
+                                       infonce_temperature=0.1, div_eps=1e-10,
+                                       div_probs=div_probs))
+  rs = np.random.RandomState(1)
+  b, d, k = 4, 3, 5
+  outputs = dict(logits=[jnp.asarray(rs.randn(b, k))], codes=[jnp.asarray(rs.randint(0, k, b))],
+                 z_base=jnp.asarray(rs.randn(b, d)), z_q=jnp.asarray(rs.randn(b, d)),
+                 code_vectors=[jnp.asarray(rs.randn(b, d))], residuals=[jnp.asarray(rs.randn(b, d))],
+                 hard_codewords=[jnp.asarray(rs.randn(b, d))],
+                 probs=[jnp.asarray(rs.dirichlet(np.ones(k), b))],
+                 usage=[jnp.asarray(np.eye(k)[[0, 0, 0, 1]])])
+  terms = losses.dgi_losses(outputs, jnp.arange(b), cfg, "cosine")
+  expected = losses.diversity_loss(outputs[key], 1e-10)
+  assert float(terms["div"]) == pytest.approx(float(expected), rel=1e-6)
+  if key == "usage":  # Usage (3/4, 1/4): -H = 3/4 log 3/4 + 1/4 log 1/4.
+    assert float(terms["div"]) == pytest.approx(0.75 * math.log(0.75) + 0.25 * math.log(0.25),
+                                                rel=1e-5)
+
+
 def test_total_is_weighted_sum():
   cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=2.0, local_weight=0.5,
                                        infonce_weight=0.0, div_weight=3.0, beta=0.25,

@@ -144,3 +144,32 @@ def test_scores_geometry(geometry):
   s = quantizer.similarity(x, w, 10.0, geometry)
   expected = [[6.0, 8.0]] if geometry == "cosine" else [[3.0, 8.0]]
   np.testing.assert_allclose(s, expected, rtol=1e-6)
+
+
+def test_usage_is_noise_free_softmax_of_scores_over_tau():
+  codebooks = [jax.random.normal(jax.random.PRNGKey(i), (6, 8)) for i in range(2)]
+  z = jax.random.normal(jax.random.PRNGKey(9), (5, 8))
+  noise = [jax.random.gumbel(jax.random.PRNGKey(3 + i), (5, 6)) for i in range(2)]
+  # gamma 2: scores within the Gumbel noise's scale, so the noise visibly moves p.
+  quant = quantizer.soft_quantize(z, codebooks, 2.0, noise, 0.4, "cosine", "gumbel_soft")
+  for scores, usage, probs in zip(quant.scores, quant.usage, quant.probs):
+    np.testing.assert_allclose(usage, jax.nn.softmax(scores / 0.4, -1), rtol=1e-6)
+    assert not np.allclose(usage, probs, atol=1e-3)  # The noise changes p, not the usage.
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_item_embedding_is_unit_length_when_normalized(normalize):
+  model = small_model(normalize_item_embedding=normalize)
+  batch = random_batch()
+  params = init(model, batch)
+  z_base = model.apply({"params": params}, batch["item_tokens"], method=DGIModel.embed_items)
+  pooled = model.apply({"params": params}, batch["item_tokens"],
+                       method=lambda m, t: m.item_encoder(t)[1])
+  norms = np.linalg.norm(np.asarray(z_base), axis=-1)
+  if normalize:
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(z_base, pooled / np.linalg.norm(pooled, axis=-1,
+                                                              keepdims=True), rtol=1e-5)
+  else:
+    np.testing.assert_array_equal(z_base, pooled)
+    assert norms.min() > 2.0  # LayerNorm'd states: norm ~ sqrt(d).

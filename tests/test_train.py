@@ -92,3 +92,29 @@ def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
   target, _ = _final_params(tmp_path / "target")
   for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(target)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_kmeans_keeps_the_encoder_and_reclusters_codebooks(tfds_dir, tmp_path):
+  config = _config(tfds_dir, num_steps=3, checkpoint_every=3)
+  train.train_and_evaluate(config, tmp_path / "source")
+  source, _ = _final_params(tmp_path / "source")
+  config = _config(tfds_dir, num_steps=1, checkpoint_every=1, init_from_kmeans=True,
+                   init_from=str(tmp_path / "source"))
+  with config.unlocked():
+    config.optim.backbone_lr = 0.0
+    config.optim.quantizer_lr = 0.0
+  train.train_and_evaluate(config, tmp_path / "target")
+  target, _ = _final_params(tmp_path / "target")
+  # Known answer: k-means (the run's own k-means rng) over the loaded encoder's embeddings.
+  model = train.build_model(config)
+  run_data = train.prepare_run_data(config, tmp_path / "target")
+  kmeans_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)[1]
+  expected = train.kmeans_init_codebooks(model, source, run_data.catalogue_tokens, config,
+                                         kmeans_rng)
+  for name in source:
+    if name.startswith("codebook_"):
+      assert not np.allclose(target[name], source[name])
+      np.testing.assert_allclose(target[name], expected[name], rtol=1e-5, atol=1e-6)
+    else:
+      for a, b in zip(jax.tree.leaves(source[name]), jax.tree.leaves(target[name])):
+        np.testing.assert_array_equal(a, b)

@@ -46,10 +46,13 @@ def _long_tail_table(results: Sequence[Dict[str, Any]]) -> List[str]:
 
 
 def _budget(config) -> str:
-  m, t = config.model, config.train
+  m, t, b = config.model, config.train, config.benchmark
+  warmup = float(b.get("encoder_warmup_fraction", 0.0))
+  split = (f"the first {warmup:.0%} train the encoder alone (InfoNCE) before k-means "
+           "initialises the codebooks, then " if warmup else "")
   return (f"{t.num_steps} steps x global batch {t.global_batch_size} for every trained "
-          f"method (Two-Stage splits them {config.benchmark.two_stage_stage1_fraction:.0%} "
-          f"quantizer / rest retriever); encoder {m.encoder_layers} + decoder "
+          f"method ({split}Two-Stage spends {b.two_stage_stage1_fraction:.0%} on the "
+          f"quantizer and the rest on the retriever); encoder {m.encoder_layers} + decoder "
           f"{m.decoder_layers} layers, d_model {m.d_model}, codebooks "
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "

@@ -4,7 +4,9 @@ Layout of a benchmark work directory:
 
   data/<dataset>/      the converted JSONL dataset (beauty, scifact), built once
   tfds/                prepared TFDS files and tokenizer, shared by every method
-  <method>/            the method's training run (two_stage: stage1/ and stage2/)
+  <method>/            the method's training runs: warmup/ (the encoder warm-up, when
+                       benchmark.encoder_warmup_fraction > 0), then main/ (DGI and its
+                       ablations) or stage1/ and stage2/ (two_stage)
   <method>/result.json its test report, timings and config; written last, atomically
 
 A method with a result.json is finished and is not run again; one without is (re)started,
@@ -79,6 +81,31 @@ def _train(config, run_dir) -> float:
   return training_seconds(run_dir)
 
 
+def _warmup_steps(config) -> int:
+  """Steps of the encoder warm-up: benchmark.encoder_warmup_fraction of the budget."""
+  return round(int(config.train.num_steps) * float(config.benchmark.encoder_warmup_fraction))
+
+
+def _after_warm_up(config, method_dir, steps: int):
+  """Trains the encoder warm-up, if any, in <method_dir>/warmup.
+
+  The paper k-means-initialises the codebooks over a pre-trained T5's item embeddings;
+  from scratch, part of the budget first trains the encoder alone (InfoNCE, the dense
+  method's objective). Returns the config of the run that follows, `steps` long and
+  initialised from the warm-up with k-means codebooks (without a warm-up: `config` with
+  `steps`), and the warm-up's training seconds.
+  """
+  warmup_steps = _warmup_steps(config)
+  if not warmup_steps:
+    return method_config(config, {}, **{"train.num_steps": steps}), 0.0
+  warmup = method_config(config, methods_lib.ENCODER_WARMUP,
+                         **{"train.num_steps": warmup_steps})
+  seconds = _train(warmup, method_dir / "warmup")
+  return method_config(config, {}, **{"train.num_steps": steps,
+                                      "train.init_from": str(method_dir / "warmup"),
+                                      "train.init_from_kmeans": True}), seconds
+
+
 def _num_params(params) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
@@ -137,16 +164,18 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
     train_seconds = _train(config, method_dir)
     report = _dense_report(method_dir, config)
   elif method.kind == methods_lib.GENERATIVE:
-    train_seconds = _train(config, method_dir)
-    report = _generative_report(method_dir, config)
+    total = int(config.train.num_steps)
+    main, train_seconds = _after_warm_up(config, method_dir, total - _warmup_steps(config))
+    train_seconds += _train(main, method_dir / "main")
+    report = _generative_report(method_dir / "main", main)
   elif method.kind == methods_lib.TWO_STAGE:
     total = int(config.train.num_steps)
     stage1_steps = max(1, round(total * float(config.benchmark.two_stage_stage1_fraction)))
-    stage1 = method_config(config, {}, **{"train.num_steps": stage1_steps})
+    stage1, train_seconds = _after_warm_up(config, method_dir, stage1_steps)
     stage2 = method_config(config, method.stage2_overrides,
-                           **{"train.num_steps": total - stage1_steps,
+                           **{"train.num_steps": total - _warmup_steps(config) - stage1_steps,
                               "train.init_from": str(method_dir / "stage1")})
-    train_seconds = _train(stage1, method_dir / "stage1")
+    train_seconds += _train(stage1, method_dir / "stage1")
     train_seconds += _train(stage2, method_dir / "stage2")
     report = _generative_report(method_dir / "stage2", stage2)
   else:

@@ -9,6 +9,10 @@ GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
 
 
+# Values of fields that checkpoints written before the field existed were trained with.
+_LEGACY_VALUES = {"normalize_item_embedding": False}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Static model hyper-parameters; see `configs/default.py` for each field's meaning."""
@@ -29,6 +33,7 @@ class ModelConfig:
   geometry: str = "cosine"
   dtype: str = "float32"
   separate_item_encoder: bool = False
+  normalize_item_embedding: bool = True
 
   def __post_init__(self):
     if self.grad_path not in GRAD_PATHS:
@@ -54,8 +59,9 @@ class ModelConfig:
     """Builds the model config from the full ml_collections config (model + data fields)."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     del defaults["vocab_size"], defaults["max_len"]
-    # Configs saved before a field existed (older checkpoints) get the field's default,
-    # which is the behaviour those runs had.
+    # Configs saved before a field existed (older checkpoints) get the behaviour those
+    # runs had: the field's default, or its legacy value where the default changed.
+    defaults.update(_LEGACY_VALUES)
     kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
     return cls(vocab_size=config.data.vocab_size,

@@ -95,8 +95,16 @@ class DGIModel(nn.Module):
 
   # ------------------------------------------------------------------ encoders
   def embed_items(self, item_tokens, deterministic: bool = True):
-    """[B, Li] item text tokens -> z_base [B, d]."""
-    return self.item_encoder(item_tokens, deterministic)[1]
+    """[B, Li] item text tokens -> z_base [B, d] (unit length if normalize_item_embedding).
+
+    Unit length keeps the residual quantizer scale-free, as its cosine scores already are:
+    with the raw pooled vector (norm ~sqrt(d)) the squared-distance L_Local is ~100x the
+    other terms, dominates the clipped gradient, and collapses the item embeddings.
+    """
+    pooled = self.item_encoder(item_tokens, deterministic)[1]
+    if self.cfg.normalize_item_embedding:
+      return quantizer.l2_normalize(pooled)
+    return pooled
 
   def encode_requests(self, query_tokens, deterministic: bool = True):
     """[B, Lq] request tokens -> (H_q [B, Lq, d], z_q [B, d])."""

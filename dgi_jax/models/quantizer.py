@@ -31,6 +31,7 @@ class SoftQuantization(NamedTuple):
   scores: List[jax.Array]  # [B, K_t] noise-free logits s_t.
   codes: List[jax.Array]  # [B] int32 hard codes c_t = argmax s_t (the NTP targets).
   probs: List[jax.Array]  # [B, K_t] Gumbel-softmax assignment p_t.
+  usage: List[jax.Array]  # [B, K_t] noise-free softmax(s_t / tau) (for the diversity loss).
   code_vectors: List[jax.Array]  # [B, d] zt_t fed to the decoder.
   residuals: List[jax.Array]  # [B, d] r_{t-1}, the residual each level quantizes.
   hard_codewords: List[jax.Array]  # [B, d] W_t[c_t].
@@ -52,7 +53,7 @@ def soft_quantize(z_base: jax.Array, codebooks: Sequence[jax.Array], gamma,
     grad_path: 'gumbel_soft' | 'frozen' (soft vectors), 'ste' (straight-through of the hard
       codeword), 'gumbel_st' (straight-through Gumbel one-hot).
   """
-  out = SoftQuantization([], [], [], [], [], [])
+  out = SoftQuantization([], [], [], [], [], [], [])
   residual = z_base.astype(jnp.float32)
   for codebook, noise in zip(codebooks, gumbel_noise):
     codebook = codebook.astype(jnp.float32)
@@ -69,7 +70,8 @@ def soft_quantize(z_base: jax.Array, codebooks: Sequence[jax.Array], gamma,
       vector = (one_hot + probs - jax.lax.stop_gradient(probs)) @ codebook
     else:
       raise ValueError(f"unknown grad_path {grad_path!r}")
-    for field, value in zip(out, (scores, codes, probs, vector, residual, hard)):
+    usage = jax.nn.softmax(scores / tau, axis=-1)
+    for field, value in zip(out, (scores, codes, probs, usage, vector, residual, hard)):
       field.append(value)
     residual = residual - vector
   return out

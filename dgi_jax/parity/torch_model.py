@@ -66,10 +66,12 @@ class ReferenceConfig:
   grad_path: str
   tie_heads: bool
   geometry: str
+  normalize_item_embedding: bool
   loss_weights: Tuple[Tuple[str, float], ...]  # (term, weight) pairs, see torch_losses.
   beta: float
   infonce_temperature: float
   div_eps: float
+  div_probs: str  # 'clean' (softmax(s / tau)) or 'gumbel' (p) as the diversity usage.
 
   def __post_init__(self):
     if self.grad_path not in GRAD_PATHS:
@@ -91,9 +93,10 @@ class ReferenceConfig:
         codebook_sizes=tuple(int(k) for k in m.codebook_sizes),
         gamma_init=float(m.gamma_init), share_gamma=bool(m.share_gamma),
         grad_path=str(m.grad_path), tie_heads=bool(m.tie_heads), geometry=str(m.geometry),
+        normalize_item_embedding=bool(m.get("normalize_item_embedding", False)),
         loss_weights=tuple(torch_losses.loss_weights(loss).items()),
         beta=float(loss.beta), infonce_temperature=float(loss.infonce_temperature),
-        div_eps=float(loss.div_eps))
+        div_eps=float(loss.div_eps), div_probs=str(loss.get("div_probs", "gumbel")))
 
 
 class Attention(nn.Module):
@@ -259,11 +262,13 @@ class DGIReference(nn.Module):
       tau: Gumbel-softmax temperature.
 
     Returns:
-      Dict of per-level lists: `codes` `[B]`, `probs` `[B, K_t]`, `code_vectors` `zt_t`,
-      `residuals` `r_{t-1}`, `hard_codewords` `W_t[c_t]` (all `[B, d]` but codes/probs).
+      Dict of per-level lists: `codes` `[B]`, `probs` `[B, K_t]`, `usage` `[B, K_t]`
+      (noise-free `softmax(s / tau)`), `code_vectors` `zt_t`, `residuals` `r_{t-1}`,
+      `hard_codewords` `W_t[c_t]` (all `[B, d]` but codes/probs/usage).
     """
     gamma_q, _ = self._gammas()
-    out = {k: [] for k in ("codes", "probs", "code_vectors", "residuals", "hard_codewords")}
+    out = {k: [] for k in ("codes", "probs", "usage", "code_vectors", "residuals",
+                           "hard_codewords")}
     r = z_base
     for w, g in zip(self.codebooks, gumbel_noise):
       scores = self._logits(r, w, gamma_q)
@@ -278,7 +283,8 @@ class DGIReference(nn.Module):
       else:  # gumbel_st: hard one-hot of the noisy scores, soft gradient.
         y = F.one_hot(torch.argmax(scores + g, dim=-1), w.shape[0]).to(probs.dtype)
         zt = (y + probs - probs.detach()) @ w
-      level = dict(codes=codes, probs=probs, code_vectors=zt, residuals=r, hard_codewords=hard)
+      level = dict(codes=codes, probs=probs, usage=torch.softmax(scores / tau, dim=-1),
+                   code_vectors=zt, residuals=r, hard_codewords=hard)
       for key, value in level.items():
         out[key].append(value)
       r = r - zt
@@ -317,6 +323,8 @@ class DGIReference(nn.Module):
     """
     cfg = self.cfg
     _, _, z_base = self.encoder(item_tokens)
+    if cfg.normalize_item_embedding:
+      z_base = torch_losses.normalize(z_base)
     h_q, mask_q, z_q = self.encoder(query_tokens)
     quant = self.quantize(z_base, gumbel_noise, tau)
     h = self.decoder(self.decoder_inputs(z_q, quant["code_vectors"]), h_q, mask_q > 0)
@@ -328,7 +336,8 @@ class DGIReference(nn.Module):
                                          cfg.beta),
         "infonce": torch_losses.infonce_loss(z_q, z_base, item_index,
                                              cfg.infonce_temperature),
-        "div": torch_losses.div_loss(quant["probs"], cfg.div_eps),
+        "div": torch_losses.div_loss(
+            quant["usage" if cfg.div_probs == "clean" else "probs"], cfg.div_eps),
     }
     terms["total"] = torch_losses.total_loss(terms, dict(cfg.loss_weights))
     terms.update(logits=logits, codes=quant["codes"], probs=quant["probs"],
