@@ -17,14 +17,13 @@ same result): simple, and the split is small next to training.
 
 import json
 import math
-import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from dgi_jax import atomic_write
 from dgi_jax import metrics
 from dgi_jax import plots
 from dgi_jax import retrieval
@@ -188,19 +187,8 @@ def _json_ready(x):
 
 def write_report(report: Dict[str, Any], path) -> pathlib.Path:
   """Writes a report as JSON atomically (temporary file, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(_json_ready({k: v for k, v in report.items() if k != "rankings"}), f,
-                indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  ready = _json_ready({k: v for k, v in report.items() if k != "rankings"})
+  return atomic_write.write_text(path, json.dumps(ready, indent=2) + "\n")
 
 
 def _fmt(x) -> str:

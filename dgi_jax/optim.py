@@ -24,8 +24,13 @@ def param_labels(params, optim_config=None):
 
 
 def decay_mask(params):
-  """Weight decay on matrices only: not on biases, LayerNorm scales or the scalar gammas."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices only: not on biases, LayerNorm scales or the scalar gammas.
+
+  Biases are told by name, not rank: attention's q/k/v biases are [heads, head_dim].
+  """
+  def decays(path, p):
+    return p.ndim >= 2 and getattr(path[-1], "key", None) != "bias"
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):

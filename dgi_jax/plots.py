@@ -6,14 +6,13 @@ written atomically, so a reader never sees half a PNG.
 
 import json
 import math
-import os
 import pathlib
-import tempfile
 from typing import Any, Dict, List, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dgi_jax import atomic_write
 from dgi_jax import train
 
 LOSS_TERMS = ("total", "ntp", "global", "local", "infonce", "div")
@@ -22,18 +21,10 @@ GRAD_NORM_KEY = "item_encoder_last_layer_grad_norm"
 
 def save_png(figure: Figure, path) -> pathlib.Path:
   """Renders `figure` to `path` via a temporary file and a rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(figure)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-  os.close(fd)
-  try:
+  with atomic_write.atomic_path(path, suffix=".png") as tmp:
     figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return pathlib.Path(path)
 
 
 def _number(x) -> float:

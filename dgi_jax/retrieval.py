@@ -15,9 +15,7 @@ extended SID array (see `index.py`, "Adding items").
 
 import functools
 import json
-import os
 import pathlib
-import tempfile
 from typing import Dict, List, Sequence
 
 import flax.struct
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgi_jax import atomic_write
 from dgi_jax import decoding
 from dgi_jax import index as index_lib
 from dgi_jax import train
@@ -232,17 +231,9 @@ def write_sid_table(path, item_ids: Sequence[str], sids) -> pathlib.Path:
   sids = np.asarray(sids)
   if len(item_ids) != len(sids):
     raise ValueError(f"{len(item_ids)} item ids but {len(sids)} SIDs")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for item_id, sid in zip(item_ids, sids.tolist()):
-        f.write(json.dumps({"item_id": item_id, "sid": sid}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return atomic_write.write_text(path, "".join(
+      json.dumps({"item_id": item_id, "sid": sid}, ensure_ascii=False) + "\n"
+      for item_id, sid in zip(item_ids, sids.tolist())))
 
 
 def read_items_file(path) -> List[records.Item]:

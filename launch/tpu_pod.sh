@@ -10,8 +10,10 @@
 #                          [--dry-run] [-- EXTRA_DGI_FLAGS...]
 #   --name              TPU VM name (created if it does not exist)
 #   --zone              GCP zone, e.g. us-central2-b
-#   --workdir           gs:// directory for checkpoints, metrics and data; every worker
-#                       writes its part of each checkpoint there, so it must be shared
+#   --workdir           gs:// directory for checkpoints, metrics and the tokenizer; every
+#                       worker writes its part of each checkpoint there, so it must be
+#                       shared (the prepared TFDS files stay on each worker's disk, in
+#                       ~/.cache/dgi_jax/tfds, since array_record reads local files only)
 #   --accelerator-type  slice type when creating (default v4-32: 4 workers x 4 chips)
 #   --version           TPU VM software version when creating (default tpu-ubuntu2204-base)
 #   --config            config file, relative to the repository (default configs/pod_t5large.py)

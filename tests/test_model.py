@@ -173,3 +173,17 @@ def test_item_embedding_is_unit_length_when_normalized(normalize):
   else:
     np.testing.assert_array_equal(z_base, pooled)
     assert norms.min() > 2.0  # LayerNorm'd states: norm ~ sqrt(d).
+
+
+def test_weight_decay_applies_to_matrices_not_to_biases_scales_or_gammas():
+  from dgi_jax import optim  # pylint: disable=g-import-not-at-top
+  params = init(small_model(), random_batch())
+  mask = optim.decay_mask(params)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): (leaf, p.ndim)
+          for (path, leaf), p in zip(jax.tree_util.tree_leaves_with_path(mask),
+                                     jax.tree.leaves(params))}
+  qkv_biases = [n for n in flat if n.endswith("bias") and flat[n][1] == 2]
+  assert qkv_biases  # Attention's [heads, head_dim] biases exist ...
+  for name, (decays, ndim) in flat.items():  # ... and are not decayed.
+    assert decays == (ndim >= 2 and not name.endswith("bias")), name
+  assert flat["codebook_0"][0] and not flat["gamma_quantizer"][0]

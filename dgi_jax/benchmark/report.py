@@ -1,10 +1,9 @@
 """results.md of a benchmark: Table-2 and Table-3 style tables, long tail, plots."""
 
-import os
 import pathlib
-import tempfile
 from typing import Any, Dict, List, Sequence
 
+from dgi_jax import atomic_write
 from dgi_jax import plots
 from dgi_jax.benchmark import methods as methods_lib
 
@@ -60,18 +59,6 @@ def _budget(config) -> str:
           "checkpoint.")
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,
                   command: str) -> pathlib.Path:
   """Writes results.md and one long-tail PNG per finished method under `results_dir`.
@@ -120,5 +107,5 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
   if missing:
     lines += [f"Not run or not finished: {', '.join(missing)}.", ""]
   path = results_dir / "results.md"
-  _write_text(path, "\n".join(lines))
+  atomic_write.write_text(path, "\n".join(lines))
   return path

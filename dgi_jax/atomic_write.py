@@ -1,0 +1,34 @@
+"""Write-then-rename, so a reader never sees a half-written file."""
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary file beside `path` (its parent is created) to write to.
+
+  When the block ends normally the file is renamed onto `path` (atomic on one file
+  system); when it raises, the temporary file is removed and `path` is left untouched.
+  `suffix` keeps an extension for writers that infer the format from the name.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path, text: str) -> pathlib.Path:
+  """Writes `text` (UTF-8) to `path` atomically."""
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  return pathlib.Path(path)
