@@ -3,8 +3,8 @@
     dgi benchmark --dataset beauty --config configs/benchmark_beauty_accelerator.py \\
       --workdir /tmp/bench_beauty_big
 
-Longer requests (the whole 20-item history fits), a wider and deeper model, ten times
-the steps of the 2-core budget and the paper's 1000 warm-up steps; bfloat16 compute with
+Longer requests (the whole 20-item history fits), a wider and deeper model, twelve
+times the steps of the 2-core budget and the paper's 1000 warm-up steps; bfloat16 compute with
 float32 parameters.
 """
 

@@ -205,6 +205,9 @@ def _benchmark(command_line) -> int:
   try:
     path = runner.run_benchmark(FLAGS.dataset, FLAGS.methods, config, FLAGS.workdir,
                                 FLAGS.data_root, FLAGS.results_dir, command_line)
+  except runner.BenchmarkInterrupted as e:  # A preemption: exit 0, like `dgi train`.
+    print(f"dgi benchmark: {e}", file=sys.stderr)
+    return 0
   except (ValueError, FileNotFoundError) as e:
     print(f"dgi benchmark: error: {e}", file=sys.stderr)
     return 1

@@ -1,6 +1,8 @@
 """The pieces the benchmark's methods are built from: a separate item tower, frozen
 parameter groups, method configs, the generic ranking report and dense retrieval."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,29 @@ def test_kmeans_gives_untied_heads_their_own_buffers(tiny_config):
     np.testing.assert_array_equal(head, codebook)  # Same start ...
     # ... in separate buffers: the donated train state may not hold one buffer twice.
     assert head.unsafe_buffer_pointer() != codebook.unsafe_buffer_pointer()
+
+
+def test_interrupted_stage_stops_the_method_and_a_rerun_finishes_it(tiny_config, tmp_path,
+                                                                     monkeypatch):
+  """A SIGTERM'd warm-up must not start the main stage from an unfinished encoder."""
+  from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  with config.unlocked():
+    config.benchmark = load_config("benchmark").benchmark
+    config.train.num_steps = 10  # Warm-up 3 steps, main run 7.
+    config.train.checkpoint_every = 5
+    config.data.tfds_dir = str(tmp_path / "tfds")
+  real = train.train_and_evaluate
+  calls = []
+
+  def stopped_early(cfg, workdir, **kwargs):  # What a SIGTERM after step 1 leaves.
+    calls.append(pathlib.Path(workdir).name)
+    return real(cfg, workdir, stop_at_step=1)
+  monkeypatch.setattr(train, "train_and_evaluate", stopped_early)
+  with pytest.raises(runner.BenchmarkInterrupted, match="stopped at step 1 of 3"):
+    runner.run_method(methods.BY_NAME["dgi"], config, tmp_path)
+  assert calls == ["warmup"]  # The main stage never started ...
+  assert runner.read_result(tmp_path, "dgi") is None  # ... and nothing was reported.
+  monkeypatch.setattr(train, "train_and_evaluate", real)
+  result = runner.run_method(methods.BY_NAME["dgi"], config, tmp_path)
+  assert runner.read_result(tmp_path, "dgi")["report"] == result["report"]

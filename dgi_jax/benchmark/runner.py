@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dgi_jax import evaluate, plots, retrieval, train
+from dgi_jax import checkpointing, evaluate, plots, retrieval, train
 from dgi_jax import workdir as workdir_lib
 from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
@@ -76,8 +76,25 @@ def training_seconds(run_dir) -> float:
   return seconds
 
 
+class BenchmarkInterrupted(RuntimeError):
+  """A training run stopped before its last step (SIGTERM); rerunning resumes it."""
+
+
 def _train(config, run_dir) -> float:
+  """Trains (or resumes) one run to its end; its training seconds.
+
+  Raises BenchmarkInterrupted when the run stopped early on SIGTERM, so that no later
+  stage starts from, and no result is written for, an unfinished run.
+  """
   train.train_and_evaluate(config, run_dir)
+  checkpointer = checkpointing.Checkpointer(run_dir, read_only=True)
+  try:
+    step = checkpointer.latest_step() or 0
+  finally:
+    checkpointer.close()
+  if step < int(config.train.num_steps):
+    raise BenchmarkInterrupted(f"{run_dir} stopped at step {step} of "
+                               f"{config.train.num_steps}; rerun the same command to resume")
   return training_seconds(run_dir)
 
 
