@@ -1,7 +1,9 @@
 """The methods `dgi benchmark` compares: the paper's Table-2 baselines and Table-3 ablations.
 
 Every trained method is the DGI code base with config overrides, so all share one encoder,
-data pipeline, step budget and evaluation; only what the method changes differs.
+data pipeline, step budget and evaluation; only what the method changes differs. Methods
+with codebooks (two_stage, dgi*) first spend `benchmark.encoder_warmup_fraction` of the
+budget training the encoder alone (ENCODER_WARMUP), then k-means the codebooks over it.
 
   bm25                   bm25s over item texts; request = query + recent history titles.
   dense                  the same encoder trained with in-batch InfoNCE only; exact cosine
