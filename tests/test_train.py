@@ -79,32 +79,31 @@ def test_metrics_file_and_kmeans_initialised_codebooks(tfds_dir, tmp_path):
   assert lines[-1]["tau"] == pytest.approx(0.1, rel=1e-5)
 
 
-def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
+def _init_from_source_run(tfds_dir, tmp_path, **train_overrides):
+  """Trains a 3-step source run, then a 1-step target run initialised from it at learning
+  rate 0 (so the target's params are what initialisation gave it); returns both params
+  and the target's config."""
   config = _config(tfds_dir, num_steps=3, checkpoint_every=3)
   train.train_and_evaluate(config, tmp_path / "source")
   source, _ = _final_params(tmp_path / "source")
   config = _config(tfds_dir, num_steps=1, checkpoint_every=1,
-                   init_from=str(tmp_path / "source"))
+                   init_from=str(tmp_path / "source"), **train_overrides)
   with config.unlocked():
     config.optim.backbone_lr = 0.0
     config.optim.quantizer_lr = 0.0
   train.train_and_evaluate(config, tmp_path / "target")
   target, _ = _final_params(tmp_path / "target")
+  return source, target, config
+
+
+def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
+  source, target, _ = _init_from_source_run(tfds_dir, tmp_path)
   for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(target)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_init_from_kmeans_keeps_the_encoder_and_reclusters_codebooks(tfds_dir, tmp_path):
-  config = _config(tfds_dir, num_steps=3, checkpoint_every=3)
-  train.train_and_evaluate(config, tmp_path / "source")
-  source, _ = _final_params(tmp_path / "source")
-  config = _config(tfds_dir, num_steps=1, checkpoint_every=1, init_from_kmeans=True,
-                   init_from=str(tmp_path / "source"))
-  with config.unlocked():
-    config.optim.backbone_lr = 0.0
-    config.optim.quantizer_lr = 0.0
-  train.train_and_evaluate(config, tmp_path / "target")
-  target, _ = _final_params(tmp_path / "target")
+  source, target, config = _init_from_source_run(tfds_dir, tmp_path, init_from_kmeans=True)
   # Known answer: k-means (the run's own k-means rng) over the loaded encoder's embeddings.
   model = train.build_model(config)
   run_data = train.prepare_run_data(config, tmp_path / "target")
