@@ -53,6 +53,17 @@ def get_config() -> ml_collections.ConfigDict:
   # the scale anyway, and it keeps L_Local (squared distances) on the scale of the other
   # losses instead of ~100x them, which collapses the embeddings on real data.
   c.model.normalize_item_embedding = True
+  # Decoder input at step t [D]: 'sum' = z_q + sum_{j<t} z~_j (read off the paper's
+  # figure); 'residual' = z_q - sum_{j<t} z~_j, the request's residual after the prefix,
+  # with z_q on the item embeddings' scale (unit length when they are). Level t's head
+  # (the codebook) then scores the same kind of vector the quantizer scores on the item
+  # side.
+  c.model.decoder_inputs = "residual"
+  # The decoder's level embeddings and residual-branch output projections start at zero
+  # [D], so the untrained decoder passes its inputs through (up to the final LayerNorm):
+  # with residual inputs it starts as the geometric search of the request's residuals
+  # and training learns corrections, instead of starting from random logits.
+  c.model.decoder_identity_init = True
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()
@@ -68,6 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   # version of the hard codes' histogram; 'gumbel' = batch mean of the Gumbel-softmax p,
   # whose noise alone looks diverse while the hard codes (the SIDs) collapse.
   c.loss.div_probs = "clean"
+  # Temperature T of the 'clean' usage softmax(s / T) [D]; 0 = the Gumbel temperature tau.
+  # L_Div's gradient scales as gamma / T: at tau = 0.1 it is ~100x the other terms' and
+  # steers the encoder, but a fixed T = 1 makes the usage too soft to see the hard codes
+  # collapse (Beauty: 101 distinct SIDs of 12,101); see docs/DESIGN.md.
+  c.loss.div_temperature = 0.0
 
   # ---------------------------------------------------------------- optimisation
   c.optim = ml_collections.ConfigDict()

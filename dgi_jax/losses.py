@@ -16,8 +16,7 @@ from dgi_jax.models.quantizer import l2_normalize
 
 Gather = Callable[[jax.Array], jax.Array]
 
-# `loss.div_probs` -> the quantizer output whose batch mean is the diversity loss's usage.
-DIV_USAGE = {"clean": "usage", "gumbel": "probs"}
+DIV_PROBS = ("clean", "gumbel")
 
 
 def identity_gather(x):
@@ -87,6 +86,23 @@ def diversity_loss(probs: Sequence[jax.Array], eps: float,
   return total
 
 
+def diversity_assignments(outputs: Dict, loss_config) -> Sequence[jax.Array]:
+  """Per-level soft assignments [B, K_t] whose batch mean is L_Div's code usage.
+
+  `loss.div_probs='gumbel'`: the Gumbel-softmax p. 'clean': softmax(s / T) of the
+  noise-free scores, T = `loss.div_temperature`, or the Gumbel temperature tau when that
+  is 0. With s = gamma * cos the gradient grows as gamma / T: annealed to tau = 0.1 it
+  outweighs every other term and drives the encoder (measured in docs/DESIGN.md).
+  """
+  if loss_config.div_probs not in DIV_PROBS:
+    raise ValueError(f"loss.div_probs={loss_config.div_probs!r}; expected one of {DIV_PROBS}")
+  if loss_config.div_probs == "gumbel":
+    return outputs["probs"]
+  if loss_config.div_temperature > 0:
+    return [jax.nn.softmax(s / loss_config.div_temperature, axis=-1) for s in outputs["scores"]]
+  return outputs["usage"]
+
+
 def dgi_losses(outputs: Dict, item_index: jax.Array, loss_config, geometry: str,
                gather: Gather = identity_gather, row_offset=0) -> Dict[str, jax.Array]:
   """All terms and their weighted `total` from `DGIModel.forward_from_item_embedding`."""
@@ -96,7 +112,7 @@ def dgi_losses(outputs: Dict, item_index: jax.Array, loss_config, geometry: str,
       "local": local_loss(outputs["residuals"], outputs["hard_codewords"], loss_config.beta),
       "infonce": infonce_loss(outputs["z_q"], outputs["z_base"], item_index,
                               loss_config.infonce_temperature, gather, row_offset),
-      "div": diversity_loss(outputs[DIV_USAGE[loss_config.get("div_probs", "gumbel")]],
+      "div": diversity_loss(diversity_assignments(outputs, loss_config),
                             loss_config.div_eps, gather),
   }
   terms["total"] = sum(loss_config[f"{name}_weight"] * value for name, value in terms.items())

@@ -48,13 +48,28 @@ def _open(workdir) -> checkpointing.Checkpointer:
   return checkpointer
 
 
+# Fields added after checkpoints were first written, with the behaviour those checkpoints
+# were trained with (which may differ from today's default): a saved config without the
+# field is read as having this value, so old runs evaluate and resume as they trained.
+LEGACY_VALUES = {
+    "model": {"normalize_item_embedding": False, "decoder_inputs": "sum",
+              "decoder_identity_init": False},
+    "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
+}
+
+
 def config_from_json(obj) -> ml_collections.ConfigDict:
-  """The locked ConfigDict of a checkpoint's config JSON (lists become tuples)."""
+  """The locked ConfigDict of a checkpoint's config JSON (lists become tuples), with
+  the fields it predates set to their `LEGACY_VALUES`."""
   def tuples(x):
     if isinstance(x, dict):
       return {k: tuples(v) for k, v in x.items()}
     return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-  config = ml_collections.ConfigDict(tuples(obj))
+  obj = tuples(obj)
+  for section, fields in LEGACY_VALUES.items():
+    if isinstance(obj.get(section), dict):
+      obj[section] = {**fields, **obj[section]}
+  config = ml_collections.ConfigDict(obj)
   config.lock()
   return config
 

@@ -65,12 +65,14 @@ def test_diversity_loss_is_negative_entropy_of_mean_usage():
   assert float(losses.diversity_loss(p, eps=0.0 + 1e-30)) == pytest.approx(-math.log(2), rel=1e-6)
 
 
-@pytest.mark.parametrize("div_probs,key", [("clean", "usage"), ("gumbel", "probs")])
-def test_diversity_term_reads_the_configured_usage(div_probs, key):
+@pytest.mark.parametrize("div_probs,temperature,key", [
+    ("clean", 0.0, "usage"), ("gumbel", 0.0, "probs"), ("gumbel", 2.0, "probs"),
+    ("clean", 2.0, "scores")])
+def test_diversity_term_reads_the_configured_usage(div_probs, temperature, key):
   cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=1.0, local_weight=1.0,
                                        infonce_weight=1.0, div_weight=1.0, beta=0.25,
                                        infonce_temperature=0.1, div_eps=1e-10,
-                                       div_probs=div_probs))
+                                       div_probs=div_probs, div_temperature=temperature))
   rs = np.random.RandomState(1)
   b, d, k = 4, 3, 5
   outputs = dict(logits=[jnp.asarray(rs.randn(b, k))], codes=[jnp.asarray(rs.randint(0, k, b))],
@@ -78,19 +80,29 @@ def test_diversity_term_reads_the_configured_usage(div_probs, key):
                  code_vectors=[jnp.asarray(rs.randn(b, d))], residuals=[jnp.asarray(rs.randn(b, d))],
                  hard_codewords=[jnp.asarray(rs.randn(b, d))],
                  probs=[jnp.asarray(rs.dirichlet(np.ones(k), b))],
-                 usage=[jnp.asarray(np.eye(k)[[0, 0, 0, 1]])])
+                 usage=[jnp.asarray(np.eye(k)[[0, 0, 0, 1]])],
+                 scores=[jnp.asarray(np.log([[4.0, 1, 1, 1, 1]] * b) * 2.0)])
   terms = losses.dgi_losses(outputs, jnp.arange(b), cfg, "cosine")
-  expected = losses.diversity_loss(outputs[key], 1e-10)
-  assert float(terms["div"]) == pytest.approx(float(expected), rel=1e-6)
   if key == "usage":  # Usage (3/4, 1/4): -H = 3/4 log 3/4 + 1/4 log 1/4.
-    assert float(terms["div"]) == pytest.approx(0.75 * math.log(0.75) + 0.25 * math.log(0.25),
-                                                rel=1e-5)
+    expected = 0.75 * math.log(0.75) + 0.25 * math.log(0.25)
+  elif key == "scores":  # softmax(2 log(4, 1, 1, 1, 1) / 2) = (1/2, 1/8, 1/8, 1/8, 1/8).
+    expected = 0.5 * math.log(0.5) + 4 * 0.125 * math.log(0.125)
+  else:
+    expected = float(losses.diversity_loss(outputs["probs"], 1e-10))
+  assert float(terms["div"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_div_probs_is_an_error():
+  cfg = ml_collections.ConfigDict(dict(div_probs="hard", div_temperature=1.0))
+  with pytest.raises(ValueError, match="div_probs"):
+    losses.diversity_assignments({}, cfg)
 
 
 def test_total_is_weighted_sum():
   cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=2.0, local_weight=0.5,
                                        infonce_weight=0.0, div_weight=3.0, beta=0.25,
-                                       infonce_temperature=0.1, div_eps=1e-10))
+                                       infonce_temperature=0.1, div_eps=1e-10,
+                                       div_probs="gumbel", div_temperature=0.0))
   rs = np.random.RandomState(0)
   b, d = 4, 3
   outputs = dict(logits=[jnp.asarray(rs.randn(b, 5))], codes=[jnp.asarray(rs.randint(0, 5, b))],

@@ -45,7 +45,8 @@ def test_tied_heads_are_the_codebooks():
   model = small_model()
   batch = random_batch()
   params = init(model, batch)
-  z_q = jnp.ones((6, 16))
+  # Not a constant vector: the decoder's LayerNorm maps those to zero.
+  z_q = jax.random.normal(jax.random.PRNGKey(5), (6, 16))
   h_q = jnp.ones((6, 12, 16))
   logits = lambda p: model.apply({"params": p}, z_q, h_q, batch["query_tokens"],  # noqa
                                  jnp.zeros((6, 0), jnp.int32), method=DGIModel.prefix_logits)
@@ -187,3 +188,64 @@ def test_weight_decay_applies_to_matrices_not_to_biases_scales_or_gammas():
   for name, (decays, ndim) in flat.items():  # ... and are not decayed.
     assert decays == (ndim >= 2 and not name.endswith("bias")), name
   assert flat["codebook_0"][0] and not flat["gamma_quantizer"][0]
+
+
+@pytest.mark.parametrize("mode,sign", [("sum", 1.0), ("residual", -1.0)])
+def test_teacher_forcing_inputs(mode, sign):
+  from dgi_jax.models.dgi import teacher_forcing_inputs  # pylint: disable=g-import-not-at-top
+  z_q = jnp.array([[1.0, 2.0]])
+  prefix = jnp.array([[[0.5, 0.0], [0.0, 3.0]]])
+  x = teacher_forcing_inputs(z_q, prefix, mode)
+  expected = [[1.0, 2.0], [1.0 + sign * 0.5, 2.0], [1.0 + sign * 0.5, 2.0 + sign * 3.0]]
+  np.testing.assert_allclose(x[0], expected)
+
+
+def _layer_norm(x):
+  x = np.asarray(x, np.float64)
+  centred = x - x.mean(-1, keepdims=True)
+  return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-6)
+
+
+def test_untrained_identity_decoder_scores_the_requests_residuals():
+  """Identity init + residual inputs: level t's logits are gamma_d * cos(LN(r_t), C_t)
+  with r_t = z_q / |z_q| - (hard codewords of the prefix), whatever the request tokens."""
+  model = small_model(decoder_inputs="residual", decoder_identity_init=True)
+  batch = random_batch()
+  params = init(model, batch)
+  apply = lambda *a, **k: model.apply({"params": params}, *a, **k)  # noqa: E731
+  _, z_q = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  states, _ = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  prefix = jnp.array([[1, 2]] * len(z_q), jnp.int32)
+  codebooks = [np.asarray(params[f"codebook_{t}"], np.float64) for t in range(3)]
+  r = np.asarray(z_q, np.float64)
+  r = r / np.linalg.norm(r, axis=-1, keepdims=True)
+  for t in range(3):
+    logits = apply(z_q, states, batch["query_tokens"], prefix[:, :t],
+                   method=DGIModel.prefix_logits)
+    h = _layer_norm(r)
+    c = codebooks[t] / np.linalg.norm(codebooks[t], axis=-1, keepdims=True)
+    expected = float(params["gamma_decoder"]) * (h / np.linalg.norm(h, axis=-1,
+                                                                    keepdims=True)) @ c.T
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    if t < 2:
+      r = r - codebooks[t][prefix[0, t]]
+
+
+def test_identity_init_decoder_still_learns():
+  """Zero output projections pass gradient: every decoder branch's output kernel gets a
+  non-zero NTP gradient at step 0 (its inner weights start to learn one step later)."""
+  model = small_model(decoder_identity_init=True)
+  batch = random_batch()
+  params = init(model, batch)
+  weights = {k: v for k, v in jax.tree_util.tree_flatten_with_path(params["decoder"])[0]
+             if k[-1].key in ("kernel", "level_embed")}  # Biases start at zero anyway.
+  zero = [k for k, v in weights.items() if not np.any(np.asarray(v))]
+  assert len(zero) == 3 + 1  # self_attn/out, cross_attn/out, mlp/wo kernels + level_embed.
+
+  def ntp(p):
+    out = model.apply({"params": p}, batch["item_tokens"], batch["query_tokens"],
+                      gumbel(model, 6), 0.5)
+    return losses.ntp_loss(out["logits"], out["codes"])
+  grads = dict(jax.tree_util.tree_flatten_with_path(jax.grad(ntp)(params)["decoder"])[0])
+  for key in zero:
+    assert np.abs(np.asarray(grads[key])).max() > 1e-6, jax.tree_util.keystr(key)

@@ -83,6 +83,15 @@ def test_shared_gamma_parity():
   assert any(r.name == "grad/gamma" for r in rows)
 
 
+def test_sum_decoder_inputs_parity():
+  """The paper figure's decoder inputs (z_q + prefix); the table above runs 'residual'."""
+  config = compare.with_model_overrides(_tiny(), decoder_inputs="sum")
+  rows, ok = compare.run_parity(config, batch_size=BATCH,
+                                combinations=[("gumbel_soft", True, "cosine"),
+                                              ("frozen", False, "dot")])
+  assert ok, compare.format_table(rows, failures_only=True)
+
+
 def test_training_run_within_1e4_relative_every_step():
   jax_terms, torch_terms = training.train_parity(_tiny(), steps=20, batch_size=BATCH)
   rel = [abs(j["total"] - t["total"]) / abs(t["total"]) for j, t in zip(jax_terms, torch_terms)]

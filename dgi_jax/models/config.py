@@ -7,10 +7,7 @@ import jax.numpy as jnp
 
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
-
-
-# Values of fields that checkpoints written before the field existed were trained with.
-_LEGACY_VALUES = {"normalize_item_embedding": False}
+DECODER_INPUTS = ("sum", "residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +31,17 @@ class ModelConfig:
   dtype: str = "float32"
   separate_item_encoder: bool = False
   normalize_item_embedding: bool = True
+  decoder_inputs: str = "residual"
+  decoder_identity_init: bool = True
 
   def __post_init__(self):
     if self.grad_path not in GRAD_PATHS:
       raise ValueError(f"model.grad_path={self.grad_path!r}; expected one of {GRAD_PATHS}")
     if self.geometry not in GEOMETRIES:
       raise ValueError(f"model.geometry={self.geometry!r}; expected one of {GEOMETRIES}")
+    if self.decoder_inputs not in DECODER_INPUTS:
+      raise ValueError(f"model.decoder_inputs={self.decoder_inputs!r}; expected one of "
+                       f"{DECODER_INPUTS}")
     if self.d_model % self.num_heads:
       raise ValueError(f"model.d_model={self.d_model} is not divisible by "
                        f"model.num_heads={self.num_heads}")
@@ -59,9 +61,8 @@ class ModelConfig:
     """Builds the model config from the full ml_collections config (model + data fields)."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     del defaults["vocab_size"], defaults["max_len"]
-    # Configs saved before a field existed (older checkpoints) get the behaviour those
-    # runs had: the field's default, or its legacy value where the default changed.
-    defaults.update(_LEGACY_VALUES)
+    # Fields a hand-built config leaves out take their defaults; configs read back from
+    # checkpoints written before a field existed were upgraded by `workdir.read_config`.
     kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
     return cls(vocab_size=config.data.vocab_size,

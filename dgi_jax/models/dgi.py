@@ -43,14 +43,20 @@ class TextEncoder(nn.Module):
 
 
 class SidDecoder(nn.Module):
-  """Transformer decoder over the m SID positions, cross-attending to request tokens."""
+  """Transformer decoder over the m SID positions, cross-attending to request tokens.
+
+  With `cfg.decoder_identity_init` the level embeddings and every block's residual
+  branches start at zero: the untrained decoder is `LayerNorm(inputs)`, so with residual
+  inputs its logits are the quantizer's own scores of the request's residuals.
+  """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, inputs, memory, memory_tokens, deterministic: bool = True):
     """inputs [B, n, d] (n <= m), memory [B, L, d] -> hidden states [B, n, d]."""
     cfg = self.cfg
-    level_embed = self.param("level_embed", EMBED_INIT, (cfg.num_levels, cfg.d_model))
+    level_init = nn.initializers.zeros if cfg.decoder_identity_init else EMBED_INIT
+    level_embed = self.param("level_embed", level_init, (cfg.num_levels, cfg.d_model))
     x = (inputs + level_embed[None, :inputs.shape[1]]).astype(cfg.compute_dtype)
     memory = memory.astype(cfg.compute_dtype)
     mask = key_padding_mask(memory_tokens)
@@ -59,9 +65,18 @@ class SidDecoder(nn.Module):
     return layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
 
 
-def teacher_forcing_inputs(z_q: jax.Array, prefix_vectors: jax.Array) -> jax.Array:
-  """`x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j`: [B, d], [B, n, d] -> [B, n + 1, d]."""
+def teacher_forcing_inputs(z_q: jax.Array, prefix_vectors: jax.Array,
+                           mode: str = "sum") -> jax.Array:
+  """Decoder inputs from the request vector and the prefix code vectors.
+
+  [B, d], [B, n, d] -> [B, n + 1, d]:
+    'sum' (the paper's figure): `x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j`;
+    'residual': `x_1 = z_q`, `x_t = z_q - sum_{j<t} v_j`, the part of the request the
+      prefix has not explained, which level t's codebook quantizes on the item side.
+  """
   partial_sums = jnp.cumsum(prefix_vectors, axis=1)
+  if mode == "residual":
+    partial_sums = -partial_sums
   zeros = jnp.zeros_like(z_q)[:, None]
   return z_q[:, None] + jnp.concatenate([zeros, partial_sums], axis=1)
 
@@ -111,13 +126,21 @@ class DGIModel(nn.Module):
     return self.encoder(query_tokens, deterministic)
 
   # ------------------------------------------------------------------ decoder
+  def _decoder_inputs(self, z_q, prefix_vectors):
+    """The decoder's inputs (see `teacher_forcing_inputs`). Residual inputs take the
+    request vector on the item embeddings' scale (unit length when those are), so that
+    subtracting codewords means what it means in the quantizer."""
+    if self.cfg.decoder_inputs == "residual" and self.cfg.normalize_item_embedding:
+      z_q = quantizer.l2_normalize(z_q)
+    return teacher_forcing_inputs(z_q, prefix_vectors, self.cfg.decoder_inputs)
+
   def decode(self, z_q, query_states, query_tokens, prefix_vectors,
              deterministic: bool = True):
     """Decoder logits for levels 0..n given n prefix code vectors [B, n, d].
 
     Returns a list of n + 1 arrays, level t's logits [B, K_t].
     """
-    inputs = teacher_forcing_inputs(z_q, prefix_vectors)
+    inputs = self._decoder_inputs(z_q, prefix_vectors)
     hidden = self.decoder(inputs, query_states, query_tokens, deterministic)
     return [quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
                                  self.cfg.geometry)
@@ -132,7 +155,7 @@ class DGIModel(nn.Module):
     vectors = [self.codebooks[j][prefix_codes[:, j]] for j in range(t)]
     prefix = (jnp.stack(vectors, axis=1) if vectors
               else jnp.zeros((z_q.shape[0], 0, z_q.shape[-1]), z_q.dtype))
-    hidden = self.decoder(teacher_forcing_inputs(z_q, prefix.astype(jnp.float32)),
+    hidden = self.decoder(self._decoder_inputs(z_q, prefix.astype(jnp.float32)),
                           query_states, query_tokens, True)
     return quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
                                 self.cfg.geometry)

@@ -21,15 +21,20 @@ def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=cfg.compute_dtype, name=name)
 
 
-def attention(cfg: ModelConfig, name: str) -> nn.MultiHeadDotProductAttention:
+def attention(cfg: ModelConfig, name: str,
+              zero_output: bool = False) -> nn.MultiHeadDotProductAttention:
+  """Multi-head attention; `zero_output` starts its output projection at zero."""
+  out_init = nn.initializers.zeros if zero_output else None  # None: as the q/k/v kernels.
   return nn.MultiHeadDotProductAttention(
       num_heads=cfg.num_heads, qkv_features=cfg.d_model, out_features=cfg.d_model,
-      dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype, name=name)
+      dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype, out_kernel_init=out_init,
+      name=name)
 
 
 class Mlp(nn.Module):
-  """Two dense layers with an exact GELU between."""
+  """Two dense layers with an exact GELU between; `zero_output` zero-initialises the second."""
   cfg: ModelConfig
+  zero_output: bool = False
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -37,7 +42,8 @@ class Mlp(nn.Module):
     x = nn.Dense(cfg.mlp_dim, dtype=cfg.compute_dtype, name="wi")(x)
     x = exact_gelu(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    return nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name="wo")(x)
+    out_init = nn.initializers.zeros if self.zero_output else nn.linear.default_kernel_init
+    return nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, kernel_init=out_init, name="wo")(x)
 
 
 class EncoderBlock(nn.Module):
@@ -56,22 +62,27 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """Causal self-attention over the levels, cross-attention to the request tokens, MLP."""
+  """Causal self-attention over the levels, cross-attention to the request tokens, MLP.
+
+  With `cfg.decoder_identity_init` the three residual branches end in zero-initialised
+  projections, so the untrained block is the identity map.
+  """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x, memory, memory_key_mask, deterministic: bool):
     cfg = self.cfg
+    zero = cfg.decoder_identity_init
     causal = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
     y = layer_norm(cfg, "ln_self")(x)
-    y = attention(cfg, "self_attn")(y, y, mask=causal, deterministic=deterministic)
+    y = attention(cfg, "self_attn", zero)(y, y, mask=causal, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(cfg, "ln_cross")(x)
-    y = attention(cfg, "cross_attn")(y, memory, mask=memory_key_mask,
+    y = attention(cfg, "cross_attn", zero)(y, memory, mask=memory_key_mask,
                                      deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(cfg, "ln_mlp")(x)
-    y = Mlp(cfg, name="mlp")(y, deterministic)
+    y = Mlp(cfg, zero, name="mlp")(y, deterministic)
     return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
 

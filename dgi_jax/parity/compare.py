@@ -63,12 +63,15 @@ def with_model_overrides(config, **overrides):
   """Copy of `config` with `model` fields replaced.
 
   Dropout is switched off and the compute dtype set to float32: the reference is a
-  deterministic float32 model, and parity is only defined against that.
+  deterministic float32 model, and parity is only defined against that. The decoder
+  starts from random weights (no identity init), so every decoder weight carries
+  gradient in the comparison.
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.dropout_rate = 0.0
     config.model.dtype = "float32"
+    config.model.decoder_identity_init = False
     for key, value in overrides.items():
       config.model[key] = value
   return config

@@ -67,11 +67,13 @@ class ReferenceConfig:
   tie_heads: bool
   geometry: str
   normalize_item_embedding: bool
+  decoder_inputs: str  # 'sum' (z_q + prefix) or 'residual' (z_q - prefix, z_q normalised).
   loss_weights: Tuple[Tuple[str, float], ...]  # (term, weight) pairs, see torch_losses.
   beta: float
   infonce_temperature: float
   div_eps: float
-  div_probs: str  # 'clean' (softmax(s / tau)) or 'gumbel' (p) as the diversity usage.
+  div_probs: str  # 'clean' (softmax(s / T)) or 'gumbel' (p) as the diversity usage.
+  div_temperature: float  # T of 'clean'; 0 = the Gumbel temperature tau.
 
   def __post_init__(self):
     if self.grad_path not in GRAD_PATHS:
@@ -93,10 +95,12 @@ class ReferenceConfig:
         codebook_sizes=tuple(int(k) for k in m.codebook_sizes),
         gamma_init=float(m.gamma_init), share_gamma=bool(m.share_gamma),
         grad_path=str(m.grad_path), tie_heads=bool(m.tie_heads), geometry=str(m.geometry),
-        normalize_item_embedding=bool(m.get("normalize_item_embedding", False)),
+        normalize_item_embedding=bool(m.normalize_item_embedding),
+        decoder_inputs=str(m.decoder_inputs),
         loss_weights=tuple(torch_losses.loss_weights(loss).items()),
         beta=float(loss.beta), infonce_temperature=float(loss.infonce_temperature),
-        div_eps=float(loss.div_eps), div_probs=str(loss.get("div_probs", "gumbel")))
+        div_eps=float(loss.div_eps), div_probs=str(loss.div_probs),
+        div_temperature=float(loss.div_temperature))
 
 
 class Attention(nn.Module):
@@ -263,7 +267,7 @@ class DGIReference(nn.Module):
 
     Returns:
       Dict of per-level lists: `codes` `[B]`, `probs` `[B, K_t]`, `usage` `[B, K_t]`
-      (noise-free `softmax(s / tau)`), `code_vectors` `zt_t`, `residuals` `r_{t-1}`,
+      (noise-free `softmax(s / T)`, T = div_temperature or tau), `code_vectors` `zt_t`, `residuals` `r_{t-1}`,
       `hard_codewords` `W_t[c_t]` (all `[B, d]` but codes/probs/usage).
     """
     gamma_q, _ = self._gammas()
@@ -283,7 +287,8 @@ class DGIReference(nn.Module):
       else:  # gumbel_st: hard one-hot of the noisy scores, soft gradient.
         y = F.one_hot(torch.argmax(scores + g, dim=-1), w.shape[0]).to(probs.dtype)
         zt = (y + probs - probs.detach()) @ w
-      level = dict(codes=codes, probs=probs, usage=torch.softmax(scores / tau, dim=-1),
+      usage_t = self.cfg.div_temperature or tau
+      level = dict(codes=codes, probs=probs, usage=torch.softmax(scores / usage_t, dim=-1),
                    code_vectors=zt, residuals=r, hard_codewords=hard)
       for key, value in level.items():
         out[key].append(value)
@@ -291,12 +296,19 @@ class DGIReference(nn.Module):
     return out
 
   def decoder_inputs(self, z_q: torch.Tensor, code_vectors: Sequence[torch.Tensor]):
-    """`x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j` -> `[B, m, d]` (soft teacher forcing)."""
+    """`x_1 = z_q`, `x_t = z_q + sum_{j<t} v_j` -> `[B, m, d]` (soft teacher forcing).
+
+    Residual inputs: `x_t = z_q - sum_{j<t} v_j`, with z_q unit length when the item
+    embeddings are.
+    """
+    residual = self.cfg.decoder_inputs == "residual"
+    if residual and self.cfg.normalize_item_embedding:
+      z_q = torch_losses.normalize(z_q)
     inputs, prefix = [], torch.zeros_like(z_q)
     for zt in code_vectors:
       inputs.append(z_q + prefix)
       v = zt.detach() if self.cfg.grad_path == "frozen" else zt
-      prefix = prefix + v
+      prefix = prefix - v if residual else prefix + v
     return torch.stack(inputs, dim=1)
 
   def head_logits(self, h: torch.Tensor) -> List[torch.Tensor]:

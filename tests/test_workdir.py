@@ -1,0 +1,29 @@
+"""Saved configs read back from checkpoints: the upgrade of configs that predate a field."""
+
+from dgi_jax import workdir as workdir_lib
+from dgi_jax.models.config import ModelConfig
+from conftest import load_config
+
+
+def _saved(config, drop=()):
+  obj = config.to_dict()
+  for section, field in drop:
+    del obj[section][field]
+  return obj
+
+
+def test_fields_a_saved_config_predates_get_the_behaviour_it_was_trained_with():
+  config = load_config("tiny")
+  dropped = [(s, f) for s, fields in workdir_lib.LEGACY_VALUES.items() for f in fields]
+  read = workdir_lib.config_from_json(_saved(config, dropped))
+  for section, field in dropped:
+    assert read[section][field] == workdir_lib.LEGACY_VALUES[section][field]
+  model = ModelConfig.from_config(read)
+  assert (model.decoder_inputs, model.normalize_item_embedding) == ("sum", False)
+
+
+def test_saved_fields_are_kept():
+  config = load_config("tiny")
+  read = workdir_lib.config_from_json(_saved(config))
+  assert read.to_dict() == config.to_dict()
+  assert isinstance(read.model.codebook_sizes, tuple)
