@@ -213,8 +213,7 @@ def test_untrained_identity_decoder_scores_the_requests_residuals():
   batch = random_batch()
   params = init(model, batch)
   apply = lambda *a, **k: model.apply({"params": params}, *a, **k)  # noqa: E731
-  _, z_q = apply(batch["query_tokens"], method=DGIModel.encode_requests)
-  states, _ = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  states, z_q = apply(batch["query_tokens"], method=DGIModel.encode_requests)
   prefix = jnp.array([[1, 2]] * len(z_q), jnp.int32)
   codebooks = [np.asarray(params[f"codebook_{t}"], np.float64) for t in range(3)]
   r = np.asarray(z_q, np.float64)
