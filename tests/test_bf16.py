@@ -13,14 +13,17 @@ from dgi_jax import checkpointing, train, train_step
 
 STEPS = 200
 TAIL = 50
-# Long runs of tiny are chaotic: any perturbation, even summing in another order, moves the
-# loss trace (a rerun in the same process is bitwise equal). At temperature 1 and 0.3x the
-# default learning rates (below), the mean of the last 50 of 200 float32 losses moves by
-# 35% between seeds 0 and 1; bfloat16 against float32 (same seed, data, 8 devices) measured
-# 15% (seed 0) and 27% (seed 1). The bound is the float32 seed-to-seed spread: bfloat16 must
-# train as well as float32 does, up to float32's own noise. The one-step test below is the
-# tight one.
-FINAL_LOSS_RTOL = 0.35
+# Long runs of tiny are chaotic: any perturbation, even summing in another order or another
+# CPU's vector width, moves the loss trace (a rerun in the same process is bitwise equal).
+# The compared statistic is the retrieval loss, NTP + InfoNCE, averaged over the last 50 of
+# 200 steps at temperature 1 and 0.3x the default learning rates (below); not the total,
+# which is a small difference of large terms (diversity ~ -5.5 against NTP ~ 4.6), so its
+# relative spread is many times that of its parts. Measured (same data, 8 devices, seeds
+# 0/1/2): float32 6.30 / 6.21 / 6.20, bfloat16 6.17 / 6.65 / 6.59, i.e. bfloat16 within 7%
+# of float32 and float32 within 1.6% of itself across seeds. The bound is twice the largest
+# measured gap; the one-step test below is the tight one.
+FINAL_LOSS_RTOL = 0.15
+RETRIEVAL_TERMS = ("ntp", "infonce")
 # One step from the same parameters and batch (measured over 3 seeds): loss terms agree to
 # <= 3.3e-3 relative, the gradient directions to cosine >= 0.9956.
 STEP_LOSS_RTOL = 1e-2
@@ -95,20 +98,24 @@ def test_one_step_in_bfloat16_matches_float32_from_the_same_params():
   assert cosine >= MIN_GRAD_COSINE
 
 
-def _train_losses(config, workdir) -> np.ndarray:
+def _train_losses(config, workdir) -> dict[str, np.ndarray]:
+  """Per-step training loss terms of a run, by name ('total', 'ntp', ...)."""
   train.train_and_evaluate(config, workdir)
   lines = (workdir / train.METRICS_FILE).read_text().splitlines()
-  return np.array([r["total"] for r in map(json.loads, lines) if r["kind"] == "train"])
+  records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+  return {name: np.array([r[name] for r in records])
+          for name in ("total",) + RETRIEVAL_TERMS}
 
 
 def test_bfloat16_training_tracks_float32(tfds_dir, tmp_path):
   losses = {dtype: _train_losses(_config(dtype, tfds_dir), tmp_path / dtype)
             for dtype in ("float32", "bfloat16")}
   tails = {}
-  for dtype, trace in losses.items():
-    assert trace.shape == (STEPS,) and np.isfinite(trace).all(), dtype
-    tails[dtype] = trace[-TAIL:].mean()
-    assert tails[dtype] < 0.3 * trace[0], f"{dtype} did not train: {trace[0]} -> {tails[dtype]}"
+  for dtype, terms in losses.items():
+    total = terms["total"]
+    assert total.shape == (STEPS,) and np.isfinite(total).all(), dtype
+    assert total[-TAIL:].mean() < 0.3 * total[0], f"{dtype} did not train: {total}"
+    tails[dtype] = sum(terms[name][-TAIL:].mean() for name in RETRIEVAL_TERMS)
   relative = abs(tails["bfloat16"] - tails["float32"]) / tails["float32"]
   assert relative < FINAL_LOSS_RTOL, (tails, relative)
   # The checkpointed parameters of the bfloat16 run are float32.
