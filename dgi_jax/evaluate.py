@@ -9,6 +9,10 @@
   hubness    Spearman correlation of the raw item-embedding norm with item popularity,
              and of each level's codeword norm with its code popularity (summed f(i)).
   index      code-usage perplexity per level, unique-SID share, bucket sizes.
+  decoder    per level, the decoder's teacher-forced cross-entropy of the relevant items'
+             SIDs and the entropy of those codes (what a request-blind decoder could get
+             at best on level 1): their gap at level 1 is what the request tells the
+             decoder about the first code, which bounds how well the search can start.
 
 `make_validation_fn` gives `train.train_and_evaluate` its `evaluate_fn`. With several
 processes every process evaluates the whole split on its own local device (same data,
@@ -75,7 +79,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
   start = time.perf_counter()
-  ranked, relevant = [], []
+  ranked, relevant, cross_entropy, target_sids = [], [], [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
@@ -83,6 +87,12 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
     result = retriever.search(batch["query_tokens"], beam_size, k)
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
+    for column in batch["relevant"].T:  # Every (request, relevant item) pair.
+      pairs = batch["mask"] & (column >= 0)
+      if pairs.any():
+        cross_entropy.append(retriever.code_cross_entropy(
+            batch["query_tokens"], np.maximum(column, 0))[pairs])
+        target_sids.append(retriever.sids[column[pairs]])
   seconds = time.perf_counter() - start
   ranked = np.concatenate(ranked)
   report = dict(split=split, beam_size=beam_size, k=k)
@@ -91,10 +101,34 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
                                int(config.eval.num_popularity_buckets)))
   report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
   report["index"] = dict(retriever.stats)
+  report["decoder"] = decoder_report(np.concatenate(cross_entropy),
+                                     np.concatenate(target_sids),
+                                     retriever.model.cfg.codebook_sizes)
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
     report["rankings"] = ranked
   return report
+
+
+def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
+                   codebook_sizes) -> Dict[str, Any]:
+  """How much the decoder learned about each code level of the relevant items.
+
+  Args:
+    cross_entropy: float [P, m] teacher-forced cross-entropy (nats) per pair and level.
+    target_sids: int [P, m] the pairs' item SIDs.
+    codebook_sizes: K_t per level.
+
+  Returns:
+    code_cross_entropy (mean per level), target_code_entropy (entropy of each level's
+    code among the pairs' items, nats: level 1's is the best cross-entropy without the
+    request) and level1_information (their gap at level 1, nats).
+  """
+  entropy = np.log(metrics.code_usage_perplexity(target_sids, codebook_sizes))
+  mean_ce = cross_entropy.mean(axis=0)
+  return {"code_cross_entropy": [float(x) for x in mean_ce],
+          "target_code_entropy": [float(x) for x in entropy],
+          "level1_information": float(entropy[0] - mean_ce[0])}
 
 
 def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
@@ -131,6 +165,7 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
   out["unique_sid_share"] = report["index"]["unique_sid_share"]
   for level, value in enumerate(report["index"]["code_perplexity"]):
     out[f"code_perplexity_{level}"] = value
+  out["level1_information"] = report["decoder"]["level1_information"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
 
 
@@ -229,4 +264,11 @@ def format_report(report: Dict[str, Any]) -> str:
             "hubness (Spearman with popularity): item norm "
             f"{_fmt(hub['item_norm_spearman'])}, codeword norm per level "
             + " / ".join(_fmt(c) for c in hub["codeword_norm_spearman"])]
+  decoder = report.get("decoder")
+  if decoder:
+    lines.append("decoder (nats, relevant items' SIDs, teacher-forced): cross-entropy per "
+                 "level " + " / ".join(_fmt(x) for x in decoder["code_cross_entropy"])
+                 + ", code entropy " + " / ".join(_fmt(x) for x in
+                                                  decoder["target_code_entropy"])
+                 + f", level-1 information {_fmt(decoder['level1_information'])}")
   return "\n".join(lines)

@@ -81,6 +81,25 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
                       beams=beams)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array,
+                        target_sids: jax.Array) -> jax.Array:
+  """Teacher-forced -log P(c_t | request, c_<t) of target SIDs [B, m] -> [B, m] (nats).
+
+  The decoder reads the targets' hard codewords, as in the search; the softmax runs over
+  the whole codebook (not the prefix tables), so it measures the decoder, not the index.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  query_states, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  levels = []
+  for t in range(target_sids.shape[1]):
+    logits = apply(z_q, query_states, query_tokens, target_sids[:, :t],
+                   method=DGIModel.prefix_logits).astype(jnp.float32)
+    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                       target_sids[:, t:t + 1], axis=-1)[:, 0])
+  return jnp.stack(levels, axis=1)
+
+
 class Retriever:
   """A trained model's index over a catalogue, and the search over it.
 
@@ -195,6 +214,13 @@ class Retriever:
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
                    beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap)
+
+  def code_cross_entropy(self, query_tokens, items) -> np.ndarray:
+    """Per-level teacher-forced cross-entropy (nats) of item indices [B]'s SIDs given
+    request tokens [B, Lq] -> float32 [B, m]; see `_code_cross_entropy`."""
+    return np.asarray(_code_cross_entropy(self.model, self.params,
+                                          jnp.asarray(query_tokens, jnp.int32),
+                                          jnp.asarray(self.sids[np.asarray(items)])))
 
   def encode_requests(self, queries: Sequence[str],
                       histories: Sequence[Sequence[str]]) -> np.ndarray:

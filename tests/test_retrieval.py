@@ -93,6 +93,37 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
     assert value == pytest.approx(expected[name]), name
   assert sum(b["count"] for b in report["long_tail"]["buckets"]) == report["num_pairs"]
   assert report["num_pairs"] == int((relevant >= 0).sum())
+  # The decoder section covers every (request, relevant item) pair.
+  decoder = report["decoder"]
+  assert len(decoder["code_cross_entropy"]) == trained.model.cfg.num_levels
+  pair_sids = retriever.sids[relevant[relevant >= 0]]
+  np.testing.assert_allclose(
+      decoder["target_code_entropy"],
+      np.log(metrics.code_usage_perplexity(pair_sids, trained.model.cfg.codebook_sizes)))
+
+
+def test_code_cross_entropy_sums_to_the_beam_score(trained, retriever):
+  # Two code paths: the beam search accumulates log-softmax scores level by level; the
+  # teacher-forced cross-entropy recomputes them for a given SID in one pass.
+  batch = _first_test_batch(trained)
+  result = jax.device_get(retriever.search(batch["query_tokens"], beam_size=5, k=20))
+  best = result.items[:, 0]
+  assert (best >= 0).all()
+  cross_entropy = retriever.code_cross_entropy(batch["query_tokens"], best)
+  assert cross_entropy.shape == (len(best), trained.model.cfg.num_levels)
+  assert (cross_entropy >= 0).all()
+  np.testing.assert_allclose(-cross_entropy.sum(axis=1), result.beam_scores[:, 0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():
+  cross_entropy = np.array([[1.0, 2.0], [3.0, 4.0], [2.0, 0.0], [0.0, 2.0]])
+  sids = np.array([[0, 1], [1, 1], [2, 1], [2, 1]])  # Level 1: 1/4, 1/4, 1/2; level 2: one.
+  report = evaluate.decoder_report(cross_entropy, sids, (3, 2))
+  entropy = -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))
+  np.testing.assert_allclose(report["code_cross_entropy"], [1.5, 2.0])
+  np.testing.assert_allclose(report["target_code_entropy"], [entropy, 0.0], atol=1e-12)
+  assert report["level1_information"] == pytest.approx(entropy - 1.5)
 
 
 def test_added_items_are_quantized_and_retrievable(trained):

@@ -44,6 +44,27 @@ def _long_tail_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines
 
 
+def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
+  """What each generative method's decoder learned about its relevant items' codes."""
+  rows = [r for r in results if r["report"].get("decoder")]
+  if not rows:
+    return []
+  lines = ["## Decoder: what the request tells it about each code", "",
+           "Teacher-forced cross-entropy (nats) of the relevant items' SIDs on the test "
+           "split, per level, against the entropy of those codes; at level 1 the entropy "
+           "is the best a decoder that ignores the request can do, so their gap (level-1 "
+           "information) is what the request tells the decoder about the first code.", "",
+           "| method | cross-entropy per level | code entropy per level "
+           "| level-1 information |", "|---|---|---|---|"]
+  for r in rows:
+    decoder = r["report"]["decoder"]
+    lines.append(f"| {r['label']} | "
+                 + " / ".join(f"{x:.2f}" for x in decoder["code_cross_entropy"]) + " | "
+                 + " / ".join(f"{x:.2f}" for x in decoder["target_code_entropy"])
+                 + f" | {decoder['level1_information']:.2f} |")
+  return lines + [""]
+
+
 def _budget(config) -> str:
   m, t, b = config.model, config.train, config.benchmark
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
@@ -97,6 +118,7 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
               "Buckets hold equal numbers of (request, item) pairs, sorted by the item's "
               "training popularity f; 'unseen' = items never a training target.", ""]
     lines += _long_tail_table(rows) + [""]
+    lines += _decoder_table(rows)
     for r in rows:
       png = plots.plot_popularity_buckets(
           r["report"]["long_tail"], results_dir / f"longtail_{r['method']}.png",
