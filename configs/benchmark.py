@@ -21,13 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Final checkpoint, evaluated once on test: no validation passes inside the budget.
     c.train.eval_every = 0
     c.train.checkpoint_every = 250
-    # InfoNCE at 10x the paper's weight of 1 [D]. From scratch, the NTP and diversity
-    # gradients reaching the shared encoder are 10-30x InfoNCE's (measured on Beauty), so
-    # at weight 1 joint training undoes the warm-up: InfoNCE climbs back towards chance
-    # and the SIDs collapse as the decoder learns (391 distinct of 12,101). At 10 the
-    # encoder keeps its retrieval geometry: DGI test hit@10 .0100 -> .0231, 42% unique
-    # SIDs. Every method that trains with InfoNCE after the warm-up uses this weight.
-    c.loss.infonce_weight = 10.0
     c.benchmark = ml_collections.ConfigDict()
     # Two-Stage: share of train.num_steps spent on stage 1 (item tower + quantizer); the
     # rest (after the encoder warm-up) trains the retriever on the frozen SIDs, so its
