@@ -13,6 +13,10 @@
              SIDs and the entropy of those codes (what a request-blind decoder could get
              at best on level 1): their gap at level 1 is what the request tells the
              decoder about the first code, which bounds how well the search can start.
+  encoder    the model's own encoder without the decoder: Hit/NDCG@10 of exact cosine
+             top-K over the catalogue (what the dense baseline does), and per level the
+             share of pairs whose request vector quantizes to the relevant item's SID
+             prefix; they tell whether joint training kept requests near their items.
 
 `make_validation_fn` gives `train.train_and_evaluate` its `evaluate_fn`. With several
 processes every process evaluates the whole split on its own local device (same data,
@@ -33,6 +37,7 @@ from dgi_jax import plots
 from dgi_jax import retrieval
 from dgi_jax import train
 from dgi_jax import workdir as workdir_lib
+from dgi_jax.baselines import dense
 from dgi_jax.data import pipeline
 from dgi_jax.models.dgi import DGIModel
 
@@ -79,7 +84,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
   start = time.perf_counter()
-  ranked, relevant, cross_entropy, target_sids = [], [], [], []
+  ranked, relevant, cross_entropy, target_sids, prefix_agreement = [], [], [], [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
@@ -87,12 +92,14 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
     result = retriever.search(batch["query_tokens"], beam_size, k)
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
+    request_codes = retriever.request_codes(batch["query_tokens"])
     for column in batch["relevant"].T:  # Every (request, relevant item) pair.
       pairs = batch["mask"] & (column >= 0)
       if pairs.any():
         cross_entropy.append(retriever.code_cross_entropy(
             batch["query_tokens"], np.maximum(column, 0))[pairs])
         target_sids.append(retriever.sids[column[pairs]])
+        prefix_agreement.append(np.cumprod(request_codes[pairs] == target_sids[-1], axis=1))
   seconds = time.perf_counter() - start
   ranked = np.concatenate(ranked)
   report = dict(split=split, beam_size=beam_size, k=k)
@@ -104,6 +111,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
   report["decoder"] = decoder_report(np.concatenate(cross_entropy),
                                      np.concatenate(target_sids),
                                      retriever.model.cfg.codebook_sizes)
+  report["encoder"] = encoder_report(retriever, run_data, config, split,
+                                     np.concatenate(prefix_agreement))
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
     report["rankings"] = ranked
@@ -129,6 +138,26 @@ def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
   return {"code_cross_entropy": [float(x) for x in mean_ce],
           "target_code_entropy": [float(x) for x in entropy],
           "level1_information": float(entropy[0] - mean_ce[0])}
+
+
+def encoder_report(retriever: retrieval.Retriever, run_data: train.RunData, config,
+                   split: str, prefix_agreement: np.ndarray) -> Dict[str, Any]:
+  """The trained encoder on its own (see the module doc, `encoder`).
+
+  Args:
+    retriever, run_data, config, split: as for `evaluate_split`.
+    prefix_agreement: bool/int [P, m], per (request, relevant item) pair and level t,
+      whether the request's own SID agrees with the item's on levels 1..t.
+
+  Returns:
+    dense (hit@10, ndcg@10 of the exact cosine ranking) and sid_prefix_agreement (mean
+    per level).
+  """
+  ranked, relevant = dense.dense_rankings(retriever.model, retriever.params, run_data,
+                                          config, split, LONG_TAIL_K)
+  means = metrics.retrieval_metrics(ranked, relevant, (LONG_TAIL_K,), LONG_TAIL_K)
+  return {"dense": {name: float(means[f"{name}@{LONG_TAIL_K}"]) for name in ("hit", "ndcg")},
+          "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)]}
 
 
 def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
@@ -166,6 +195,7 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
   for level, value in enumerate(report["index"]["code_perplexity"]):
     out[f"code_perplexity_{level}"] = value
   out["level1_information"] = report["decoder"]["level1_information"]
+  out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
 
 
@@ -271,4 +301,10 @@ def format_report(report: Dict[str, Any]) -> str:
                  + ", code entropy " + " / ".join(_fmt(x) for x in
                                                   decoder["target_code_entropy"])
                  + f", level-1 information {_fmt(decoder['level1_information'])}")
+  encoder = report.get("encoder")
+  if encoder:
+    lines.append(f"encoder alone (exact cosine top-{LONG_TAIL_K}): hit "
+                 f"{_fmt(encoder['dense']['hit'])}, ndcg {_fmt(encoder['dense']['ndcg'])}; "
+                 "requests quantized to the relevant SID prefix per level "
+                 + " / ".join(_fmt(x) for x in encoder["sid_prefix_agreement"]))
   return "\n".join(lines)

@@ -100,6 +100,20 @@ def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array,
   return jnp.stack(levels, axis=1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _request_codes(model: DGIModel, params, query_tokens: jax.Array) -> jax.Array:
+  """The SID the quantizer gives the request vector itself, [B, Lq] -> [B, m].
+
+  z_q is put on the item embeddings' scale first (unit length when they are), as the
+  decoder's residual inputs do.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  _, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  if model.cfg.normalize_item_embedding:
+    z_q = quantizer.l2_normalize(z_q)
+  return apply(z_q, method=DGIModel.hard_codes)
+
+
 class Retriever:
   """A trained model's index over a catalogue, and the search over it.
 
@@ -221,6 +235,12 @@ class Retriever:
     return np.asarray(_code_cross_entropy(self.model, self.params,
                                           jnp.asarray(query_tokens, jnp.int32),
                                           jnp.asarray(self.sids[np.asarray(items)])))
+
+  def request_codes(self, query_tokens) -> np.ndarray:
+    """int32 [B, m]: the SIDs the trained quantizer gives the request vectors of request
+    tokens [B, Lq] (see `_request_codes`)."""
+    return np.asarray(_request_codes(self.model, self.params,
+                                     jnp.asarray(query_tokens, jnp.int32)))
 
   def encode_requests(self, queries: Sequence[str],
                       histories: Sequence[Sequence[str]]) -> np.ndarray:

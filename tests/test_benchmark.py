@@ -50,7 +50,7 @@ def test_results_md_lists_every_method_with_plots(bench):
     assert 0.0 <= result["report"]["metrics"]["hit@10"] <= 1.0
     assert result["report"]["num_requests"] == 100
   # The decoder table lists the generative methods, not BM25 or the dense encoder.
-  decoder_table = text.split("## Decoder")[1].split("\n\n")[2]
+  decoder_table = text.split("## Decoder and encoder")[1].split("\n\n")[2]
   labels = {runner.read_result(bench["workdir"], n)["label"]: n for n in METHODS.split(",")}
   listed = {labels[row.split(" | ")[0][2:]] for row in decoder_table.splitlines()[2:]}
   assert listed == {"two_stage", "dgi"}

@@ -11,6 +11,7 @@ import pytest
 
 from dgi_jax import evaluate, index, metrics, retrieval, train
 from dgi_jax import workdir as workdir_lib
+from dgi_jax.baselines import dense
 from dgi_jax.data import pipeline
 from conftest import REPO_ROOT, load_config
 
@@ -100,6 +101,22 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   np.testing.assert_allclose(
       decoder["target_code_entropy"],
       np.log(metrics.code_usage_perplexity(pair_sids, trained.model.cfg.codebook_sizes)))
+  # The encoder section: the dense ranking of the same parameters, and prefix agreement
+  # that can only fall with depth.
+  dense_ranked, _ = dense.dense_rankings(trained.model, trained.params, run_data, config,
+                                         "test", 10)
+  expected_dense = metrics.retrieval_metrics(dense_ranked, relevant, (10,), 10)
+  assert report["encoder"]["dense"]["hit"] == pytest.approx(expected_dense["hit@10"])
+  agreement = report["encoder"]["sid_prefix_agreement"]
+  assert len(agreement) == trained.model.cfg.num_levels
+  assert all(1 >= a >= b >= 0 for a, b in zip(agreement, agreement[1:]))
+  all_tokens = retriever.encode_requests(
+      [r["query"].decode() for r in rows],
+      [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows])
+  request_of_pair, pair_items = np.nonzero(relevant >= 0)
+  same = retriever.request_codes(all_tokens)[request_of_pair] == retriever.sids[
+      relevant[request_of_pair, pair_items]]
+  np.testing.assert_allclose(agreement, np.cumprod(same, axis=1).mean(axis=0), atol=1e-12)
 
 
 def test_code_cross_entropy_sums_to_the_beam_score(trained, retriever):
@@ -114,6 +131,15 @@ def test_code_cross_entropy_sums_to_the_beam_score(trained, retriever):
   assert (cross_entropy >= 0).all()
   np.testing.assert_allclose(-cross_entropy.sum(axis=1), result.beam_scores[:, 0],
                              rtol=1e-5, atol=1e-5)
+
+
+def test_a_request_made_of_an_item_text_quantizes_to_the_item_sid(trained, retriever):
+  # The encoder is shared and pools over non-padding tokens, so an item's tokens sent as
+  # a request give the item's own embedding, and the quantizer its SID.
+  items = trained.run_data.catalogue_tokens[:64]
+  query_len = trained.config.data.max_query_len
+  requests = np.pad(items, ((0, 0), (0, query_len - items.shape[1])))
+  np.testing.assert_array_equal(retriever.request_codes(requests), retriever.sids[:64])
 
 
 def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():

@@ -45,23 +45,31 @@ def _long_tail_table(results: Sequence[Dict[str, Any]]) -> List[str]:
 
 
 def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
-  """What each generative method's decoder learned about its relevant items' codes."""
+  """What each generative method's decoder learned, and where its encoder left requests."""
   rows = [r for r in results if r["report"].get("decoder")]
   if not rows:
     return []
-  lines = ["## Decoder: what the request tells it about each code", "",
-           "Teacher-forced cross-entropy (nats) of the relevant items' SIDs on the test "
-           "split, per level, against the entropy of those codes; at level 1 the entropy "
-           "is the best a decoder that ignores the request can do, so their gap (level-1 "
-           "information) is what the request tells the decoder about the first code.", "",
+  lines = ["## Decoder and encoder of the generative methods", "",
+           "Decoder: teacher-forced cross-entropy (nats) of the relevant items' SIDs on the "
+           "test split, per level, against the entropy of those codes; at level 1 the "
+           "entropy is the best a decoder that ignores the request can do, so their gap "
+           "(level-1 information) is what the request tells the decoder about the first "
+           "code. Encoder alone: Hit@10 of the method's own encoder ranking the catalogue "
+           "by cosine (no decoder), and the share of (request, item) pairs whose request "
+           "vector quantizes to the item's SID prefix, per prefix length.", "",
            "| method | cross-entropy per level | code entropy per level "
-           "| level-1 information |", "|---|---|---|---|"]
+           "| level-1 information | encoder alone Hit@10 | request on the item's SID prefix |",
+           "|---|---|---|---|---|---|"]
   for r in rows:
-    decoder = r["report"]["decoder"]
-    lines.append(f"| {r['label']} | "
-                 + " / ".join(f"{x:.2f}" for x in decoder["code_cross_entropy"]) + " | "
-                 + " / ".join(f"{x:.2f}" for x in decoder["target_code_entropy"])
-                 + f" | {decoder['level1_information']:.2f} |")
+    decoder, encoder = r["report"]["decoder"], r["report"].get("encoder")
+    cells = [r["label"],
+             " / ".join(f"{x:.2f}" for x in decoder["code_cross_entropy"]),
+             " / ".join(f"{x:.2f}" for x in decoder["target_code_entropy"]),
+             f"{decoder['level1_information']:.2f}"]
+    cells += (["–", "–"] if encoder is None else
+              [_num(encoder["dense"]["hit"]),
+               " / ".join(f"{x:.3f}" for x in encoder["sid_prefix_agreement"])])
+    lines.append("| " + " | ".join(cells) + " |")
   return lines + [""]
 
 
