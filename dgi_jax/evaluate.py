@@ -79,7 +79,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    hubness, index, timing (seconds, requests_per_sec).
+    hubness, index, decoder, encoder, timing (seconds, requests_per_sec; the search and
+    the decoder diagnostics, not the encoder section's dense ranking).
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
