@@ -37,7 +37,6 @@ from dgi_jax import plots
 from dgi_jax import retrieval
 from dgi_jax import train
 from dgi_jax import workdir as workdir_lib
-from dgi_jax.baselines import dense
 from dgi_jax.data import pipeline
 from dgi_jax.models.dgi import DGIModel
 
@@ -79,13 +78,14 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    hubness, index, decoder, encoder, timing (seconds, requests_per_sec; the search and
-    the decoder diagnostics, not the encoder section's dense ranking).
+    hubness, index, decoder, encoder, timing (seconds, requests_per_sec; the search
+    with the decoder and encoder diagnostics).
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
   start = time.perf_counter()
-  ranked, relevant, cross_entropy, target_sids, prefix_agreement = [], [], [], [], []
+  ranked, relevant, dense_ranked = [], [], []
+  cross_entropy, target_sids, prefix_agreement = [], [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
@@ -93,6 +93,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
     result = retriever.search(batch["query_tokens"], beam_size, k)
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
+    dense_ranked.append(retriever.cosine_top_k(batch["query_tokens"],
+                                               LONG_TAIL_K)[batch["mask"]])
     request_codes = retriever.request_codes(batch["query_tokens"])
     for column in batch["relevant"].T:  # Every (request, relevant item) pair.
       pairs = batch["mask"] & (column >= 0)
@@ -102,9 +104,9 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
         target_sids.append(retriever.sids[column[pairs]])
         prefix_agreement.append(np.cumprod(request_codes[pairs] == target_sids[-1], axis=1))
   seconds = time.perf_counter() - start
-  ranked = np.concatenate(ranked)
+  ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k)
-  report.update(ranking_report(ranked, np.concatenate(relevant),
+  report.update(ranking_report(ranked, relevant,
                                run_data.dataset.train_popularity,
                                int(config.eval.num_popularity_buckets)))
   report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
@@ -112,7 +114,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
   report["decoder"] = decoder_report(np.concatenate(cross_entropy),
                                      np.concatenate(target_sids),
                                      retriever.model.cfg.codebook_sizes)
-  report["encoder"] = encoder_report(retriever, run_data, config, split,
+  report["encoder"] = encoder_report(np.concatenate(dense_ranked), relevant,
                                      np.concatenate(prefix_agreement))
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
@@ -141,12 +143,13 @@ def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
           "level1_information": float(entropy[0] - mean_ce[0])}
 
 
-def encoder_report(retriever: retrieval.Retriever, run_data: train.RunData, config,
-                   split: str, prefix_agreement: np.ndarray) -> Dict[str, Any]:
+def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
+                   prefix_agreement: np.ndarray) -> Dict[str, Any]:
   """The trained encoder on its own (see the module doc, `encoder`).
 
   Args:
-    retriever, run_data, config, split: as for `evaluate_split`.
+    dense_ranked: int [Q, LONG_TAIL_K] items ranked by cosine(request, item) alone.
+    relevant: int [Q, R] relevant item indices per request, padded with -1.
     prefix_agreement: bool/int [P, m], per (request, relevant item) pair and level t,
       whether the request's own SID agrees with the item's on levels 1..t.
 
@@ -154,9 +157,7 @@ def encoder_report(retriever: retrieval.Retriever, run_data: train.RunData, conf
     dense (hit@10, ndcg@10 of the exact cosine ranking) and sid_prefix_agreement (mean
     per level).
   """
-  ranked, relevant = dense.dense_rankings(retriever.model, retriever.params, run_data,
-                                          config, split, LONG_TAIL_K)
-  means = metrics.retrieval_metrics(ranked, relevant, (LONG_TAIL_K,), LONG_TAIL_K)
+  means = metrics.retrieval_metrics(dense_ranked, relevant, (LONG_TAIL_K,), LONG_TAIL_K)
   return {"dense": {name: float(means[f"{name}@{LONG_TAIL_K}"]) for name in ("hit", "ndcg")},
           "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)]}
 

@@ -27,6 +27,7 @@ from dgi_jax import atomic_write
 from dgi_jax import decoding
 from dgi_jax import index as index_lib
 from dgi_jax import train
+from dgi_jax.baselines import dense
 from dgi_jax.data import jsonl_format
 from dgi_jax.data import records
 from dgi_jax.models import quantizer
@@ -228,6 +229,12 @@ class Retriever:
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
                    beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap)
+
+  def cosine_top_k(self, query_tokens, k: int) -> np.ndarray:
+    """int32 [B, k]: the catalogue ranked by cosine(request, item) alone, without the
+    decoder or the index (the dense baseline's ranking, on this model's encoder)."""
+    return np.asarray(dense.cosine_top_k(self.model, self.params, self._device_embeddings,
+                                         jnp.asarray(query_tokens, jnp.int32), int(k)))
 
   def code_cross_entropy(self, query_tokens, items) -> np.ndarray:
     """Per-level teacher-forced cross-entropy (nats) of item indices [B]'s SIDs given

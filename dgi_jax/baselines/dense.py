@@ -19,7 +19,9 @@ from dgi_jax.models.quantizer import l2_normalize
 
 # The model is a static argument: a linen module is a hashable dataclass of its config.
 @functools.partial(jax.jit, static_argnames=("model", "k"))
-def _top_k(model: DGIModel, params, item_vectors, query_tokens, k: int):
+def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, k: int):
+  """Item indices [B, k] of the k unit-length `item_vectors` [N, d] closest in cosine to
+  the requests [B, Lq], best first."""
   _, z_q = model.apply({"params": params}, query_tokens, method=DGIModel.encode_requests)
   return jax.lax.top_k(l2_normalize(z_q) @ item_vectors.T, k)[1]
 
@@ -39,7 +41,7 @@ def dense_rankings(model: DGIModel, params, run_data: train.RunData, config, spl
   for batch in pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                      split, int(config.eval.batch_size),
                                      catalogue_tokens=run_data.catalogue_tokens):
-    top = _top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]), k)
+    top = cosine_top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]), k)
     ranked.append(np.asarray(top)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
   return np.concatenate(ranked).astype(np.int32), np.concatenate(relevant)
