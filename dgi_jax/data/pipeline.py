@@ -25,9 +25,11 @@ PAD_INDEX = -1  # Fills `relevant` and `history` beyond a request's own items.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
-def encode_catalogue(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenizer,
+def encode_catalogue(dataset: dataset_lib.Dataset,
+                     tokenizer: tokenizer_lib.RequestTokenizer,
                      data_config) -> np.ndarray:
-  """Returns int32 [num_items, max_item_len] token ids of every item text."""
+  """Returns int32 [num_items, max_item_len] token ids of every item, laid out as the
+  tokenizer lays out items."""
   return tokenizer.encode_items(dataset.item_texts, data_config.max_item_len)
 
 
@@ -35,11 +37,6 @@ def _decode(row: dict) -> tuple[int, str, np.ndarray, np.ndarray]:
   return (int(row["example_id"]), row["query"].decode("utf-8"),
           np.asarray(row["history"], np.int32).reshape(-1),
           np.asarray(row["relevant"], np.int32).reshape(-1))
-
-
-def title_ids(catalogue_tokens: np.ndarray) -> list[list[int]]:
-  """Unpadded token ids of each item, for the history part of requests."""
-  return [row[row != tokenizer_lib.PAD_ID].tolist() for row in catalogue_tokens]
 
 
 class _TrainBatch:
@@ -57,7 +54,7 @@ class _TrainBatch:
     self._rows = rows  # This host's rows of each global batch of indices.
     self._tokenizer = tokenizer
     self._catalogue_tokens = catalogue_tokens
-    self._title_ids = title_ids(catalogue_tokens)
+    self._title_ids = tokenizer.title_ids(catalogue_tokens)
     self._max_query_len = max_query_len
     self._max_history = max_history
 
@@ -73,7 +70,7 @@ class _TrainBatch:
       targets.append(relevant[0])
     item_index = np.asarray(targets, np.int32)
     return {
-        "query_tokens": tokenizer_lib.assemble_requests(
+        "query_tokens": self._tokenizer.assemble_requests(
             self._tokenizer.encode_queries(queries), histories, self._max_query_len,
             self._max_history),
         "item_tokens": self._catalogue_tokens[item_index],
@@ -83,7 +80,7 @@ class _TrainBatch:
 
 
 def make_train_iterator(dataset: dataset_lib.Dataset,
-                        tokenizer: tokenizer_lib.Tokenizer, data_config,
+                        tokenizer: tokenizer_lib.RequestTokenizer, data_config,
                         host_batch_size: int, seed: int, process_index: int = 0,
                         process_count: int = 1,
                         catalogue_tokens: np.ndarray | None = None):
@@ -153,9 +150,10 @@ def read_requests(dataset: dataset_lib.Dataset, split: str) -> dict:
           "relevant": _pad_rows([r for _, _, _, r in rows], dataset.max_relevant(split))}
 
 
-def iterate_eval(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenizer,
-                 data_config, split: str, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, catalogue_tokens: np.ndarray | None = None
+def iterate_eval(dataset: dataset_lib.Dataset,
+                 tokenizer: tokenizer_lib.RequestTokenizer, data_config, split: str,
+                 batch_size: int, process_index: int = 0, process_count: int = 1,
+                 catalogue_tokens: np.ndarray | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Yields fixed-size batches of `split` in file order, every example once.
 
@@ -167,7 +165,7 @@ def iterate_eval(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenize
   """
   if catalogue_tokens is None:
     catalogue_tokens = encode_catalogue(dataset, tokenizer, data_config)
-  titles = title_ids(catalogue_tokens)
+  titles = tokenizer.title_ids(catalogue_tokens)
   source = dataset.source(split)
   indices = np.arange(process_index, len(source), process_count)
   per_host = -(-len(source) // process_count)
@@ -182,7 +180,7 @@ def iterate_eval(dataset: dataset_lib.Dataset, tokenizer: tokenizer_lib.Tokenize
                  for _, _, h, _ in rows] + [[]] * pad
     query_ids = tokenizer.encode_queries([q for _, q, _, _ in rows]) + [[]] * pad
     yield {
-        "query_tokens": tokenizer_lib.assemble_requests(
+        "query_tokens": tokenizer.assemble_requests(
             query_ids, [[titles[i] for i in h] for h in histories],
             data_config.max_query_len, max_history),
         "relevant": _pad_rows([r for _, _, _, r in rows] + [[]] * pad, width),
