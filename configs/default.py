@@ -30,6 +30,21 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
+  # The shared text encoder [P: a pre-trained T5-large]: 'scratch' (our pre-LN transformer,
+  # random init, WordPiece trained on the dataset), 'bert' (BERT family: all-MiniLM-L6-v2,
+  # bge-small, BERT-base) or 't5' (T5 v1.0 / v1.1 / flan-T5 encoder). 'bert' and 't5' load
+  # `model.pretrained`, whose config.json must be of that kind.
+  c.model.encoder = "scratch"
+  # Hugging Face-format directory (local or gs://) of the pre-trained encoder: config.json,
+  # model.safetensors or pytorch_model.bin, tokenizer.json / vocab.txt / spiece.model. Its
+  # width, depth, heads and vocabulary replace d_model, num_heads-of-the-encoder,
+  # encoder_layers and data.vocab_size; the tokenizer is the checkpoint's. Nothing is
+  # downloaded: point it at a directory you copied there.
+  c.model.pretrained = ""
+  # The encoder architecture read from `pretrained`'s config.json (JSON), filled in by
+  # training and saved with every checkpoint so that evaluation and serving never need
+  # the original directory. Leave empty.
+  c.model.encoder_spec = ""
   c.model.d_model = 128  # Width of encoder, decoder, codebooks (one width for all) [P].
   c.model.num_heads = 4  # Attention heads.
   c.model.mlp_dim = 256  # Hidden width of the transformer MLPs.
@@ -108,6 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Top-level parameter names (prefixes) that get no updates, e.g. ('item_encoder',
   # 'codebook_', 'gamma_quantizer') for the Two-Stage baseline's second stage.
   c.optim.frozen = ()
+  # Pre-trained encoders: freeze the token embeddings and the bottom N transformer layers
+  # (of the shared encoder and any separate item tower) [D]; 0 trains the whole encoder.
+  # Cuts a CPU step's backward pass and keeps the low layers' pre-trained features.
+  c.optim.freeze_encoder_layers = 0
 
   # ---------------------------------------------------------------- training
   c.train = ml_collections.ConfigDict()

@@ -1,9 +1,11 @@
-"""The paper's setting on a TPU pod slice: a T5-large-sized encoder, codebooks (4096, 1024,
-256), global batch 128, 15k steps, bfloat16 compute with float32 parameters.
+"""The paper's setting on a TPU pod slice: a pre-trained T5-large encoder, codebooks (4096,
+1024, 256), global batch 128, 15k steps, bfloat16 compute with float32 parameters.
 
-Launch with `launch/tpu_pod.sh --config configs/pod_t5large.py ...`. The encoder has
-T5-large's shape but is trained from scratch (there is no T5 checkpoint import). Fields
-marked [P] follow the paper, [D] are our decisions.
+Launch with `launch/tpu_pod.sh --config configs/pod_t5large.py
+--config.model.pretrained=gs://BUCKET/models/t5-large ...`: a Hugging Face-format t5-large
+(or flan-t5-large / t5-v1_1-large) directory copied to the bucket beforehand (README,
+"Pre-trained encoders"); nothing is downloaded by the job. Fields marked [P] follow the
+paper, [D] are our decisions.
 """
 
 import pathlib
@@ -24,15 +26,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_num_items = 50000
     c.data.synthetic_num_train = 500000  # ~4 epochs over the 15k x 128 training examples.
     c.data.synthetic_num_eval = 5000  # Requests in each of valid and test.
-    c.data.vocab_size = 32000  # T5's vocabulary size (an upper bound for the tokenizer).
     c.data.max_item_len = 64  # Longer titles/descriptions than the CPU default.
     c.data.max_query_len = 128  # Query plus the 10 history titles.
     c.data.max_history = 10  # History items in the request text [P].
 
-    c.model.d_model = 1024  # T5-large width [P].
-    c.model.num_heads = 16  # T5-large heads [P].
-    c.model.mlp_dim = 2816  # T5 v1.1-large feed-forward width (our MLP is not gated) [P].
-    c.model.encoder_layers = 24  # T5-large encoder depth [P].
+    c.model.encoder = "t5"  # The paper's pre-trained T5-large [P].
+    # Required: the t5-large directory (gs://... or local). Width (1024), depth (24),
+    # heads and vocabulary come from its config.json; the tokenizer is its own.
+    c.model.pretrained = ""
+    c.model.num_heads = 16  # SID decoder heads [D].
+    c.model.mlp_dim = 2816  # SID decoder MLP width [D].
     c.model.decoder_layers = 6  # The SID decoder only emits 3 tokens: a shallow one [D].
     c.model.codebook_sizes = (4096, 1024, 256)  # [P]
     c.model.dtype = "bfloat16"  # TPU matmul precision; params stay float32 [D].

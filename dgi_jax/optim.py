@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dgi_jax.models import encoders
+
 QUANTIZER_PARAMS = ("codebook_", "gamma_")
 
 
@@ -12,14 +14,21 @@ def is_frozen(name: str, optim_config) -> bool:
   return name.startswith(tuple(optim_config.get("frozen", ())))
 
 
+def _freezes_anything(optim_config) -> bool:
+  return bool(optim_config.get("frozen", ())) or optim_config.get("freeze_encoder_layers", 0) > 0
+
+
 def param_labels(params, optim_config=None):
-  """'frozen' for the top-level names `optim.frozen` lists, 'quantizer' for codebooks and
+  """'frozen' for the top-level names `optim.frozen` lists and for the encoder embeddings
+  and bottom layers `optim.freeze_encoder_layers` names, 'quantizer' for codebooks and
   gammas, 'backbone' for everything else."""
   def label(path, _):
-    top = path[0].key if hasattr(path[0], "key") else str(path[0])
-    if optim_config is not None and is_frozen(top, optim_config):
+    names = tuple(p.key if hasattr(p, "key") else str(p) for p in path)
+    if optim_config is not None and (
+        is_frozen(names[0], optim_config) or encoders.is_frozen_encoder_param(
+            names, optim_config.get("freeze_encoder_layers", 0))):
       return "frozen"
-    return "quantizer" if top.startswith(QUANTIZER_PARAMS) else "backbone"
+    return "quantizer" if names[0].startswith(QUANTIZER_PARAMS) else "backbone"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -50,7 +59,7 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
                        weight_decay=optim_config.weight_decay, mask=decay_mask)
   transforms = {"backbone": adamw(optim_config.backbone_lr),
                 "quantizer": adamw(optim_config.quantizer_lr)}
-  if optim_config.get("frozen", ()):  # Only then: keeps the usual optimiser state tree.
+  if _freezes_anything(optim_config):  # Only then: keeps the usual optimiser state tree.
     transforms["frozen"] = optax.set_to_zero()
   return optax.chain(
       optax.clip_by_global_norm(optim_config.grad_clip_norm),

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from dgi_jax import losses, optim
+from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 
 Batch = Dict[str, jax.Array]
@@ -70,7 +71,13 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
     tau = optim.gumbel_temperature(step, config.optim, total_steps)
     rngs = {"dropout": dropout_rng}
 
+    labels = optim.param_labels(params, config.optim)
+
     def loss_fn(params, item_encoder_params):
+      # Frozen parameters enter as constants: no backward pass through frozen encoder
+      # layers, and zero gradients that do not count in the clipping norm.
+      params = _stop_frozen_gradients(params, labels)
+      item_encoder_params = _stop_frozen_gradients(item_encoder_params, labels[item_tower])
       # The item path reads the encoder through its own argument, so its gradient (the
       # paper's Figure 3 signal) is separable from the request path's.
       z_base = model.apply({"params": dict(params, **{item_tower: item_encoder_params})},
@@ -99,6 +106,11 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
   return loss_and_grads
 
 
+def _stop_frozen_gradients(params, labels):
+  return jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p,
+                      params, labels)
+
+
 def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, config,
                     total_steps: int, axis_name: Optional[str] = None):
   """Returns `train_step(state, batch, rng) -> (state, metrics)`.
@@ -114,7 +126,7 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
   `example_id [B]` int32. The step's randomness is `fold_in(rng, state.step)`.
   """
   loss_and_grads = make_loss_and_grads(model, config, total_steps, axis_name)
-  last_encoder_layer = f"layers_{model.cfg.encoder_layers - 1}"
+  last_encoder_layer = encoders.last_layer_name(model.cfg)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Dict]:
     terms, grads, item_grads = loss_and_grads(state.params, batch, rng, state.step)

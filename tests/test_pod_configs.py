@@ -1,17 +1,33 @@
 """The TPU pod configs: the paper's model shape and schedule, float32 params, valid splits."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from conftest import load_config
 from dgi_jax import train
+from dgi_jax.models import encoders
+
+# t5-large's config.json as published (v1.0: ReLU feed-forward of 4096).
+T5_LARGE = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+            "d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24,
+            "num_decoder_layers": 24, "vocab_size": 32128, "feed_forward_proj": "relu",
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "layer_norm_epsilon": 1e-6, "dropout_rate": 0.1, "pad_token_id": 0,
+            "eos_token_id": 1, "decoder_start_token_id": 0}
 
 
 @pytest.mark.parametrize("name, batch, steps", [("pod_t5large", 128, 15000),
                                                 ("pod_large_batch", 1024, 1875)])
-def test_pod_configs(name, batch, steps):
+def test_pod_configs(name, batch, steps, tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(T5_LARGE))
   config = load_config(name)
+  assert config.model.encoder == "t5" and not config.model.pretrained  # Set at launch.
+  with config.unlocked():
+    config.model.pretrained = str(tmp_path)
+  config = encoders.resolve_pretrained(config)
   assert config.train.distributed and config.model.dtype == "bfloat16"
   assert config.train.global_batch_size == batch and config.train.num_steps == steps
   assert config.optim.quantizer_lr == pytest.approx(10 * config.optim.backbone_lr)
@@ -20,10 +36,11 @@ def test_pod_configs(name, batch, steps):
   # The global batch splits over the default slice (v4-32: 16 chips on 4 hosts).
   assert batch % 16 == 0
   model = train.build_model(config)
-  assert (model.cfg.d_model, model.cfg.num_heads, model.cfg.mlp_dim,
-          model.cfg.encoder_layers) == (1024, 16, 2816, 24)
+  spec = model.cfg.encoder_spec
+  assert (model.cfg.d_model, spec.num_layers, spec.num_heads, spec.intermediate_size,
+          spec.activation) == (1024, 24, 16, 4096, "relu")
   assert model.cfg.codebook_sizes == (4096, 1024, 256)
   params = jax.eval_shape(lambda: train.init_params(model, config, jax.random.PRNGKey(0)))
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   encoder = sum(x.size for x in jax.tree.leaves(params["encoder"]))
-  assert 250e6 < encoder < 350e6  # T5-large's encoder is ~335M parameters (gated MLP).
+  assert 330e6 < encoder < 340e6  # t5-large's encoder: 335M parameters.

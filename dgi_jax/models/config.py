@@ -1,10 +1,14 @@
 """Model hyper-parameters as a frozen dataclass (built once from the ml_collections config)."""
 
 import dataclasses
-from typing import Tuple
+import json
+from typing import Optional, Tuple
 
 import jax.numpy as jnp
 
+from dgi_jax.models.pretrained import EncoderSpec
+
+ENCODERS = ("scratch", "bert", "t5")
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
 DECODER_INPUTS = ("sum", "residual")
@@ -33,8 +37,24 @@ class ModelConfig:
   normalize_item_embedding: bool = True
   decoder_inputs: str = "residual"
   decoder_identity_init: bool = True
+  encoder: str = "scratch"
+  # The pre-trained encoder's architecture (None for 'scratch'); d_model equals its width.
+  encoder_spec: Optional[EncoderSpec] = None
 
   def __post_init__(self):
+    if self.encoder not in ENCODERS:
+      raise ValueError(f"model.encoder={self.encoder!r}; expected one of {ENCODERS}")
+    if (self.encoder == "scratch") != (self.encoder_spec is None):
+      raise ValueError(f"model.encoder={self.encoder!r} needs "
+                       + ("no pre-trained checkpoint" if self.encoder == "scratch"
+                          else "model.pretrained (a Hugging Face-format directory)"))
+    if self.encoder_spec is not None:
+      if self.encoder_spec.kind != self.encoder:
+        raise ValueError(f"model.encoder={self.encoder!r} but model.pretrained holds a "
+                         f"{self.encoder_spec.kind!r} checkpoint")
+      if self.d_model != self.encoder_spec.hidden_size:
+        raise ValueError(f"model.d_model={self.d_model} differs from the pre-trained "
+                         f"encoder's width {self.encoder_spec.hidden_size}")
     if self.grad_path not in GRAD_PATHS:
       raise ValueError(f"model.grad_path={self.grad_path!r}; expected one of {GRAD_PATHS}")
     if self.geometry not in GEOMETRIES:
@@ -58,13 +78,25 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, config) -> "ModelConfig":
-    """Builds the model config from the full ml_collections config (model + data fields)."""
+    """Builds the model config from the full ml_collections config (model + data fields).
+
+    A pre-trained encoder's architecture comes from `model.encoder_spec`, which
+    `encoders.resolve_pretrained` fills in from `model.pretrained` before training.
+    """
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    del defaults["vocab_size"], defaults["max_len"]
+    del defaults["vocab_size"], defaults["max_len"], defaults["encoder_spec"]
     # Fields a hand-built config leaves out take their defaults; configs read back from
     # checkpoints written before a field existed were upgraded by `workdir.read_config`.
     kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
-    return cls(vocab_size=config.data.vocab_size,
-               max_len=max(config.data.max_item_len, config.data.max_query_len),
-               **kwargs)
+    spec_json = config.model.get("encoder_spec", "")
+    spec = EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None
+    if kwargs["encoder"] != "scratch" and spec is None:
+      raise ValueError(f"model.encoder={kwargs['encoder']!r}: the encoder's architecture "
+                       "is not resolved yet (set model.pretrained; training reads it)")
+    max_len = max(config.data.max_item_len, config.data.max_query_len)
+    if spec is not None and spec.max_positions and max_len > spec.max_positions:
+      raise ValueError(f"data.max_item_len / max_query_len = {max_len} exceed the "
+                       f"pre-trained encoder's {spec.max_positions} positions")
+    return cls(vocab_size=spec.vocab_size if spec else config.data.vocab_size,
+               max_len=max_len, encoder_spec=spec, **kwargs)

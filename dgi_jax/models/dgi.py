@@ -11,35 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dgi_jax.models import quantizer
+from dgi_jax.models import encoders, quantizer
 from dgi_jax.models.config import ModelConfig
-from dgi_jax.models.transformer import (DecoderBlock, EncoderBlock, key_padding_mask,
-                                        layer_norm, masked_mean)
+from dgi_jax.models.transformer import EMBED_INIT, DecoderBlock, key_padding_mask, layer_norm
 
-EMBED_INIT = nn.initializers.normal(stddev=0.02)
 # Codewords start at roughly the norm of an encoder output (LayerNorm'd states, mean-pooled);
 # k-means replaces them before training anyway.
 CODEBOOK_INIT = nn.initializers.normal(stddev=1.0)
-
-
-class TextEncoder(nn.Module):
-  """Token + learned position embeddings, pre-LN blocks, final LN, masked-mean pooling."""
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, deterministic: bool = True):
-    """tokens [B, L] (0 = padding) -> (states [B, L, d], pooled [B, d])."""
-    cfg = self.cfg
-    x = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=EMBED_INIT,
-                 name="token_embed")(tokens)
-    positions = self.param("pos_embed", EMBED_INIT, (cfg.max_len, cfg.d_model))
-    x = (x + positions[None, :tokens.shape[1]]).astype(cfg.compute_dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    mask = key_padding_mask(tokens)
-    for i in range(cfg.encoder_layers):
-      x = EncoderBlock(cfg, name=f"layers_{i}")(x, mask, deterministic)
-    states = layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
-    return states, masked_mean(states, tokens != 0)
 
 
 class SidDecoder(nn.Module):
@@ -92,9 +70,10 @@ class DGIModel(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.encoder = TextEncoder(cfg)
+    self.encoder = encoders.make_encoder(cfg)
     # One tower for requests and items (DGI), or a second one for items.
-    self.item_encoder = TextEncoder(cfg) if cfg.separate_item_encoder else self.encoder
+    self.item_encoder = (encoders.make_encoder(cfg) if cfg.separate_item_encoder
+                         else self.encoder)
     self.decoder = SidDecoder(cfg)
     self.codebooks = [self.param(f"codebook_{t}", CODEBOOK_INIT, (k, cfg.d_model))
                       for t, k in enumerate(cfg.codebook_sizes)]

@@ -1,4 +1,4 @@
-"""Pre-LN transformer blocks shared by the text encoder and the SID decoder."""
+"""Pre-LN transformer blocks of the scratch text encoder and the SID decoder."""
 
 from typing import Optional
 
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from dgi_jax.models.config import ModelConfig
 
+EMBED_INIT = nn.initializers.normal(stddev=0.02)
 LAYER_NORM_EPS = 1e-6  # Matched explicitly by the PyTorch reference (torch default is 1e-5).
 
 
@@ -95,3 +96,23 @@ def masked_mean(states: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   """Mean of `states [B, L, d]` over positions where `mask [B, L]` is True."""
   mask = mask.astype(states.dtype)[..., None]
   return (states * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
+
+
+class TextEncoder(nn.Module):
+  """Token + learned position embeddings, pre-LN blocks, final LN, masked-mean pooling."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, deterministic: bool = True):
+    """tokens [B, L] (0 = padding) -> (states [B, L, d], pooled [B, d])."""
+    cfg = self.cfg
+    x = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=EMBED_INIT,
+                 name="token_embed")(tokens)
+    positions = self.param("pos_embed", EMBED_INIT, (cfg.max_len, cfg.d_model))
+    x = (x + positions[None, :tokens.shape[1]]).astype(cfg.compute_dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    mask = key_padding_mask(tokens)
+    for i in range(cfg.encoder_layers):
+      x = EncoderBlock(cfg, name=f"layers_{i}")(x, mask, deterministic)
+    states = layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
+    return states, masked_mean(states, tokens != 0)

@@ -1,0 +1,112 @@
+"""Forward throughput of the pretrained encoders: Flax BertEncoder / T5Encoder vs PyTorch.
+
+Encodes a [B, L] batch to pooled sentence embeddings (jitted Flax forward, f32 and bf16
+compute) and reports sequences/s, tokens/s and the fraction of the measured matmul peak
+the model's FLOPs reach; with torch installed, `transformers`' same model (eager, f32,
+inference mode) in the same process for reference. BERT: the bundled all-MiniLM-L6-v2;
+T5: a t5-small-shaped random encoder (no T5 weights ship here).
+
+  python benchmarks/encoder_throughput.py [--batch 64] [--length 128] [--repeats 5]
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import machine_description, matmul_peak_flops, time_calls  # noqa: E402
+
+from dgi_jax.models import pretrained  # noqa: E402
+from dgi_jax.models.bert import BertEncoder  # noqa: E402
+from dgi_jax.models.t5 import T5Encoder  # noqa: E402
+
+T5_SMALL = pretrained.EncoderSpec(
+    kind="t5", vocab_size=32128, hidden_size=512, num_layers=6, num_heads=8, head_dim=64,
+    intermediate_size=2048, layer_norm_eps=1e-6, activation="relu",
+    relative_attention_num_buckets=32, relative_attention_max_distance=128)
+
+
+def forward_flops(spec: pretrained.EncoderSpec, batch: int, length: int) -> float:
+  """Multiply-adds x 2 of the dense layers and the two attention products (no softmax)."""
+  d, inner, ff = spec.hidden_size, spec.inner_size, spec.intermediate_size
+  ff_mats = 3 if spec.activation == "gated-gelu" else 2
+  per_token = 2 * (4 * d * inner + ff_mats * d * ff)
+  attention = 2 * 2 * length * inner
+  return spec.num_layers * batch * length * (per_token + attention)
+
+
+def flax_seconds(spec, params, tokens, dtype, repeats: int) -> float:
+  cls = BertEncoder if spec.kind == "bert" else T5Encoder
+  encode = jax.jit(lambda p, t: cls(spec, dtype=dtype).apply({"params": p}, t)[1])
+  params = jax.device_put(params)
+  tokens = jnp.asarray(tokens)
+  encode(params, tokens).block_until_ready()  # Compile.
+  return time_calls(lambda: encode(params, tokens).block_until_ready(), repeats)
+
+
+def torch_seconds(spec, directory, tokens, repeats: int):
+  """Seconds per forward of the PyTorch reference, or None without torch/transformers."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if spec.kind == "bert":
+    model = transformers.BertModel.from_pretrained(directory)
+  else:
+    config = transformers.T5Config(
+        vocab_size=spec.vocab_size, d_model=spec.hidden_size, d_kv=spec.head_dim,
+        d_ff=spec.intermediate_size, num_layers=spec.num_layers, num_heads=spec.num_heads)
+    model = transformers.T5EncoderModel(config)
+  model.eval()
+  ids, mask = torch.tensor(tokens), torch.tensor(tokens != 0).long()
+
+  def run():
+    with torch.inference_mode():
+      model(input_ids=ids, attention_mask=mask)
+
+  run()
+  return time_calls(run, repeats)
+
+
+def report(name, spec, seconds, batch, length, peak):
+  flops = forward_flops(spec, batch, length)
+  print(f"  {name:<12} {batch / seconds:9.1f} seq/s {batch * length / seconds:10.0f} tok/s "
+        f"{flops / seconds / 1e9:7.1f} GFLOP/s ({flops / seconds / peak:5.1%} of peak)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--length", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  print(machine_description())
+  peak = matmul_peak_flops()
+  print(f"matmul peak {peak / 1e9:.0f} GFLOP/s; batch {args.batch} x {args.length} tokens")
+  rng = np.random.default_rng(0)
+  minilm = pretrained.bundled_minilm_dir()
+  bert = pretrained.read_spec(minilm)
+  t5_params = T5Encoder(T5_SMALL).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))
+  for name, spec, params, directory in (
+      ("all-MiniLM-L6-v2", bert, pretrained.load_params(minilm, bert), minilm),
+      ("t5-small shape", T5_SMALL, t5_params["params"], None)):
+    # Real-token ids, the last quarter of every other row padding.
+    tokens = rng.integers(1000, spec.vocab_size, (args.batch, args.length))
+    tokens[::2, 3 * args.length // 4:] = 0
+    print(name)
+    for dtype in (jnp.float32, jnp.bfloat16):
+      seconds = flax_seconds(spec, params, tokens, dtype, args.repeats)
+      report(f"flax {jnp.dtype(dtype).name}", spec, seconds, args.batch, args.length, peak)
+    seconds = torch_seconds(spec, directory, tokens, args.repeats)
+    if seconds is not None:
+      report("torch f32", spec, seconds, args.batch, args.length, peak)
+
+
+if __name__ == "__main__":
+  main()
