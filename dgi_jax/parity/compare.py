@@ -11,6 +11,10 @@ largest magnitude of the PyTorch value. For gradients the scale is floored at
 `GRAD_SCALE_FLOOR` times the largest gradient entry of the whole model: some leaves
 (attention key biases: softmax ignores a per-row constant) have an exactly zero gradient
 in exact arithmetic, and rounding noise around zero has no meaningful relative size.
+
+A config with a pre-trained encoder (`model.encoder` 'bert' / 't5') is compared the same
+way against `transformers`' own encoder in the reference, starting from the checkpoint's
+weights (`model.pretrained`), on `PRETRAINED_COMBINATIONS` unless told otherwise.
 """
 
 import dataclasses
@@ -29,6 +33,17 @@ CONDITIONING_FACTOR = 10  # format_table: failures within this factor of f32_flo
 TERMS = ("ntp", "global", "local", "infonce", "div", "total")
 COMBINATIONS = tuple(itertools.product(("gumbel_soft", "ste", "gumbel_st", "frozen"),
                                        (True, False), ("cosine", "dot")))
+# Default for a pre-trained encoder: each gradient path into the encoder under the
+# default geometry and heads (configs/minilm.py's), plus dot geometry with untied heads
+# twice. The options only change what reaches the encoder, and the scratch run covers
+# their 16 products. Measured on all-MiniLM-L6-v2 (2 busy CPU cores): the first
+# combination ~30-45 s (op-by-op compilation), each further one 4-9 s, all 16 ~140 s.
+# Left out: the soft paths (gumbel_soft, frozen) under dot geometry, whose level-2 logits
+# at width 384 differ by 1.3-1.4e-5 relative, against a float32 floor (PyTorch float32
+# vs float64) of 0.7-0.9e-5: conditioning, not a difference of the implementations.
+PRETRAINED_COMBINATIONS = (("gumbel_soft", True, "cosine"), ("ste", True, "cosine"),
+                           ("gumbel_st", True, "cosine"), ("frozen", True, "cosine"),
+                           ("ste", False, "dot"), ("gumbel_st", False, "dot"))
 
 
 def _torch():
@@ -65,8 +80,12 @@ def with_model_overrides(config, **overrides):
   Dropout is switched off and the compute dtype set to float32: the reference is a
   deterministic float32 model, and parity is only defined against that. The decoder
   starts from random weights (no identity init), so every decoder weight carries
-  gradient in the comparison.
+  gradient in the comparison. A pre-trained encoder's architecture is read from
+  `model.pretrained` if the config does not carry it yet (`encoders.resolve_pretrained`).
   """
+  if config.model.get("encoder", "scratch") != "scratch":
+    from dgi_jax.models import encoders  # pylint: disable=g-import-not-at-top
+    config = encoders.resolve_pretrained(config)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.dropout_rate = 0.0
@@ -75,6 +94,29 @@ def with_model_overrides(config, **overrides):
     for key, value in overrides.items():
       config.model[key] = value
   return config
+
+
+def with_pretrained_encoder(config, directory: str, kind: Optional[str] = None):
+  """Copy of `config` on the pre-trained encoder in `directory` (architecture resolved).
+
+  The way to build a pre-trained parity config from any base config (e.g. the tiny one)
+  without a file under configs/: `kind` ('bert' / 't5') defaults to the checkpoint's own.
+  The encoder's width becomes `d_model` and its vocabulary `data.vocab_size`; the SID
+  decoder keeps the base config's heads, MLP width and depth.
+  """
+  from dgi_jax.models import encoders, pretrained  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.encoder = kind or pretrained.read_spec(directory).kind
+    config.model.pretrained = str(directory)
+    config.model.encoder_spec = ""  # Read again from `directory`.
+  return encoders.resolve_pretrained(config)
+
+
+def encoder_spec(config):
+  """The pre-trained encoder's `EncoderSpec` of a resolved config; None for 'scratch'."""
+  from dgi_jax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  return ModelConfig.from_config(config).encoder_spec
 
 
 def make_batch(config, batch_size: int, seed: int = 0) -> Dict[str, object]:
@@ -135,10 +177,17 @@ def init_superset(config, batch, seed: int):
   """Params of the untied, unshared-gamma variant of `config`: every leaf any variant has.
 
   All variants draw their weights from it (`params_for`), so they share one set of
-  weights and one compiled init.
+  weights and one compiled init. A pre-trained encoder gets the weights of
+  `model.pretrained` (as training starts from them), the rest the init of `seed`.
   """
-  return init_flax_params(with_model_overrides(config, tie_heads=False, share_gamma=False),
-                          batch, seed)
+  config = with_model_overrides(config, tie_heads=False, share_gamma=False)
+  params = init_flax_params(config, batch, seed)
+  if config.model.get("encoder", "scratch") == "scratch" or not config.model.pretrained:
+    return params
+  from dgi_jax.models import encoders  # pylint: disable=g-import-not-at-top
+  _, model_config = build_flax(config)
+  loaded = encoders.load_pretrained_params(params, model_config, config.model.pretrained)
+  return jax.tree.map(np.asarray, loaded)
 
 
 def params_for(config, batch, superset):
@@ -214,7 +263,9 @@ def torch_forward_backward(config, state_dict, batch, tau: float, double: bool =
   """Loss terms, outputs and gradients (state_dict keys) of the PyTorch reference.
 
   `double` runs it in float64 (weights and noise cast up): the float32 results' distance
-  from it is the float32 error floor of the problem itself.
+  from it is the float32 error floor of the problem itself. (transformers' T5 computes
+  its RMS norms' variance in float32 whatever the model's dtype, so a T5 encoder's floor
+  also holds that rounding.)
   """
   torch = _torch()
   model = build_reference(config, state_dict)
@@ -227,9 +278,10 @@ def torch_forward_backward(config, state_dict, batch, tau: float, double: bool =
   result = {f"loss/{k}": out[k] for k in TERMS}
   result.update(_outputs(out["z_base"], out["z_q"], out["logits"], out["codes"]))
   result = {k: v.detach().numpy() for k, v in result.items()}
-  # An unused parameter (gamma under dot geometry) has no .grad; JAX reports zeros.
+  # An unused parameter (gamma under dot geometry) has no .grad; JAX reports zeros. Every
+  # name of a tied parameter (T5's token table) is listed, as in the state_dict.
   grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-           for k, p in model.named_parameters()}
+           for k, p in model.named_parameters(remove_duplicate=False)}
   return result, grads
 
 
@@ -304,19 +356,22 @@ def _overlay(base, update, path=()):
 
 def run_parity(config, torch_checkpoint: Optional[str] = None, batch_size: Optional[int] = None,
                tau: float = 0.5, seed: int = 0,
-               combinations: Sequence[Tuple[str, bool, str]] = COMBINATIONS,
+               combinations: Optional[Sequence[Tuple[str, bool, str]]] = None,
                jit: bool = False, float64: bool = True) -> Tuple[List[Row], bool]:
   """Compares the Flax model with the PyTorch reference for every ablation combination.
 
   Args:
-    config: the full config (data, model and loss sections are read).
+    config: the full config (data, model and loss sections are read). A pre-trained
+      encoder is resolved from `model.pretrained` if needed, and starts from its weights.
     torch_checkpoint: optional path of a reference `state_dict`; converted to Flax, it
       replaces the JAX init (leaves a combination needs but the checkpoint lacks, e.g.
-      the untied heads of a tied checkpoint, stay at the JAX init).
+      the untied heads of a tied checkpoint, stay at the JAX init or the pre-trained
+      encoder's weights).
     batch_size: rows of the batch; default `config.train.global_batch_size`.
     tau: Gumbel-softmax temperature.
     seed: seed of the JAX init, the batch and the noise.
-    combinations: (grad_path, tie_heads, geometry) triples; default all 16.
+    combinations: (grad_path, tie_heads, geometry) triples; default all 16
+      (`COMBINATIONS`), or `PRETRAINED_COMBINATIONS` for a pre-trained encoder.
     jit: run the Flax side under `jax.jit`. Off by default: each combination is a
       different program, and 16 compilations cost more than op-by-op dispatch, whose
       per-primitive compilations are shared by all combinations (the jitted program is
@@ -327,11 +382,15 @@ def run_parity(config, torch_checkpoint: Optional[str] = None, batch_size: Optio
     (rows, ok): one `Row` per compared quantity, and whether all are within tolerance.
   """
   from dgi_jax.parity import convert  # pylint: disable=g-import-not-at-top
+  config = with_model_overrides(config)  # Resolves a pre-trained encoder once.
+  spec = encoder_spec(config)
+  if combinations is None:
+    combinations = COMBINATIONS if spec is None else PRETRAINED_COMBINATIONS
   batch_size = batch_size or int(config.train.global_batch_size)
   checkpoint = None
   if torch_checkpoint:
     checkpoint = convert.torch_to_flax(load_torch_checkpoint(torch_checkpoint),
-                                       int(config.model.num_heads))
+                                       int(config.model.num_heads), spec)
   rows = []
   with jax.default_matmul_precision("highest"):
     # One batch and one set of weights for all combinations.
@@ -344,8 +403,8 @@ def run_parity(config, torch_checkpoint: Optional[str] = None, batch_size: Optio
                                  geometry=geometry)
       params = params_for(cfg, batch, superset)
       jax_result, jax_grads = flax_forward_backward(cfg, params, batch, tau, jit)
-      jax_grads = {k: v.numpy() for k, v in convert.flax_to_torch(jax_grads).items()}
-      state = convert.flax_to_torch(params)
+      jax_grads = {k: v.numpy() for k, v in convert.flax_to_torch(jax_grads, spec).items()}
+      state = convert.flax_to_torch(params, spec)
       torch_out = torch_forward_backward(cfg, state, batch, tau)
       torch64_out = torch_forward_backward(cfg, state, batch, tau, True) if float64 else None
       rows += compare_one(combo_name(grad_path, tie_heads, geometry),

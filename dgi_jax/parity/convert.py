@@ -20,12 +20,22 @@ LayerNorm names: encoder `ln_attn`/`ln_mlp` <-> `attn_norm`/`mlp_norm`; decoder
 `ln_self`/`ln_cross`/`ln_mlp` <-> `self_attn_norm`/`cross_attn_norm`/`mlp_norm`;
 `ln_final` <-> `final_norm`. Any name outside these tables raises, so a change in either
 model's layout is caught here rather than silently dropped.
+
+A pre-trained encoder (pass its `EncoderSpec` as `encoder_spec`): `encoder/<path>` <->
+`encoder.<Hugging Face name>` by `pretrained.param_map(spec)`, the same table the checkpoint
+loader uses, so the reference's `BertModel` / `T5EncoderModel` holds exactly what a file
+with those names would load into the Flax tree. Kernels are transposed (`[in, out]` <->
+`[out, in]`), everything else is copied. T5's token table is one tied tensor under two
+keys (`encoder.shared.weight`, `encoder.encoder.embed_tokens.weight`): both are written,
+and read back only if they are equal. Names outside the table raise here as well.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from dgi_jax.models import pretrained
 
 # Flax module name -> PyTorch module name, for names below the encoder/decoder layers.
 _MODULES = {
@@ -72,7 +82,8 @@ def _flax_to_torch_key(path: Tuple[str, ...], shared_gamma: bool) -> Tuple[str, 
       elif name in _MODULES:
         parts.append(_MODULES[name])
       else:
-        raise KeyError(f"unknown Flax module {name!r} in {'/'.join(path)}")
+        raise KeyError(f"unknown Flax module {name!r} in {'/'.join(path)} (a pre-trained "
+                       "encoder's params need encoder_spec)")
     leaf, parent = path[-1], path[-2] if len(path) > 2 else None
     if len(path) == 2 and leaf in ("pos_embed", "level_embed"):
       return f"{top}.{leaf}", "copy"
@@ -86,6 +97,40 @@ def _flax_to_torch_key(path: Tuple[str, ...], shared_gamma: bool) -> Tuple[str, 
       kind = "qkv_bias"
     return ".".join(parts + [_LEAVES[leaf]]), kind
   raise KeyError(f"unknown Flax parameter {'/'.join(path)}")
+
+
+def _hf_aliases(spec: pretrained.EncoderSpec) -> Dict[str, List[str]]:
+  """HF name in `param_map` -> the other names of that tied tensor in the HF module."""
+  return {pretrained.T5_EMBEDDING: [pretrained.T5_SHARED]} if spec.kind == "t5" else {}
+
+
+def _encoder_to_torch(path: Tuple[str, ...], value, spec: pretrained.EncoderSpec,
+                      table) -> List[Tuple[str, np.ndarray]]:
+  """A pre-trained encoder leaf (path below `encoder`) -> [(state_dict key, array)]."""
+  if path not in table:
+    raise KeyError(f"unknown Flax parameter encoder/{'/'.join(path)} of a {spec.kind!r} "
+                   "encoder")
+  hf = table[path]
+  x = np.asarray(value)
+  x = x.T if hf.transpose else x
+  if x.shape != hf.shape:
+    raise ValueError(f"encoder/{'/'.join(path)}: shape {x.shape} in the PyTorch layout, "
+                     f"{hf.name} wants {hf.shape}")
+  return [(f"encoder.{name}", x) for name in [hf.name] + _hf_aliases(spec).get(hf.name, [])]
+
+
+def _torch_to_encoder(key: str, x: np.ndarray, spec: pretrained.EncoderSpec,
+                      inverse) -> Tuple[Tuple[str, ...], np.ndarray]:
+  """`encoder.<HF name>` and its tensor -> (Flax path from the top, array in Flax layout)."""
+  name = key[len("encoder."):]
+  for canonical, aliases in _hf_aliases(spec).items():
+    name = canonical if name in aliases else name
+  if name not in inverse:
+    raise KeyError(f"unknown PyTorch parameter {key} of a {spec.kind!r} encoder")
+  path, hf = inverse[name]
+  if x.shape != hf.shape:
+    raise ValueError(f"{key}: shape {x.shape}, the {spec.kind!r} encoder wants {hf.shape}")
+  return ("encoder",) + path, (x.T if hf.transpose else x)
 
 
 def _torch_to_flax_path(key: str) -> Tuple[Tuple[str, ...], str]:
@@ -125,16 +170,32 @@ def _torch_to_flax_path(key: str) -> Tuple[Tuple[str, ...], str]:
   raise KeyError(f"unknown PyTorch parameter {key}")
 
 
-def flax_to_torch(params) -> Dict[str, torch.Tensor]:
+def _tensor(x: np.ndarray) -> torch.Tensor:
+  # np.array (not ascontiguousarray, which turns 0-d gammas into [1]) copies, so the
+  # tensor owns writable memory.
+  return torch.from_numpy(np.array(x, order="C", copy=True))
+
+
+def flax_to_torch(params, encoder_spec: Optional[pretrained.EncoderSpec] = None
+                  ) -> Dict[str, torch.Tensor]:
   """Flax `DGIModel` params (with or without the 'params' level) -> reference state_dict.
 
   Also converts gradients (the maps are linear), which is how the parity check lines
   them up leaf by leaf.
+
+  Args:
+    params: the Flax params (or gradients).
+    encoder_spec: the pre-trained encoder's spec; None for the scratch encoder.
   """
   params = _unwrap(params)
   shared_gamma = "gamma_decoder" not in params
+  table = pretrained.param_map(encoder_spec) if encoder_spec is not None else None
   state = {}
   for path, value in _flatten(params):
+    if table is not None and path[0] == "encoder":
+      state.update({k: _tensor(x) for k, x in _encoder_to_torch(path[1:], value,
+                                                                encoder_spec, table)})
+      continue
     key, kind = _flax_to_torch_key(path, shared_gamma)
     x = np.asarray(value)
     if kind == "qkv_kernel":
@@ -145,23 +206,35 @@ def flax_to_torch(params) -> Dict[str, torch.Tensor]:
       x = x.reshape(-1, x.shape[-1]).T
     elif kind == "dense_kernel":
       x = x.T
-    # np.array (not ascontiguousarray, which turns 0-d gammas into [1]) copies, so the
-    # tensor owns writable memory.
-    state[key] = torch.from_numpy(np.array(x, order="C", copy=True))
+    state[key] = _tensor(x)
   return state
 
 
-def torch_to_flax(state_dict, num_heads: int) -> Dict[str, Any]:
+def torch_to_flax(state_dict, num_heads: int,
+                  encoder_spec: Optional[pretrained.EncoderSpec] = None) -> Dict[str, Any]:
   """Reference state_dict -> Flax params (without the 'params' level), numpy leaves.
 
   Args:
     state_dict: `DGIReference.state_dict()` or a checkpoint of it.
     num_heads: attention heads; needed to split `[d, d]` projections into `[d, h, dh]`.
+    encoder_spec: the pre-trained encoder's spec; None for the scratch encoder.
+
+  Raises:
+    KeyError: a key outside the layout tables.
+    ValueError: a pre-trained encoder tensor of the wrong shape, or two keys of one tied
+      tensor that differ.
   """
   params: Dict[str, Any] = {}
+  inverse = None
+  if encoder_spec is not None:
+    inverse = {t.name: (path, t) for path, t in pretrained.param_map(encoder_spec).items()}
   for key, tensor in state_dict.items():
-    path, kind = _torch_to_flax_path(key)
     x = tensor.detach().cpu().numpy()
+    if inverse is not None and key.startswith("encoder."):
+      path, x = _torch_to_encoder(key, x, encoder_spec, inverse)
+      _put(params, path, x, key)
+      continue
+    path, kind = _torch_to_flax_path(key)
     if kind == "qkv_kernel":  # [h*dh, d] -> [d, h, dh]
       x = x.T.reshape(x.shape[1], num_heads, -1)
     elif kind == "qkv_bias":
@@ -170,8 +243,17 @@ def torch_to_flax(state_dict, num_heads: int) -> Dict[str, Any]:
       x = x.T.reshape(num_heads, -1, x.shape[0])
     elif kind == "dense_kernel":
       x = x.T
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = np.array(x, order="C", copy=True)
+    _put(params, path, x, key)
   return params
+
+
+def _put(params: Dict[str, Any], path: Tuple[str, ...], x: np.ndarray, key: str) -> None:
+  """Sets the leaf at `path` to a C-ordered copy of `x`; a second key of a tied tensor
+  (already set) must carry the same values."""
+  node = params
+  for name in path[:-1]:
+    node = node.setdefault(name, {})
+  if path[-1] in node and not np.array_equal(node[path[-1]], x):
+    raise ValueError(f"{key}: differs from the tied tensor already read for "
+                     f"{'/'.join(path)}")
+  node[path[-1]] = np.array(x, order="C", copy=True)

@@ -32,21 +32,33 @@ are `[out, in]` (PyTorch convention), applied as `x @ W.T + b`.
 | heads.t (only when tie_heads is false)           | [K_t, d]   | separate output head U_t      |
 
 With `tie_heads` the decoder heads ARE `codebooks.t`; there is no second copy.
+
+Pre-trained encoder (`encoder` 'bert' or 't5'): the `encoder.*` rows above are replaced by
+`transformers`' own `BertModel` (no pooler) or `T5EncoderModel`, built from the checkpoint's
+`EncoderSpec` (no hub access), eager attention, dropout 0, in eval mode. Its keys are
+`encoder.` + the Hugging Face names (`encoder.embeddings.word_embeddings.weight`,
+`encoder.encoder.layer.i.attention.self.query.weight`, ...; T5 has its token table under
+both `encoder.shared.weight` and `encoder.encoder.embed_tokens.weight`, one tied tensor).
+The token states are HF's `last_hidden_state` and the pooled vector their mean over the
+non-padding tokens, as for the scratch encoder.
 """
 
 import dataclasses
+import json
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from dgi_jax.models.pretrained import EncoderSpec
 from dgi_jax.parity import torch_losses
 
 LN_EPS = 1e-6  # Spec: every LayerNorm uses eps 1e-6 (PyTorch's default is 1e-5).
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
+ENCODERS = ("scratch", "bert", "t5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +86,15 @@ class ReferenceConfig:
   div_eps: float
   div_probs: str  # 'clean' (softmax(s / T)) or 'gumbel' (p) as the diversity usage.
   div_temperature: float  # T of 'clean'; 0 = the Gumbel temperature tau.
+  encoder: str = "scratch"  # 'scratch' (the blocks above) or a pre-trained 'bert' / 't5'.
+  # The pre-trained encoder's architecture (None for 'scratch'); d_model is its width.
+  encoder_spec: Optional[EncoderSpec] = None
 
   def __post_init__(self):
+    if self.encoder not in ENCODERS:
+      raise ValueError(f"encoder={self.encoder!r}; expected one of {ENCODERS}")
+    if self.encoder != "scratch":
+      _check_spec(self.encoder, self.encoder_spec, self.d_model)
     if self.grad_path not in GRAD_PATHS:
       raise ValueError(f"grad_path={self.grad_path!r}; expected one of {GRAD_PATHS}")
     if self.geometry not in GEOMETRIES:
@@ -87,6 +106,7 @@ class ReferenceConfig:
   def from_config(cls, config) -> "ReferenceConfig":
     """Reads the `data`, `model` and `loss` sections of an ml_collections config."""
     m, loss = config.model, config.loss
+    spec_json = m.get("encoder_spec", "")
     return cls(
         vocab_size=int(config.data.vocab_size),
         max_len=max(int(config.data.max_item_len), int(config.data.max_query_len)),
@@ -100,7 +120,28 @@ class ReferenceConfig:
         loss_weights=tuple(torch_losses.loss_weights(loss).items()),
         beta=float(loss.beta), infonce_temperature=float(loss.infonce_temperature),
         div_eps=float(loss.div_eps), div_probs=str(loss.div_probs),
-        div_temperature=float(loss.div_temperature))
+        div_temperature=float(loss.div_temperature),
+        encoder=str(m.get("encoder", "scratch")),
+        encoder_spec=EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None)
+
+
+def _check_spec(encoder: str, spec: Optional[EncoderSpec], d_model: int) -> None:
+  """Raises ValueError unless `spec` describes a pre-trained encoder the reference builds."""
+  if spec is None:
+    raise ValueError(f"encoder={encoder!r} needs its encoder_spec (model.encoder_spec; "
+                     "encoders.resolve_pretrained fills it from model.pretrained)")
+  if spec.kind != encoder:
+    raise ValueError(f"encoder={encoder!r} but the spec is of kind {spec.kind!r}")
+  if spec.hidden_size != d_model:
+    raise ValueError(f"d_model={d_model} differs from the encoder's width {spec.hidden_size}")
+  # The DGI batches pad with token 0, and the reference masks tokens != 0.
+  if spec.pad_token_id != 0:
+    raise ValueError(f"pad_token_id={spec.pad_token_id}: the reference pads with 0")
+  if spec.pooling != "mean":
+    raise ValueError(f"pooling={spec.pooling!r}: the reference pools by masked mean only")
+  if spec.kind == "bert" and spec.head_dim * spec.num_heads != spec.hidden_size:
+    raise ValueError(f"BERT head_dim {spec.head_dim} x {spec.num_heads} heads != "
+                     f"hidden_size {spec.hidden_size}")
 
 
 class Attention(nn.Module):
@@ -180,9 +221,56 @@ class Encoder(nn.Module):
       x = layer(x, key_mask)
     states = self.final_norm(x)
     mask = key_mask.to(states.dtype)
-    pooled = torch.sum(states * mask[..., None], dim=1) / torch.clamp(
-        torch.sum(mask, dim=1, keepdim=True), min=1.0)
-    return states, mask, pooled
+    return states, mask, masked_mean(states, mask)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+  """states `[B, L, d]`, float mask `[B, L]` (1 = real token) -> mean over real tokens `[B, d]`."""
+  return torch.sum(states * mask[..., None], dim=1) / torch.clamp(
+      torch.sum(mask, dim=1, keepdim=True), min=1.0)
+
+
+def hf_config(spec: EncoderSpec):
+  """The `transformers` config of `spec` (built from its fields: no hub, no directory).
+
+  Dropout is 0 and attention 'eager' (the textbook softmax(QK^T) V, not a fused kernel).
+  """
+  import transformers  # pylint: disable=g-import-not-at-top  # Only pre-trained runs need it.
+  if spec.kind == "bert":
+    return transformers.BertConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size, hidden_act="gelu",
+        max_position_embeddings=spec.max_positions, type_vocab_size=spec.type_vocab_size,
+        layer_norm_eps=spec.layer_norm_eps, pad_token_id=spec.pad_token_id,
+        position_embedding_type="absolute", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attn_implementation="eager")
+  return transformers.T5Config(
+      vocab_size=spec.vocab_size, d_model=spec.hidden_size, d_kv=spec.head_dim,
+      d_ff=spec.intermediate_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
+      relative_attention_num_buckets=spec.relative_attention_num_buckets,
+      relative_attention_max_distance=spec.relative_attention_max_distance,
+      layer_norm_epsilon=spec.layer_norm_eps, feed_forward_proj=spec.activation,
+      pad_token_id=spec.pad_token_id, dropout_rate=0.0, attn_implementation="eager")
+
+
+def pretrained_encoder(spec: EncoderSpec) -> nn.Module:
+  """`BertModel` (without pooler) or `T5EncoderModel` of `spec`, randomly initialised, eval."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  config = hf_config(spec)
+  if spec.kind == "bert":
+    model = transformers.BertModel(config, add_pooling_layer=False)
+  else:
+    model = transformers.T5EncoderModel(config)
+  return model.eval()
+
+
+def encode_pretrained(model: nn.Module, tokens: torch.Tensor):
+  """tokens `[B, L]` (0 = padding) -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`)."""
+  key_mask = tokens != 0
+  states = model(input_ids=tokens, attention_mask=key_mask.long()).last_hidden_state
+  mask = key_mask.to(states.dtype)
+  return states, mask, masked_mean(states, mask)
 
 
 class DecoderBlock(nn.Module):
@@ -233,7 +321,9 @@ class DGIReference(nn.Module):
     super().__init__()
     self.cfg = cfg
     d = cfg.d_model
-    self.encoder = Encoder(cfg)
+    # Named `encoder` either way, so the state_dict keys are `encoder.` + its own names.
+    self.encoder = (Encoder(cfg) if cfg.encoder == "scratch"
+                    else pretrained_encoder(cfg.encoder_spec))
     self.codebooks = nn.ParameterList(
         [nn.Parameter(torch.randn(k, d) / math.sqrt(d)) for k in cfg.codebook_sizes])
     if cfg.share_gamma:
@@ -245,6 +335,12 @@ class DGIReference(nn.Module):
     if not cfg.tie_heads:
       self.heads = nn.ParameterList(
           [nn.Parameter(torch.randn(k, d) / math.sqrt(d)) for k in cfg.codebook_sizes])
+
+  def encode(self, tokens: torch.Tensor):
+    """tokens `[B, L]` -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`), either encoder."""
+    if self.cfg.encoder == "scratch":
+      return self.encoder(tokens)
+    return encode_pretrained(self.encoder, tokens)
 
   def _gammas(self):
     if self.cfg.share_gamma:
@@ -334,10 +430,10 @@ class DGIReference(nn.Module):
       `logits` (per level `[B, K_t]`), `codes` (per level `[B]`), `probs`, `z_base`, `z_q`.
     """
     cfg = self.cfg
-    _, _, z_base = self.encoder(item_tokens)
+    _, _, z_base = self.encode(item_tokens)
     if cfg.normalize_item_embedding:
       z_base = torch_losses.normalize(z_base)
-    h_q, mask_q, z_q = self.encoder(query_tokens)
+    h_q, mask_q, z_q = self.encode(query_tokens)
     quant = self.quantize(z_base, gumbel_noise, tau)
     h = self.decoder(self.decoder_inputs(z_q, quant["code_vectors"]), h_q, mask_q > 0)
     logits = self.head_logits(h)

@@ -7,6 +7,8 @@ replicates it in PyTorch: the same clipping formula, `torch.optim.AdamW` with on
 parameter group per (learning rate, decay) pair, and the learning rate of each step set
 from the same schedule. Parameter groups are read off the JAX optimizer's own labels and
 masks, converted to `state_dict` keys, so the two always group the same parameters.
+Parameters the JAX optimizer freezes (`optim.frozen`, `optim.freeze_encoder_layers`) are in
+no group: they keep their values but, as in optax, count in the clipping norm.
 """
 
 from typing import Dict, List, Tuple
@@ -21,19 +23,28 @@ from dgi_jax import optim
 from dgi_jax.parity import compare, convert
 
 
-def _flags_by_key(params, flags) -> Dict[str, bool]:
+def _flags_by_key(params, flags, encoder_spec=None) -> Dict[str, bool]:
   """Per-leaf booleans of a Flax tree -> {state_dict key: bool} (via the converter)."""
   full = jax.tree.map(lambda p, f: np.full(np.shape(p), bool(f)), params, flags)
-  return {k: bool(v.all()) for k, v in convert.flax_to_torch(full).items()}
+  return {k: bool(v.all()) for k, v in convert.flax_to_torch(full, encoder_spec).items()}
+
+
+def _labels_by_key(params, optim_config, encoder_spec) -> Dict[str, Dict[str, bool]]:
+  """{'quantizer' | 'frozen': {state_dict key: bool}} from `optim.param_labels`."""
+  labels = optim.param_labels(params, optim_config)
+  return {name: _flags_by_key(params, jax.tree.map(lambda l, n=name: l == n, labels),
+                              encoder_spec)
+          for name in ("quantizer", "frozen")}
 
 
 class ReferenceOptimizer:
   """PyTorch replica of `optim.make_optimizer` for the reference model."""
 
   def __init__(self, model: torch.nn.Module, flax_params, optim_config, total_steps: int):
-    labels = jax.tree.map(lambda label: label == "quantizer", optim.param_labels(flax_params))
-    is_quantizer = _flags_by_key(flax_params, labels)
-    decays = _flags_by_key(flax_params, optim.decay_mask(flax_params))
+    spec = model.cfg.encoder_spec
+    labels = _labels_by_key(flax_params, optim_config, spec)
+    is_quantizer, frozen = labels["quantizer"], labels["frozen"]
+    decays = _flags_by_key(flax_params, optim.decay_mask(flax_params), spec)
     self._params = list(model.parameters())
     self._max_norm = float(optim_config.grad_clip_norm)
     self._schedules = {
@@ -45,7 +56,7 @@ class ReferenceOptimizer:
     for quantizer in (False, True):
       for decay in (True, False):
         chosen = [p for k, p in model.named_parameters()
-                  if is_quantizer[k] == quantizer and decays[k] == decay]
+                  if not frozen[k] and is_quantizer[k] == quantizer and decays[k] == decay]
         if chosen:
           groups.append(dict(params=chosen, quantizer=quantizer, lr=0.0,
                              weight_decay=float(optim_config.weight_decay) if decay else 0.0))
@@ -65,7 +76,9 @@ class ReferenceOptimizer:
     for group in self.optimizer.param_groups:
       group["lr"] = float(self._schedules[group["quantizer"]](step_index))
     self.optimizer.step()
-    self.optimizer.zero_grad(set_to_none=False)
+    # All parameters, not only the optimizer's: a frozen one's gradient must not accumulate.
+    for p in self._params:
+      p.grad.zero_()
 
 
 def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
@@ -96,7 +109,7 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   Returns:
     (jax_terms, torch_terms): per step, the loss terms before that step's update.
   """
-  config = compare.with_model_overrides(config)
+  config = compare.with_model_overrides(config)  # Resolves a pre-trained encoder.
   with config.unlocked():
     config.optim.backbone_lr = float(config.optim.backbone_lr) * lr_scale
     config.optim.quantizer_lr = float(config.optim.quantizer_lr) * lr_scale
@@ -107,7 +120,8 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   params = compare.params_for(config, batches[0],
                               compare.init_superset(config, batches[0], seed))
 
-  reference = compare.build_reference(config, convert.flax_to_torch(params))
+  reference = compare.build_reference(
+      config, convert.flax_to_torch(params, compare.encoder_spec(config)))
   torch_opt = ReferenceOptimizer(reference, params, config.optim, steps)
   optimizer = optim.make_optimizer(config.optim, steps)
   loss = compare.flax_loss_fn(config)
