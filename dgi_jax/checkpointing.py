@@ -2,9 +2,14 @@
 
 A checkpoint holds `state` (params — codebooks included — optimiser state, step) and the
 run's rng, the data iterator's position (one file per process in grain's format, read back
-by `LayoutTolerantIteratorHandler` under any process count), the config (JSON) and the
-tokenizer (JSON). Restore order (see `train.py`): resume this run's
+by `LayoutTolerantIteratorHandler` under any process count), the config (JSON), the
+tokenizer (JSON) and a run record (JSON: the dataset's version, see `resume_checks.py`;
+checkpoints of older versions lack it). Restore order (see `train.py`): resume this run's
 latest checkpoint, else `init_from` another run's params, else start from scratch.
+
+Only an unreadable checkpoint is moved aside (to `checkpoints_unreadable/`): one that
+reads but does not fit (another model shape, a config or dataset the caller's `check`
+refuses) stays where it is and the restore stops with the reason.
 
 Retention: the latest checkpoint is always kept (resume needs it) and, when a validation
 metric is given, the best one too. `max_to_keep` + `best_fn` would keep the N best and can
@@ -14,9 +19,10 @@ delete the latest, so a preservation policy states both rules.
 import dataclasses
 import json
 import re
+import shutil
 import time
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from etils import epath
 import grain
@@ -25,13 +31,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from dgi_jax import errors
+
 CHECKPOINT_SUBDIR = "checkpoints"
 QUARANTINE_SUBDIR = "checkpoints_unreadable"  # Where unreadable step directories are moved.
 KEEP_LATEST = 2
+JSON_ITEMS = ("config", "tokenizer")  # JSON items every checkpoint holds.
+RUN_ITEM = "run"  # The run record; optional (older checkpoints lack it).
+# restore_latest_good's verdicts on a step, ordered: every process takes the worst one.
+_OK, _UNREADABLE, _LAYOUT, _REFUSED = range(4)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A work directory holds no checkpoint, or one that does not fit."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """A readable checkpoint whose arrays do not fit the model (another shape or tree)."""
+
+
+class DiskFullError(CheckpointError):
+  """The work directory's disk has no room for the next checkpoint (nothing was written)."""
 
 
 class CheckpointLayoutError(CheckpointError):
@@ -180,7 +200,8 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data_iterator": LayoutTolerantIteratorHandler(),
                        "config": ocp.JsonCheckpointHandler(),
-                       "tokenizer": ocp.JsonCheckpointHandler()})
+                       "tokenizer": ocp.JsonCheckpointHandler(),
+                       RUN_ITEM: ocp.JsonCheckpointHandler()})
     self._manager = self._make_manager()
 
   # ------------------------------------------------------------------ queries
@@ -195,21 +216,51 @@ class Checkpointer:
 
   # ------------------------------------------------------------------ save
   def save(self, step: int, state: Any, rng: jax.Array, data_iterator, config_json: Dict,
-           tokenizer_json: Dict, metrics: Optional[Dict[str, float]] = None) -> None:
+           tokenizer_json: Dict, metrics: Optional[Dict[str, float]] = None,
+           run_record: Optional[Dict] = None) -> None:
     """Starts an asynchronous save of everything at `step` (call `wait` before relying on it)."""
+    self.check_space(state, tokenizer_json, step)
     items = dict(state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
                  config=ocp.args.JsonSave(config_json),
                  tokenizer=ocp.args.JsonSave(tokenizer_json))
+    if run_record is not None:
+      items[RUN_ITEM] = ocp.args.JsonSave(run_record)
     if data_iterator is not None:
       items["data_iterator"] = IteratorSave(data_iterator)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def check_space(self, state: Any, tokenizer_json: Dict, step: Optional[int] = None) -> None:
+    """Raises DiskFullError when the disk has no room for a checkpoint of `state`.
+
+    `save` calls it before Orbax starts, and training before its first step (so a full
+    disk stops a run before it trains, not at its first checkpoint). A save that runs
+    out of space fails in Orbax's background threads, with pages of their tracebacks and
+    a temporary folder left behind; this check turns the usual case into one error
+    naming the sizes. The estimate is the arrays' raw size (an upper bound) plus the
+    tokenizer; local, single-process work directories only (one process's refusal would
+    leave the others waiting in the save).
+    """
+    if is_uri(self._workdir) or jax.process_count() > 1:
+      return
+    need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    need += len(json.dumps(tokenizer_json)) + (1 << 20)
+    free = _free_bytes(checkpoint_dir(self._workdir))
+    if free < need:
+      what = "a checkpoint" if step is None else f"checkpoint step {step}"
+      raise DiskFullError(
+          f"no room for {what}: {free / 2**20:.1f} MiB free on the disk of "
+          f"{checkpoint_dir(self._workdir)}, a checkpoint needs up to {need / 2**20:.1f} "
+          "MiB; free some space and rerun the same command to resume"
+          + ("" if self.latest_step() is None else f" from step {self.latest_step()}"))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self._manager.wait_until_finished()
+    finally:  # A failed save re-raises here; the manager's threads must stop anyway.
+      self._manager.close()
 
   # ------------------------------------------------------------------ restore
   def restore(self, abstract_state: Any, abstract_rng: Any, data_iterator=None,
@@ -238,33 +289,102 @@ class Checkpointer:
       raise restored["data_iterator"]
     return restored.state["train_state"], restored.state["rng"], step
 
-  def restore_latest_good(self, abstract_state: Any, abstract_rng: Any, data_iterator=None):
+  def read_json_items(self, step: int) -> Dict[str, Any]:
+    """The JSON items of `step`: config, tokenizer and, if saved, the run record."""
+    names = list(JSON_ITEMS)
+    if (checkpoint_dir(self._workdir) / str(step) / RUN_ITEM).exists():
+      names.append(RUN_ITEM)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{name: ocp.args.JsonRestore() for name in names}))
+    return {name: restored.get(name) for name in (*JSON_ITEMS, RUN_ITEM)}
+
+  def newest_json_items(self) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """(step, `read_json_items`) of the newest step whose JSON items read; else None.
+
+    Moves nothing: `restore_latest_good` deals with unreadable steps.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.read_json_items(step)
+      except Exception:  # pylint: disable=broad-except
+        continue
+    return None
+
+  def _saved_shapes(self, step: int):
+    """`_shapes` of `step`'s train state, from its metadata (no array is read)."""
+    return _shapes(self._manager.item_metadata(step)["state"]["train_state"])
+
+  def _check_fits(self, step: int, saved, abstract_state: Any) -> None:
+    """Raises CheckpointMismatchError when the `saved` shapes of `step` differ from
+    `abstract_state`'s in tree or shape.
+
+    Of a train state only the params are compared: the optimiser state's tree follows
+    from them and the optimiser config (which the caller's `check` compares), and Orbax
+    may store its empty and masked nodes differently from how the live tree has them.
+    """
+    wanted = _shapes(abstract_state)
+    if any(path[:1] == ("params",) for path in wanted):
+      wanted, saved = ({p: s for p, s in shapes.items() if p[:1] == ("params",)}
+                       for shapes in (wanted, saved))
+    differing = sorted(saved.keys() ^ wanted.keys()) or sorted(
+        path for path in saved if saved[path] != wanted[path])
+    if differing:
+      path = differing[0]
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {checkpoint_dir(self._workdir)} does not fit the "
+          f"model: {'.'.join(path)} has shape {saved.get(path, 'none')} in the checkpoint, "
+          f"the model needs {wanted.get(path, 'none')}")
+
+  def _try_restore(self, step, abstract_state, abstract_rng, data_iterator, check):
+    """(verdict, restored or None, error or None) of one step; see restore_latest_good."""
+    try:
+      items, saved = self.read_json_items(step), self._saved_shapes(step)
+    except Exception as error:  # pylint: disable=broad-except
+      return _UNREADABLE, None, error
+    try:
+      if check is not None:
+        check(step, items)
+      self._check_fits(step, saved, abstract_state)
+    except errors.UserError as error:
+      return _REFUSED, None, error
+    try:
+      return _OK, self.restore(abstract_state, abstract_rng, data_iterator, step), None
+    except CheckpointLayoutError as error:
+      return _LAYOUT, None, error
+    except Exception as error:  # pylint: disable=broad-except
+      return _UNREADABLE, None, error
+
+  def restore_latest_good(self, abstract_state: Any, abstract_rng: Any, data_iterator=None,
+                          check: Optional[Callable[[int, Dict[str, Any]], None]] = None):
     """`restore` of the newest readable checkpoint; None if there is no checkpoint at all.
 
-    A checkpoint that fails to restore (truncated or corrupted files) is moved to
-    `<workdir>/checkpoints_unreadable/` with a warning and the next older one is tried, so
-    training resumes from the last good state instead of failing or starting over.
-    `CheckpointLayoutError` (a sound checkpoint that this process count cannot take) is
-    raised as is: the checkpoint stays where it is. With several processes, they agree:
-    if one cannot restore a step, none uses it (one process training from another step
-    than the rest would deadlock in the first collective).
+    A checkpoint that fails to read (truncated or corrupted files in any item: state,
+    iterator, config, tokenizer) is moved to `<workdir>/checkpoints_unreadable/` with a
+    warning and the next older one is tried, so training resumes from the last good state
+    instead of failing or starting over. A readable one that does not fit is left in
+    place and its error raised: `CheckpointMismatchError` (other array shapes), whatever
+    `errors.UserError` `check(step, json_items)` raises (the caller's config or dataset
+    checks), and `CheckpointLayoutError` (a sound checkpoint that this process count
+    cannot take). With several processes, they agree: if one cannot restore a step, none
+    uses it (one process training from another step than the rest would deadlock in the
+    first collective).
     """
     steps = sorted(self.all_steps(), reverse=True)
     for step in steps:
-      restored, error = None, None
-      try:
-        restored = self.restore(abstract_state, abstract_rng, data_iterator, step)
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-      outcome = _worst_outcome(2 if isinstance(error, CheckpointLayoutError)
-                               else 1 if error is not None else 0)
-      if outcome == 0:
+      verdict, restored, error = self._try_restore(step, abstract_state, abstract_rng,
+                                                   data_iterator, check)
+      verdict = _worst_outcome(verdict)
+      if verdict == _OK:
         return restored
-      if outcome == 2:
+      if verdict == _REFUSED:
+        raise error if isinstance(error, errors.UserError) else CheckpointError(
+            f"another process refused checkpoint step {step} in "
+            f"{checkpoint_dir(self._workdir)} (see its log)")
+      if verdict == _LAYOUT:
         raise error if isinstance(error, CheckpointLayoutError) else CheckpointLayoutError(
             f"another process cannot restore checkpoint step {step} in "
             f"{checkpoint_dir(self._workdir)} under this process layout (see its log)")
-      reason = (f"{type(error).__name__}: {error}" if error is not None
+      reason = (f"{type(error).__name__}: {errors.one_line(error)}" if error is not None
                 else "another process could not read it, see its log")
       warnings.warn(f"checkpoint step {step} in {checkpoint_dir(self._workdir)} is "
                     f"unreadable ({reason}); moving it to {QUARANTINE_SUBDIR}/ and trying "
@@ -318,6 +438,26 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.JsonRestore()}))
     return restored[name]
+
+
+def _shapes(tree: Any) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+  """Leaf path (names, indices as text) -> shape, alike for arrays, abstract arrays and
+  Orbax metadata (which stores attributes and tuples as dict keys and lists)."""
+  def name(key) -> str:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {tuple(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _free_bytes(directory) -> int:
+  """Free bytes on the file system holding `directory` (or its nearest existing parent)."""
+  path = as_path(directory)
+  while not path.exists() and path.parent != path:
+    path = path.parent
+  return shutil.disk_usage(str(path)).free
 
 
 def _worst_outcome(code: int) -> int:

@@ -38,6 +38,7 @@ from dgi_jax import retrieval
 from dgi_jax import train
 from dgi_jax import workdir as workdir_lib
 from dgi_jax.data import pipeline
+from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 
 LONG_TAIL_K = 10  # Figure 4 reports Hit@10 per bucket.
@@ -206,6 +207,7 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
 
   Each call indexes the catalogue with the current params, then evaluates `split`.
   """
+  config = encoders.resolve_pretrained(config)  # As training resolves it.
   model = train.build_model(config)
 
   def evaluate_fn(params, run_data: train.RunData) -> Dict[str, float]:
@@ -222,10 +224,10 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
   Returns:
-    (report, step, 'best' | 'latest', paths written).
+    (report, step, 'best' | 'latest' | 'fallback', paths written).
   """
-  step, which = workdir_lib.select_step(workdir)
-  trained = workdir_lib.load_trained(workdir, step)
+  trained = workdir_lib.load_trained(workdir)  # Skips damaged checkpoints, with a warning.
+  step, which = trained.step, trained.selected
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)

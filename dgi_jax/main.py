@@ -8,28 +8,71 @@
   dgi benchmark --dataset beauty|scifact|DIR --workdir DIR [--methods all|a,b]
                 [--data_root ../shared/data] [--results_dir DIR] [--config CONFIG]
 eval, search and index read the config, tokenizer and params from DIR's checkpoint (the
-best by validation, else the latest); they take no --config.
+best by validation, else the latest readable one); they take no --config. `dgi train` on a
+work directory with checkpoints and without --config resumes with the saved config.
 
 Thin by design: parse flags and the config, optionally join a multi-host job, then call one
-library function.
+library function. Expected errors (bad flags, config values, input files, work
+directories: `errors.UserError` and a file system that refuses a write) end in one
+`dgi <command>: error: ...` line and exit status 1; a traceback means a bug.
 """
 
+import functools
+import logging as std_logging
+import os
+import pathlib
+import re
+import runpy
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dgi_jax import config_checks, errors
 
 COMMANDS = ("train", "parity", "eval", "search", "index", "benchmark")
 # Commands that serve a trained work directory; their config comes from its checkpoint.
 SERVING_COMMANDS = ("eval", "search", "index")
 USAGE = f"usage: dgi {{{'|'.join(COMMANDS)}}} [flags]; `dgi <command> --help` lists them"
+HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+DEFAULT_CONFIG = "configs/default.py"
+_LISTED_FIELDS = 12  # Fields an unknown-field error lists when none is close.
+CONFIG_HELP = ("Config file (Python, `get_config()`); override fields with "
+               "--config.section.field=value.")
+# Each command's flags (the others are refused) and its usage line.
+COMMAND_FLAGS = {
+    "train": ("config", "workdir", "allow_dataset_change", "coordinator_address",
+              "num_processes", "process_id", "local_device_count"),
+    "parity": ("config", "torch_checkpoint"),
+    "eval": ("workdir", "split", "beam", "k"),
+    "search": ("workdir", "history", "k", "beam"),
+    "index": ("workdir", "out", "add"),
+    "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
+}
+COMMAND_USAGE = {
+    "train": ("dgi train --workdir DIR [--config CONFIG] [--config.SECTION.FIELD=VALUE ...]",
+              "Trains a run in DIR, or resumes it from its latest checkpoint. Without "
+              "--config a work directory with checkpoints resumes with its own config."),
+    "parity": ("dgi parity [--config CONFIG] [--torch_checkpoint FILE]",
+               "Compares the JAX model with the PyTorch reference."),
+    "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K]",
+             "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
+             "plots/."),
+    "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
+               "Prints the top items of one request."),
+    "index": ("dgi index --workdir DIR --out SIDS.jsonl [--add ITEMS.jsonl]",
+              "Writes every item's semantic ID, with new items added."),
+    "benchmark": ("dgi benchmark --dataset beauty|scifact|DIR --workdir DIR [--methods all|a,b]"
+                  " [--config CONFIG]",
+                  "Trains and evaluates the methods on a dataset; writes results.md."),
+}
 
 FLAGS = flags.FLAGS
 _COMMAND_ARGS = []  # The command's own arguments, as typed.
-config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Config file (Python, `get_config()`); override fields "
-    "with --config.section.field=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, data, plots.")
+flags.DEFINE_bool("allow_dataset_change", False, "train: resume although the dataset "
+                  "differs from the one the checkpoint was trained on.")
 flags.DEFINE_string("torch_checkpoint", None,
                     "parity: a PyTorch state_dict file to start both models from.")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "eval: the request split.")
@@ -67,6 +110,8 @@ def _maybe_initialize_distributed(config) -> None:
 
   Explicit coordinator flags come from a launcher; `train.distributed` alone is for TPU pods
   (and other clusters JAX detects), where `jax.distributed.initialize()` needs no arguments.
+  Without a config (`dgi train` resuming without --config, away from configs/) only a
+  --config.train.distributed override asks for it.
   """
   import jax  # pylint: disable=g-import-not-at-top
   joining = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -86,7 +131,8 @@ def _maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
-  elif config.train.distributed:
+  elif (FLAGS["config"].override_values.get("train.distributed", False) if config is None
+        else config.train.distributed):
     jax.distributed.initialize()
 
 
@@ -94,13 +140,75 @@ def _train(config) -> None:
   from dgi_jax import train  # pylint: disable=g-import-not-at-top
   if not FLAGS.workdir:
     raise app.UsageError("dgi train needs --workdir")
+  # Before anything opens the work directory's checkpoints (which starts JAX).
   _maybe_initialize_distributed(config)
+  config = _resume_config(config)
   evaluate_fn = None
   if config.train.eval_every > 0:
     from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate_fn = evaluate.make_validation_fn(config)
-  summary = train.train_and_evaluate(config, FLAGS.workdir, evaluate_fn=evaluate_fn)
-  print({k: round(v, 5) for k, v in summary.items()})
+  summary = train.train_and_evaluate(config, FLAGS.workdir, evaluate_fn=evaluate_fn,
+                                     allow_dataset_change=FLAGS.allow_dataset_change)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(_train_summary(summary, config, FLAGS.workdir))
+
+
+def _resume_config(config):
+  """With --config: `config`. Without: the work directory's saved config (if it has a
+  readable checkpoint) with the --config.* overrides applied, else the default config
+  (`config`; None when the default file is not here)."""
+  if FLAGS["config"].present:
+    return config
+  from dgi_jax import workdir  # pylint: disable=g-import-not-at-top
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about each read-only manager.
+  try:
+    saved = workdir.saved_config(FLAGS.workdir)
+  finally:
+    logging.set_verbosity(verbosity)
+  if saved is None:
+    return config if config is not None else _loaded_config()  # Its error names the file.
+  print(f"using the config saved in {FLAGS.workdir}'s checkpoints (no --config given)")
+  return _with_overrides(saved, "the work directory's saved config")
+
+
+def _with_overrides(config, source: str):
+  """`config` with the command line's --config.* overrides applied (as absl applies them
+  to the --config file, which this config replaces)."""
+  for path, value in FLAGS["config"].override_values.items():
+    try:
+      config.update_from_flattened_dict({path: value})
+    except (AttributeError, KeyError) as e:
+      raise errors.ConfigError(f"--config.{path}: {source} has no such field") from e
+  return config
+
+
+def _latest_step(workdir):
+  """The newest finished checkpoint step (Orbax's temporary folders have longer names)."""
+  from dgi_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  folder = checkpointing.checkpoint_dir(workdir)
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+  return max(steps, default=None)
+
+
+def _train_summary(summary, config, workdir) -> str:
+  """What a finished (or stopped) run tells: the step, the losses, the next command."""
+  from dgi_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  step, total = _latest_step(workdir), config.train.num_steps
+  where = checkpointing.checkpoint_dir(workdir) / str(step)
+  if not summary:  # No step ran.
+    return (f"nothing to train: {where} is already at step {step} of {total}\n"
+            f"next: dgi eval --workdir {workdir}")
+  terms = ", ".join(f"{k} {summary[k]:.4f}" for k in ("ntp", "infonce", "global", "local",
+                                                      "div") if k in summary)
+  lines = [f"step {step} of {total}: loss {summary['total']:.4f} ({terms}), "
+           f"{summary['steps_per_sec']:.1f} steps/s", f"checkpoint: {where}"]
+  if step < total:
+    lines.append("stopped early: rerun the same command to resume")
+  else:
+    lines.append(f"next: dgi eval --workdir {workdir}")
+  return "\n".join(lines)
 
 
 def _parity(config) -> int:
@@ -123,7 +231,7 @@ def _eval() -> None:
 def _search(query: str) -> None:
   from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
   history = [i.strip() for i in FLAGS.history.split(",") if i.strip()]
-  if not query and not history:
+  if not query.strip() and not history:
     raise app.UsageError("dgi search needs a query text, a --history, or both")
   trained = workdir.load_trained(FLAGS.workdir)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
@@ -143,6 +251,8 @@ def _index() -> None:
   from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
   if not FLAGS.out:
     raise app.UsageError("dgi index needs --out")
+  if os.path.isdir(FLAGS.out):
+    raise app.UsageError(f"--out {FLAGS.out} is a directory; give the file to write")
   new_items = retrieval.read_items_file(FLAGS.add) if FLAGS.add else []
   trained = workdir.load_trained(FLAGS.workdir)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
@@ -156,29 +266,22 @@ def _index() -> None:
 
 
 def _serve(argv, command: str) -> int:
-  """eval / search / index; problems with the inputs end in one error line, exit 1."""
-  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
-  from dgi_jax.data import jsonl_format  # pylint: disable=g-import-not-at-top
+  """eval / search / index."""
   # Orbax warns about every read-only checkpoint manager it opens.
   logging.set_verbosity(logging.ERROR)
-  if FLAGS["config"].present:
+  if FLAGS["config"].present or FLAGS["config"].override_values:
     raise app.UsageError(f"dgi {command} takes its config from the checkpoint; drop "
                          "--config")
   if not FLAGS.workdir:
     raise app.UsageError(f"dgi {command} needs --workdir")
   if command != "search" and len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    if command == "eval":
-      _eval()
-    elif command == "search":
-      _search(" ".join(argv[1:]))
-    else:
-      _index()
-  except (workdir.WorkdirError, retrieval.ItemError,
-          jsonl_format.DatasetFormatError) as e:
-    print(f"dgi {command}: error: {e}", file=sys.stderr)
-    return 1
+  if command == "eval":
+    _eval()
+  elif command == "search":
+    _search(" ".join(argv[1:]))
+  else:
+    _index()
   return 0
 
 
@@ -186,13 +289,11 @@ def _benchmark_config():
   """--config if given, else configs/benchmark_<dataset>.py, else configs/benchmark.py."""
   if FLAGS["config"].present:
     return FLAGS.config
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import runpy  # pylint: disable=g-import-not-at-top
   named = pathlib.Path("configs") / f"benchmark_{FLAGS.dataset}.py"
   path = named if named.is_file() else pathlib.Path("configs") / "benchmark.py"
   if not path.is_file():
     raise app.UsageError(f"no {path} here: run from the repository root or pass --config")
-  return runpy.run_path(str(path))["get_config"]()
+  return _with_overrides(runpy.run_path(str(path))["get_config"](), str(path))
 
 
 def _benchmark(command_line) -> int:
@@ -215,30 +316,223 @@ def _benchmark(command_line) -> int:
   return 0
 
 
-def _run(argv, command: str) -> int:
+def _dispatch(argv, command: str) -> int:
   if command in SERVING_COMMANDS:
     return _serve(argv, command)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if command == "benchmark":
     return _benchmark(["dgi", command] + _COMMAND_ARGS)
-  config = FLAGS.config
   if command == "train":
-    _train(config)
+    # Resuming without --config needs no config file here.
+    _train(_loaded_config() if FLAGS["config"].present else _default_config())
     return 0
-  return _parity(config)
+  return _parity(_loaded_config())
+
+
+def _check_flags(command: str) -> None:
+  """Refuses flags of other commands and values no command can use."""
+  for name in sorted({n for flags_ in COMMAND_FLAGS.values() for n in flags_}):
+    if name != "config" and FLAGS[name].present and name not in COMMAND_FLAGS[command]:
+      raise app.UsageError(f"--{name} is not a flag of dgi {command}; `dgi {command} "
+                           "--help` lists its flags")
+  for name in ("k", "beam"):
+    value = FLAGS[name].value
+    if value is not None and value < 1:
+      raise app.UsageError(f"--{name}={value}: must be >= 1")
+  if FLAGS.torch_checkpoint and not os.path.isfile(FLAGS.torch_checkpoint):
+    raise app.UsageError(f"--torch_checkpoint {FLAGS.torch_checkpoint}: no such file")
+
+
+def _expected_error(error: BaseException):
+  """The one-line message of an error the user can fix; None for a bug."""
+  retrieval = sys.modules.get("dgi_jax.retrieval")  # Not imported: none of its errors.
+  item_error = (retrieval.ItemError,) if retrieval else ()
+  if isinstance(error, (errors.UserError, app.UsageError, *item_error)):
+    return errors.one_line(error)
+  disk = errors.disk_error(error)
+  return None if disk is None else errors.describe_disk_error(disk)
+
+
+def _fail(command: str, message: str) -> int:
+  print(f"dgi {command}: error: {message}", file=sys.stderr)
+  return 1
+
+
+def _run(argv, command: str) -> int:
+  """The command; an expected error ends in one line and exit status 1."""
+  try:
+    _check_flags(command)
+    return _dispatch(argv, command)
+  except KeyboardInterrupt:
+    print(f"dgi {command}: aborted (Ctrl-C)", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    message = _expected_error(e)
+    if message is None:
+      raise
+    return _fail(command, message)
+
+
+# ---------------------------------------------------------------------------- flags
+
+
+def _config_path() -> str:
+  """The config file --config names (without a ':argument'), else the default's."""
+  args = sys.argv[1:]
+  for i, arg in enumerate(args):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg == "--config" and i + 1 < len(args):
+      return args[i + 1].split(":", 1)[0]
+  return DEFAULT_CONFIG
+
+
+def _override_paths():
+  """The field paths of the --config.a.b=v overrides on the command line."""
+  return [m[1] for arg in sys.argv[1:]
+          for m in [re.match(r"--(?:no)?config\.([^=]+)", arg)] if m]
+
+
+def _config_error(error: Exception) -> str:
+  """One line for an error of loading the config or applying an override to it: the
+  missing file, the unknown field and its close matches, else the error itself."""
+  path = _config_path()
+  if not os.path.isfile(path):
+    return f"--config {path}: no such file"
+  try:
+    config = runpy.run_path(path)["get_config"]()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"--config {path}: cannot load it ({type(e).__name__}: {errors.one_line(e)})"
+  unknown = config_checks.unknown_field(config, _override_paths())
+  if unknown is None:
+    return errors.one_line(error)
+  field, matches, siblings = unknown
+  shown = ", ".join(siblings[:_LISTED_FIELDS]) + (", ..." if len(siblings) > _LISTED_FIELDS
+                                                  else "")
+  hint = (f"did you mean {' or '.join('--config.' + m for m in matches)}?" if matches
+          else f"the fields there are {shown}")
+  return f"--config.{field}: {path} has no such field; {hint}"
+
+
+def _default_config():
+  """FLAGS.config without --config: the default file's, or None when it is not here."""
+  try:
+    FLAGS.config.keys()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return FLAGS.config
+
+
+def _loaded_config():
+  """FLAGS.config, whose loading errors show only when it is first read."""
+  try:
+    FLAGS.config.keys()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(_config_error(e)) from None
+  return FLAGS.config
+
+
+def _define_config_flag() -> None:
+  """(Re)defines --config for this command line.
+
+  Defined here, not at import: without --config on the command line the default file is
+  loaded and the overrides applied as the flag is defined, where an unknown field must
+  end in an error line, not an import-time traceback; and `main` may run more than once
+  in one process (tests), each time with its own overrides.
+  """
+  for name in [n for n in FLAGS if n == "config" or n.startswith("config.")]:
+    delattr(FLAGS, name)
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True)
+
+
+def _parse_flags(command: str, argv):
+  """absl's flag parsing, its errors as one line (absl prints usage and tracebacks)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = (_config_error(e) if "config." in str(e) and _override_paths()
+               else errors.one_line(e))
+  except Exception as e:  # pylint: disable=broad-except
+    message = _config_error(e)
+  sys.exit(_fail(command, message))
+
+
+def _command_help(command: str) -> str:
+  usage, summary = COMMAND_USAGE[command]
+  lines = [f"usage: {usage}", "", summary, "", "flags:"]
+  for name in COMMAND_FLAGS[command]:
+    if name == "config":
+      lines.append(f"  --config: {CONFIG_HELP} (default: {DEFAULT_CONFIG})")
+      continue
+    flag = FLAGS[name]
+    default = "" if flag.default is None else f" (default: {flag.default!r})"
+    lines.append(f"  --{name}: {flag.help}{default}")
+  return "\n".join(lines)
+
+
+class _LibraryChatter(std_logging.Filter):
+  """Drops TFDS's info and warning lines (a config dump for every dataset it opens)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+
+def _show_warning(command, message, category, filename, lineno, file=None, line=None):
+  """Warnings as one `dgi <command>: warning: ...` line each."""
+  del category, filename, lineno, line
+  print(f"dgi {command}: warning: {errors.one_line(message)}", file=file or sys.stderr)
+
+
+def _start(command: str) -> None:
+  """Per-run setup: --config for this command line, quiet libraries, warning lines."""
+  FLAGS.unparse_flags()  # A previous run in this process (tests) set values.
+  try:
+    _define_config_flag()
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(_fail(command, _config_error(e)))
+  # Orbax and TFDS log every save and read at INFO through absl.
+  logging.set_verbosity(logging.WARNING)
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _LibraryChatter) for f in absl_logger.filters):
+    absl_logger.addFilter(_LibraryChatter())
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()  # Its bars name temporary build folders.
+  except ImportError:
+    pass
+  warnings.showwarning = functools.partial(_show_warning, command)
+
+
+def _top_level(args) -> None:
+  """`dgi`, `dgi --help` and `dgi <unknown>`: usage, or one error line."""
+  if args and args[0] in HELP_ARGS:
+    print(USAGE + "\n\ncommands:\n" + "\n".join(
+        f"  {name:<10} {COMMAND_USAGE[name][1]}" for name in COMMANDS))
+    sys.exit(0)
+  if not args:
+    print(USAGE, file=sys.stderr)
+    sys.exit(2)
+  print(f"dgi: error: unknown command {args[0]!r}; {USAGE}", file=sys.stderr)
+  sys.exit(1)
 
 
 def main() -> None:
   """Console entry point (`dgi`)."""
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-    print(USAGE, file=sys.stderr)
-    sys.exit(2)
+    _top_level(sys.argv[1:])
   command = sys.argv.pop(1)
   _COMMAND_ARGS[:] = sys.argv[1:]  # For results files that quote their command line.
-  # Orbax and TFDS log every save and read at INFO through absl.
-  logging.set_verbosity(logging.WARNING)
-  app.run(lambda argv: sys.exit(_run(argv, command)))
+  if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+    print(_command_help(command))
+    sys.exit(0)
+  show_warning = warnings.showwarning
+  try:
+    _start(command)
+    app.run(lambda argv: sys.exit(_run(argv, command)),
+            flags_parser=functools.partial(_parse_flags, command))
+  finally:
+    warnings.showwarning = show_warning
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Restore order: resume this run's latest checkpoint, else `train.init_from`, else
 (then k-means initialisation of the codebooks).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -18,18 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dgi_jax import checkpointing, kmeans, optim, preemption, sharding
+from dgi_jax import atomic_write, checkpointing, config_checks, errors, kmeans, optim
+from dgi_jax import preemption, resume_checks, run_lock, sharding
 from dgi_jax import train_step as train_step_lib
 from dgi_jax.data import dataset as dataset_lib
 from dgi_jax.data import pipeline
 from dgi_jax.data import tokenizer as tokenizer_lib
+from dgi_jax.models import encoders
 from dgi_jax.models.config import ModelConfig
 from dgi_jax.models.dgi import DGIModel
 
 METRICS_FILE = "metrics.jsonl"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 
@@ -37,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 class RunData:
   """What training and evaluation read: the dataset, its tokenizer, the catalogue tokens."""
   dataset: dataset_lib.Dataset
-  tokenizer: tokenizer_lib.Tokenizer
+  tokenizer: tokenizer_lib.RequestTokenizer
   catalogue_tokens: np.ndarray  # int32 [num_items, max_item_len]
 
 
@@ -60,26 +63,33 @@ def data_dir(config, workdir) -> epath.Path:
   return checkpointing.as_path(workdir) / "tfds"
 
 
-def prepare_run_data(config, workdir) -> RunData:
+def prepare_run_data(config, workdir,
+                     tokenizer: Optional[tokenizer_lib.RequestTokenizer] = None) -> RunData:
   """Builds (process 0) or opens the dataset and tokenizer of a run.
 
+  The tokenizer is, in order: `tokenizer` (a trained run's, from its checkpoint), the
+  pre-trained encoder's (`model.pretrained`), else a WordPiece trained on the dataset.
   With host-local TFDS files every process builds its own copy (the build is
-  deterministic); the tokenizer is still trained once, by process 0, and shared through
+  deterministic); the WordPiece is still trained once, by process 0, and shared through
   `<workdir>/tfds`.
   """
   build = jax.process_index() == 0
   root = data_dir(config, workdir)
   host_local = _host_local_data(config, workdir)
   tokenizer_root = checkpointing.as_path(workdir) / "tfds" if host_local else root
+  if tokenizer is None and config.model.get("pretrained", ""):
+    tokenizer = tokenizer_lib.load_pretrained_tokenizer(config.model.pretrained)
   if build:
     dataset = dataset_lib.prepare_dataset(config.data, root, build=True)
-    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
-                                                build=True)
+    if tokenizer is None:
+      tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
+                                                  build=True)
   sync_processes("data prepared")
   if not build:
     dataset = dataset_lib.prepare_dataset(config.data, root, build=host_local)
-    tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
-                                                build=False)
+    if tokenizer is None:
+      tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
+                                                  build=False)
   if tokenizer.vocab_size > config.data.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens > data.vocab_size="
                      f"{config.data.vocab_size}")
@@ -163,6 +173,10 @@ class MetricsWriter:
   an object upload is atomic by itself (readers see the old or the new object), and a GCS
   rename is a copy plus a delete. Cost: one upload of the whole file per line, i.e. a
   few hundred KB every `train.log_every` steps for a long run.
+
+  A resumed run first drops the lines after its checkpoint's step (`truncate_after`):
+  the steps after the last checkpoint of a killed run are trained and logged again, and
+  readers (plots, the benchmark's training time) expect one line per step and kind.
   """
 
   def __init__(self, workdir, append: Optional[bool] = None):
@@ -187,6 +201,29 @@ class MetricsWriter:
     else:
       self._lines.append(line)
       self._path.write_text("".join(self._lines))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops the lines of steps after `step`, and a torn last line of a killed run."""
+    if not self._enabled:
+      return
+    lines = self._lines if not self._append else (
+        self._path.read_text().splitlines(keepends=True) if self._path.exists() else [])
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if kept == lines:
+      return
+    if self._append:
+      atomic_write.write_text(self._path, "".join(kept))
+    else:
+      self._lines = kept
+      self._path.write_text("".join(kept))
+
+
+def _logged_step(line: str) -> float:
+  """The step of a metrics line; infinity for a line that does not parse (torn)."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
 
 
 def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
@@ -217,8 +254,11 @@ def _abstract_state(model, optimizer, config, rng, state_sharding_of):
 def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abstract_state,
                    replicated):
   """A new run's state: `init_from` params (codebooks optionally re-initialised by k-means
-  over the loaded encoder's item embeddings), or fresh params with k-means codebooks."""
+  over the loaded encoder's item embeddings), or fresh params -- the encoder's from
+  `model.pretrained` when set -- with k-means codebooks."""
   params = init_params(model, config, init_rng, out_sharding=replicated)
+  if config.model.get("pretrained", "") and not config.train.init_from:
+    params = encoders.load_pretrained_params(params, model.cfg, config.model.pretrained)
   if config.train.init_from:
     params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
     if config.train.get("init_from_kmeans", False):
@@ -250,11 +290,12 @@ class _MetricsWindow:
 
 
 def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
-                       stop_at_step: Optional[int] = None) -> Dict:
+                       stop_at_step: Optional[int] = None,
+                       allow_dataset_change: bool = False) -> Dict:
   """Trains DGI as `config` says, checkpointing under `workdir`; returns the last metrics.
 
-  Stops early, with a checkpoint, on SIGTERM (every process at the same step) or after
-  `stop_at_step`; calling it again resumes exactly where it stopped.
+  Stops early, with a checkpoint, on SIGTERM or Ctrl-C (every process at the same step)
+  or after `stop_at_step`; calling it again resumes exactly where it stopped.
 
   Args:
     config: the full (locked) ml_collections config.
@@ -264,87 +305,156 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
       best checkpoint.
     stop_at_step: leave the loop (with a checkpoint) after this step although the run is
       longer. The schedules always follow `train.num_steps`.
+    allow_dataset_change: resume although the dataset differs from the checkpoint's.
   Raises:
+    errors.UserError: before anything is trained: a config value no run can use
+      (`config_checks`), another process training in `workdir` (`run_lock`), a
+      checkpoint trained under another config or on other data (`resume_checks`; the
+      checkpoints stay where they are).
     NonFiniteLossError: a loss became NaN/inf; names the step and the last good checkpoint.
   """
+  config_checks.check_values(config)
+  config_checks.check_devices(config, jax.device_count())
   workdir = checkpointing.as_path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise errors.UserError(f"work directory {workdir} is a file, not a directory")
   workdir.mkdir(parents=True, exist_ok=True)
-  run_data = prepare_run_data(config, workdir)
-  model = build_model(config)
-  total_steps = config.train.num_steps
-  optimizer = optim.make_optimizer(config.optim, total_steps)
-  mesh = sharding.make_mesh()
-  replicated = sharding.replicated(mesh)
+  with run_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change)
 
-  init_rng, kmeans_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
-  abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-  abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
 
-  data_iterator = pipeline.make_train_iterator(
-      run_data.dataset, run_data.tokenizer, config.data,
-      sharding.host_batch_size(config.train.global_batch_size), config.data.shuffle_seed,
-      jax.process_index(), jax.process_count(), catalogue_tokens=run_data.catalogue_tokens)
+def _resume_check(config, workdir, dataset_version: Optional[str] = None,
+                  allow_dataset_change: bool = False) -> Callable[[int, Dict], None]:
+  """`check(step, json_items)` for `restore_latest_good`: refuses a checkpoint trained
+  under another config or, given `dataset_version`, on another dataset."""
+  # workdir.py imports this module, so it can only be imported once both are loaded.
+  from dgi_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  where = checkpointing.checkpoint_dir(workdir)
+
+  def check(step: int, items: Dict) -> None:
+    resume_checks.check_config(workdir_lib.config_from_json(items["config"]), config, step,
+                               where)
+    if dataset_version is not None and resume_checks.check_dataset(
+        items["run"], dataset_version, step, where, allow_dataset_change):
+      _log(f"The dataset differs from checkpoint step {step}'s; continuing on the new "
+           "data (allow_dataset_change)")
+
+  return check
+
+
+def _non_finite_message(step: int, metrics: Dict, last_good_step: Optional[int],
+                        workdir) -> str:
+  """One line: the step, the loss terms that are not finite, the checkpoint to go back to."""
+  bad = ", ".join(f"{k}={float(v)}" for k, v in metrics.items()
+                  if k != "finite" and not np.isfinite(v))
+  kept = ("no checkpoint was saved yet" if last_good_step is None else
+          f"last good checkpoint: step {last_good_step} in "
+          f"{checkpointing.checkpoint_dir(workdir)}")
+  return (f"non-finite loss at step {step} ({bad or 'the total'}); {kept}. Lower the "
+          "learning rates (optim.*_lr) or check the data")
+
+
+def _checked_run_data(config, workdir, checkpointer) -> RunData:
+  """The run's data, once the newest checkpoint's config is checked against `config`
+  (before the data is prepared, which may write to the work directory); a resumed run
+  keeps its checkpoint's tokenizer, the one its params know."""
+  newest = checkpointer.newest_json_items()
+  tokenizer = None
+  if newest is not None:
+    _resume_check(config, workdir)(*newest)
+    tokenizer = tokenizer_lib.tokenizer_from_json(newest[1]["tokenizer"])
+  run_data = prepare_run_data(config, workdir, tokenizer=tokenizer)
+  config_checks.check_catalogue(config, run_data.dataset.num_items,
+                                run_data.dataset.num_examples("train"))
+  return run_data
+
+
+def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> Dict:
+  """`train_and_evaluate` in a locked work directory."""
+  config = encoders.resolve_pretrained(config)
   eval_enabled = evaluate_fn is not None and config.train.eval_every > 0
-  checkpointer = checkpointing.Checkpointer(
+  with contextlib.closing(checkpointing.Checkpointer(
       workdir, best_metric=config.train.best_metric if eval_enabled else None)
+                         ) as checkpointer:
+    run_data = _checked_run_data(config, workdir, checkpointer)
+    model = build_model(config)
+    total_steps = config.train.num_steps
+    optimizer = optim.make_optimizer(config.optim, total_steps)
+    mesh = sharding.make_mesh()
+    replicated = sharding.replicated(mesh)
 
-  restored = checkpointer.restore_latest_good(abstract_state, abstract_rng, data_iterator)
-  if restored is not None:
-    state, run_rng, step = restored
-    _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
-  else:
-    state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
-                           abstract_state, replicated)
-    run_rng = jax.device_put(run_rng, replicated)
+    init_rng, kmeans_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
+    abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated)
+    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+    abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
 
-  step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
-                                     state_sharding)
-  pmapped = config.train.parallelism == "pmap"
-  if pmapped:
-    state = sharding.replicate_for_pmap(state)
-  on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
+    data_iterator = pipeline.make_train_iterator(
+        run_data.dataset, run_data.tokenizer, config.data,
+        sharding.host_batch_size(config.train.global_batch_size), config.data.shuffle_seed,
+        jax.process_index(), jax.process_count(), catalogue_tokens=run_data.catalogue_tokens)
 
-  config_json = checkpointing.dumps_config(config)
-  tokenizer_json = run_data.tokenizer.to_json()
-  writer = MetricsWriter(workdir)
-  window = _MetricsWindow()
-  first_step = int(on_host(state).step)
-  last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
-  last_good_step = checkpointer.latest_step()
-  summary = {}
-  progress = tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
-                       disable=jax.process_index() != 0, dynamic_ncols=True)
-  with preemption.PreemptionGuard() as guard:
-    for step in range(first_step, last_step):
-      state, metrics = step_fn(state, to_device(next(data_iterator)), run_rng)
-      metrics = jax.device_get(on_host(metrics))
-      if not metrics["finite"]:
-        checkpointer.close()
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} (loss terms: "
-            f"{ {k: float(v) for k, v in metrics.items()} }); last good checkpoint: "
-            f"step {last_good_step} in {checkpointing.checkpoint_dir(workdir)}")
-      window.add(metrics)
-      done = step + 1
-      progress.update(1)
-      if done % config.train.log_every == 0 or done == last_step:
-        summary = window.flush()
-        writer.write(done, summary)
-        progress.set_postfix(loss=f"{summary['total']:.4f}",
-                             steps_s=f"{summary['steps_per_sec']:.2f}")
-      eval_metrics = None
-      if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
-        eval_metrics = evaluate_fn(on_host(state).params, run_data)
-        writer.write(done, eval_metrics, kind="valid")
-      preempted = guard.should_stop(done)
-      if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
-        checkpointer.save(done, on_host(state), run_rng, data_iterator, config_json,
-                          tokenizer_json, eval_metrics)
-        last_good_step = done
-      if preempted:
-        _log(f"SIGTERM: saved step {done}; rerun the same command to resume")
-        break
-  progress.close()
-  checkpointer.close()
+    restored = checkpointer.restore_latest_good(
+        abstract_state, abstract_rng, data_iterator,
+        check=_resume_check(config, workdir, run_data.dataset.version, allow_dataset_change))
+    if restored is not None:
+      state, run_rng, step = restored
+      if step > total_steps:
+        raise errors.ConfigError(
+            f"train.num_steps={total_steps} is below step {step} of the checkpoint in "
+            f"{checkpointing.checkpoint_dir(workdir)}; give train.num_steps >= {step}")
+      _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
+    else:
+      state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
+                             abstract_state, replicated)
+      run_rng = jax.device_put(run_rng, replicated)
+
+    checkpointer.check_space(state, run_data.tokenizer.to_json())
+    step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
+                                       state_sharding)
+    pmapped = config.train.parallelism == "pmap"
+    if pmapped:
+      state = sharding.replicate_for_pmap(state)
+    on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
+
+    config_json = checkpointing.dumps_config(config)
+    tokenizer_json = run_data.tokenizer.to_json()
+    run_record = resume_checks.run_record(run_data.dataset.version)
+    writer = MetricsWriter(workdir)
+    window = _MetricsWindow()
+    first_step = int(on_host(state).step)
+    writer.truncate_after(first_step)  # The steps after it are trained (and logged) again.
+    last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+    last_good_step = checkpointer.latest_step()
+    summary = {}
+    # The bar ends its line however the loop ends, so an error message starts a new one.
+    with tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
+                   disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \
+         preemption.PreemptionGuard() as guard:
+      for step in range(first_step, last_step):
+        state, metrics = step_fn(state, to_device(next(data_iterator)), run_rng)
+        metrics = jax.device_get(on_host(metrics))
+        done = step + 1
+        if not metrics["finite"]:
+          raise NonFiniteLossError(_non_finite_message(done, metrics, last_good_step,
+                                                       workdir))
+        window.add(metrics)
+        progress.update(1)
+        preempted = guard.should_stop(done)
+        # A stopped run logs its last steps too: the summary and the log end where it did.
+        if done % config.train.log_every == 0 or done == last_step or preempted:
+          summary = window.flush()
+          writer.write(done, summary)
+          progress.set_postfix(loss=f"{summary['total']:.4f}",
+                               steps_s=f"{summary['steps_per_sec']:.2f}")
+        eval_metrics = None
+        if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
+          eval_metrics = evaluate_fn(on_host(state).params, run_data)
+          writer.write(done, eval_metrics, kind="valid")
+        if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
+          checkpointer.save(done, on_host(state), run_rng, data_iterator, config_json,
+                            tokenizer_json, eval_metrics, run_record=run_record)
+          last_good_step = done
+        if preempted:
+          _log(f"{guard.reason}: saved step {done}; rerun the same command to resume")
+          break
   return summary

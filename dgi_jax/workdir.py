@@ -5,16 +5,20 @@ config and the tokenizer saved with the checkpoint, the parameters of the best c
 (by `train.best_metric`, when validation ran) or else the latest, and the run's dataset
 (`train.prepare_run_data`, which reuses `<data.tfds_dir or workdir/tfds>`).
 Every problem raises `WorkdirError` with a message meant for the command line.
+
+A damaged checkpoint (a deleted or truncated file in any of its items) is skipped with a
+warning and the next one is used: the best, then the others newest first. Nothing is
+moved (these commands only read); `dgi train` moves unreadable steps aside.
 """
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+import warnings
 
 import jax
 import ml_collections
 
-from dgi_jax import checkpointing, train
+from dgi_jax import checkpointing, errors, resume_checks, train
 from dgi_jax.data import jsonl_format
-from dgi_jax.data import pipeline
 from dgi_jax.data import tokenizer as tokenizer_lib
 from dgi_jax.models.dgi import DGIModel
 
@@ -22,8 +26,15 @@ from dgi_jax.models.dgi import DGIModel
 REQUIRED_SECTIONS = ("data", "model", "optim", "train", "eval")
 
 
-class WorkdirError(RuntimeError):
+_REASON_CHARS = 300  # Of a read error quoted in a warning (Orbax's can be pages long).
+
+
+class WorkdirError(errors.UserError, RuntimeError):
   """A work directory is missing, holds no checkpoint, or one that does not fit."""
+
+
+class _Unreadable(Exception):
+  """A checkpoint item failed to read: damaged files, not a config that does not fit."""
 
 
 class TrainedRun(NamedTuple):
@@ -31,12 +42,15 @@ class TrainedRun(NamedTuple):
   model: DGIModel
   params: Any
   run_data: train.RunData
+  step: Optional[int] = None  # The checkpoint the params come from.
+  selected: str = ""  # Why that one: 'best', 'latest' or 'fallback' (the others failed).
 
 
 def _open(workdir) -> checkpointing.Checkpointer:
   workdir = checkpointing.as_path(workdir)  # Local or gs://.
   if not workdir.is_dir():
-    raise WorkdirError(f"work directory {workdir} does not exist")
+    raise WorkdirError(f"work directory {workdir} "
+                       + ("is a file" if workdir.exists() else "does not exist"))
   if not checkpointing.checkpoint_dir(workdir).is_dir():
     raise WorkdirError(f"{workdir} holds no checkpoints (no "
                        f"{checkpointing.CHECKPOINT_SUBDIR}/ folder); run `dgi train` first")
@@ -53,7 +67,9 @@ def _open(workdir) -> checkpointing.Checkpointer:
 # field is read as having this value, so old runs evaluate and resume as they trained.
 LEGACY_VALUES = {
     "model": {"normalize_item_embedding": False, "decoder_inputs": "sum",
-              "decoder_identity_init": False},
+              "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
+              "encoder_spec": ""},
+    "optim": {"freeze_encoder_layers": 0},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
 }
 
@@ -74,13 +90,8 @@ def config_from_json(obj) -> ml_collections.ConfigDict:
   return config
 
 
-def read_config(workdir, step: Optional[int] = None) -> ml_collections.ConfigDict:
-  """The config saved with a checkpoint (the latest by default)."""
-  checkpointer = _open(workdir)
-  try:
-    obj = checkpointer.restore_json("config", step)
-  finally:
-    checkpointer.close()
+def _checked_config(workdir, obj) -> ml_collections.ConfigDict:
+  """`config_from_json(obj)`, refused when it lacks a section the commands read."""
   config = config_from_json(obj)
   missing = [s for s in REQUIRED_SECTIONS if s not in config]
   if missing:
@@ -89,19 +100,58 @@ def read_config(workdir, step: Optional[int] = None) -> ml_collections.ConfigDic
   return config
 
 
-def select_step(workdir) -> Tuple[int, str]:
-  """(step, 'best' | 'latest'): the best checkpoint if validation ran, else the latest."""
-  config = read_config(workdir)
+def read_config(workdir, step: Optional[int] = None) -> ml_collections.ConfigDict:
+  """The config saved with a checkpoint (the latest by default)."""
+  checkpointer = _open(workdir)
+  try:
+    obj = checkpointer.restore_json("config", step)
+  finally:
+    checkpointer.close()
+  return _checked_config(workdir, obj)
+
+
+def newest_config(workdir) -> Tuple[int, ml_collections.ConfigDict]:
+  """(step, config) of the newest checkpoint whose config and tokenizer read."""
+  checkpointer = _open(workdir)
+  try:
+    found, steps = checkpointer.newest_json_items(), checkpointer.all_steps()
+  finally:
+    checkpointer.close()
+  if found is None:
+    raise WorkdirError(f"no checkpoint in {checkpointing.checkpoint_dir(workdir)} is "
+                       f"readable (steps {sorted(steps)}: their config or tokenizer files "
+                       "are damaged)")
+  return found[0], _checked_config(workdir, found[1]["config"])
+
+
+def saved_config(workdir) -> Optional[ml_collections.ConfigDict]:
+  """The config of the work directory's newest readable checkpoint; None if it has none."""
+  try:
+    return newest_config(workdir)[1]
+  except WorkdirError:
+    return None
+
+
+def _candidates(workdir) -> List[Tuple[int, str]]:
+  """(step, label) in the order to try: the best checkpoint if validation ran, else the
+  latest; then the others newest first, labelled 'fallback'."""
+  _, config = newest_config(workdir)
   best_metric = config.train.best_metric if config.train.eval_every > 0 else None
   checkpointer = checkpointing.Checkpointer(workdir, best_metric=best_metric,
                                             read_only=True)
   try:
-    latest = checkpointer.latest_step()
+    steps = sorted(checkpointer.all_steps(), reverse=True)
+    # None when no checkpoint carries validation metrics.
     best = checkpointer.best_step() if best_metric else None
   finally:
     checkpointer.close()
-  # None when no checkpoint carries validation metrics.
-  return (best, "best") if best is not None else (latest, "latest")
+  first = (best, "best") if best is not None else (steps[0], "latest")
+  return [first] + [(step, "fallback") for step in steps if step != first[0]]
+
+
+def select_step(workdir) -> Tuple[int, str]:
+  """(step, 'best' | 'latest'): the best checkpoint if validation ran, else the latest."""
+  return _candidates(workdir)[0]
 
 
 def _restore_params(workdir, model: DGIModel, config, step: int):
@@ -117,40 +167,79 @@ def _restore_params(workdir, model: DGIModel, config, step: int):
                        f"{e}") from None
 
 
+def _read(what: str, fn: Callable[[], Any]) -> Any:
+  """`fn()`, its failures turned into `_Unreadable` (a `UserError` passes as it is)."""
+  try:
+    return fn()
+  except errors.UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    reason = errors.one_line(f"{type(e).__name__}: {e}")[:_REASON_CHARS]
+    raise _Unreadable(f"{what}: {reason}") from e
+
+
+def _json_items(workdir, step: int) -> Dict[str, Any]:
+  checkpointer = _open(workdir)
+  try:
+    return _read("config or tokenizer", lambda: checkpointer.read_json_items(step))
+  finally:
+    checkpointer.close()
+
+
+def _warn_if_dataset_changed(workdir, step: int, record, run_data: train.RunData) -> None:
+  """Evaluating on edited dataset files is allowed, but not without saying so."""
+  where = checkpointing.checkpoint_dir(workdir)
+  if resume_checks.check_dataset(record, run_data.dataset.version, step, where,
+                                 allow_change=True):
+    warnings.warn(f"the dataset files changed since checkpoint step {step} was trained "
+                  f"(trained on {record['dataset']}, now {run_data.dataset.version}); "
+                  "using the files as they are now")
+
+
 def load_trained(workdir, step: Optional[int] = None) -> TrainedRun:
   """Config, model, params and run data of a trained work directory.
 
   Args:
     workdir: The run's work directory.
-    step: Which checkpoint; default `select_step(workdir)`.
+    step: Which checkpoint; default the best (else the latest) readable one: a damaged
+      checkpoint is skipped with a warning, in `_candidates`' order.
 
   Raises:
-    WorkdirError: no directory, no checkpoint, an incompatible config, or a dataset that
-      can no longer be opened.
+    WorkdirError: no directory, no checkpoint, none readable (or `step` unreadable), an
+      incompatible config, or a dataset that can no longer be opened.
   """
-  if step is None:
-    step, _ = select_step(workdir)
-  config = read_config(workdir, step)
-  checkpointer = _open(workdir)
-  try:
-    tokenizer_json = checkpointer.restore_json("tokenizer", step)
-  finally:
-    checkpointer.close()
+  candidates = [(step, "requested")] if step is not None else _candidates(workdir)
+  reasons = []
+  for candidate, selected in candidates:
+    try:
+      return _load_step(workdir, candidate)._replace(selected=selected)
+    except _Unreadable as e:
+      reasons.append(f"step {candidate}: {e}")
+      if step is None:
+        warnings.warn(f"checkpoint step {candidate} in "
+                      f"{checkpointing.checkpoint_dir(workdir)} is unreadable ({e}); "
+                      "trying the previous one")
+  raise WorkdirError(f"no readable checkpoint in {checkpointing.checkpoint_dir(workdir)}: "
+                     + "; ".join(reasons))
+
+
+def _load_step(workdir, step: int) -> TrainedRun:
+  """`load_trained` of one checkpoint; raises `_Unreadable` when a file of it is damaged."""
+  items = _json_items(workdir, step)
+  config = _checked_config(workdir, items["config"])
+  tokenizer_json = items["tokenizer"]
   try:
     model = train.build_model(config)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise WorkdirError(f"{workdir}: the checkpoint's config does not describe a model "
                        f"this version can build: {e}") from None
-  params = _restore_params(workdir, model, config, step)
+  params = _read("state", lambda: _restore_params(workdir, model, config, step))
+  # The params were trained with the checkpoint's tokenizer: use it, whatever the data
+  # directory or the pre-trained encoder's directory holds now.
+  tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_json)
   try:
-    run_data = train.prepare_run_data(config, workdir)
+    run_data = train.prepare_run_data(config, workdir, tokenizer=tokenizer)
   except (FileNotFoundError, jsonl_format.DatasetFormatError) as e:
     raise WorkdirError(f"{workdir}: cannot open the run's dataset: {e}") from None
-  # The params were trained with the checkpoint's tokenizer; prefer it to whatever file
-  # the data directory holds now.
-  tokenizer = tokenizer_lib.Tokenizer.from_json(tokenizer_json)
-  if tokenizer.to_json() != run_data.tokenizer.to_json():
-    run_data = train.RunData(run_data.dataset, tokenizer,
-                             pipeline.encode_catalogue(run_data.dataset, tokenizer,
-                                                       config.data))
-  return TrainedRun(config, model, params, run_data)
+  _warn_if_dataset_changed(workdir, step, items["run"], run_data)
+  return TrainedRun(config, model, params, run_data, step)

@@ -34,3 +34,7 @@ def load_config(name: str):
 @pytest.fixture
 def tiny_config():
   return load_config("tiny")
+
+
+# Fixtures shared by the CLI tests: a tiny trained work directory, `dgi` in-process.
+from run_fixtures import dgi, run_copy, tiny_run  # noqa: E402,F401

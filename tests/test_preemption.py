@@ -1,7 +1,8 @@
-"""Preemption safety: SIGTERM saves and exits 0, SIGKILL + resume is exact, and an
-unreadable latest checkpoint falls back to the previous one."""
+"""Preemption safety: SIGTERM and Ctrl-C save and exit 0, SIGKILL + resume is exact, and
+an unreadable latest checkpoint falls back to the previous one."""
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from dgi_jax import checkpointing, train
+from dgi_jax import checkpointing, preemption, train
 
 STEPS = 40
 
@@ -91,6 +92,34 @@ def test_sigterm_saves_at_step_boundary_and_exits_zero(tfds_dir, tmp_path, strai
   resumed, step = _params(tmp_path)
   assert step == STEPS
   _assert_same_params(resumed, straight_run)
+
+
+def test_ctrl_c_saves_at_step_boundary_then_resume_is_bitwise_equal(tfds_dir, tmp_path,
+                                                                   straight_run):
+  process = _start_training(tfds_dir, tmp_path)
+  _wait_for_step(process, tmp_path, 3)
+  process.send_signal(signal.SIGINT)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output
+  _, saved = _params(tmp_path)
+  last_logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+  assert 3 <= saved < STEPS and saved == last_logged
+  assert f"Ctrl-C: saved step {saved}" in output and "Traceback" not in output
+  train.train_and_evaluate(_config(tfds_dir), tmp_path)  # Resume to the end.
+  resumed, step = _params(tmp_path)
+  assert step == STEPS
+  _assert_same_params(resumed, straight_run)
+
+
+def test_second_ctrl_c_aborts_at_once():
+  previous = signal.getsignal(signal.SIGINT)
+  with preemption.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next line.
+    assert guard.should_stop(1) and guard.reason == "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)  # Not reached.
+  assert signal.getsignal(signal.SIGINT) is previous
 
 
 def test_sigkill_at_random_step_then_resume_is_bitwise_equal(tfds_dir, tmp_path,

@@ -9,7 +9,8 @@ A dataset directory holds four UTF-8 JSON-lines files:
 
 `history` lists item ids oldest first and may be empty; `query` may be '' (pure
 next-item recommendation). Unknown fields are ignored, so logs can keep extra columns.
-Blank lines are skipped. Every problem raises `DatasetFormatError` naming the file, the
+Blank lines are skipped, and so is a UTF-8 byte-order mark at the start of a file (some
+editors write one). Every problem raises `DatasetFormatError` naming the file, the
 line and the field, because a silent skip would change the benchmark without notice.
 """
 
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
+from dgi_jax import errors
 from dgi_jax.data import records
 
 # JSON type names for error messages: users write JSON, not Python.
@@ -28,7 +30,7 @@ _JSON_TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolea
                     list: "array", dict: "object", type(None): "null"}
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(errors.UserError, ValueError):
   """A dataset file is missing, empty or holds an invalid line."""
 
   def __init__(self, path: os.PathLike | str, message: str, line: int | None = None,
@@ -53,13 +55,15 @@ def _iter_objects(path: pathlib.Path) -> Iterator[tuple[int, dict[str, Any]]]:
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
       except UnicodeDecodeError as e:
         raise DatasetFormatError(path, f"not UTF-8 ({e.reason})", line_no) from None
       if not text.strip():
         continue
       try:
-        obj = json.loads(text)
+        # Without its line break: an unfinished object is then reported at the end of
+        # its own line, not at 'line 2 column 1' of the text.
+        obj = json.loads(text.rstrip("\r\n"))
       except json.JSONDecodeError as e:
         raise DatasetFormatError(path, f"malformed JSON ({e.msg} at column {e.colno})",
                                  line_no) from None

@@ -16,6 +16,20 @@ from dgi_jax.data import records
 _NO_INDEX = -1
 
 
+class QuietBuilderMixin:
+  """No 'Downloading and preparing dataset Unknown size ... to <folder>' lines.
+
+  TFDS prints them around a build for downloads; these builders read local files, and
+  the folder they name is the scratch one that `dataset._build` renames afterwards.
+  """
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+
 def features() -> tfds.features.FeaturesDict:
   """Returns the features of every split."""
   return tfds.features.FeaturesDict({

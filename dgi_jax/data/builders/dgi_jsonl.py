@@ -18,7 +18,7 @@ class DgiJsonlConfig(tfds.core.BuilderConfig):
   path: str = ""
 
 
-class DgiJsonl(tfds.core.GeneratorBasedBuilder):
+class DgiJsonl(common.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """A user's retrieval dataset: items.jsonl, train.jsonl, valid.jsonl, test.jsonl."""
 
   # Bump when the conversion of the same files changes.

@@ -23,7 +23,7 @@ def config_name(num_items: int, num_train: int, num_eval: int, seed: int) -> str
   return f"items{num_items}_train{num_train}_eval{num_eval}_seed{seed}"
 
 
-class DgiSynthetic(tfds.core.GeneratorBasedBuilder):
+class DgiSynthetic(common.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Synthetic e-commerce retrieval: product catalogue, queries and user histories."""
 
   # Bump when the generator's output changes for the same parameters.

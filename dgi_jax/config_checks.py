@@ -1,0 +1,119 @@
+"""Config values a run cannot use, refused before anything is written.
+
+Each check raises `errors.ConfigError` naming the field, its value and the rule. Without
+them a non-positive step count trains nothing and exits 0, a zero interval divides by
+zero mid-run, and a codebook larger than the catalogue leaves codes no item can take.
+"""
+
+import difflib
+import math
+import warnings
+from typing import List, Sequence
+
+from etils import epath
+
+from dgi_jax.errors import ConfigError
+
+# Fields that must be >= 1 and >= 0. A field a config lacks (an older or a narrower
+# config, such as a benchmark's) is not checked.
+POSITIVE = ("train.num_steps", "train.global_batch_size", "train.log_every",
+            "train.checkpoint_every", "train.kmeans_iters", "train.kmeans_items",
+            "data.vocab_size", "data.max_item_len", "data.max_query_len", "eval.beam_size",
+            "eval.k", "eval.batch_size", "eval.item_batch_size",
+            "eval.num_popularity_buckets")
+NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
+                "optim.warmup_steps", "optim.backbone_lr", "optim.quantizer_lr",
+                "eval.bucket_cap")
+PARALLELISM = ("jit", "pmap")
+SYNTHETIC = "synthetic"
+
+
+def _value(config, path: str):
+  """The value at dotted `path`, or None when the config lacks it."""
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def check_values(config) -> None:
+  """Refuses values no run can use: counts, intervals, codebooks, the dataset name."""
+  for paths, low in ((POSITIVE, 1), (NON_NEGATIVE, 0)):
+    for path in paths:
+      value = _value(config, path)
+      if value is not None and value < low:
+        raise ConfigError(f"{path}={value}: must be >= {low}")
+  sizes = _value(config, "model.codebook_sizes")
+  if sizes is not None and (not sizes or any(k < 1 for k in sizes)):
+    raise ConfigError(f"model.codebook_sizes={tuple(sizes)}: give one size >= 1 per level")
+  parallelism = _value(config, "train.parallelism")
+  if parallelism is not None and parallelism not in PARALLELISM:
+    raise ConfigError(f"train.parallelism={parallelism!r}: expected one of {PARALLELISM}")
+  dataset = _value(config, "data.dataset")
+  if dataset is not None and dataset != SYNTHETIC and not epath.Path(dataset).is_dir():
+    raise ConfigError(f"data.dataset={dataset!r}: no such directory (expected "
+                      f"{SYNTHETIC!r} or a folder holding items.jsonl, train.jsonl, "
+                      "valid.jsonl and test.jsonl)")
+
+
+def check_devices(config, device_count: int) -> None:
+  """The global batch must split evenly over the devices."""
+  batch = config.train.global_batch_size
+  if batch % device_count:
+    raise ConfigError(f"train.global_batch_size={batch} does not split over the "
+                      f"{device_count} devices; use a multiple of {device_count}")
+
+
+def check_catalogue(config, num_items: int, num_train: int) -> None:
+  """Refuses codebooks larger than the catalogue and batches larger than the training
+  split; warns when the codebooks cannot give every item its own SID."""
+  sizes = tuple(config.model.codebook_sizes)
+  for level, size in enumerate(sizes, start=1):
+    if size > num_items:
+      raise ConfigError(f"model.codebook_sizes={sizes}: level {level} has {size} codes, "
+                        f"more than the catalogue's {num_items} items; use at most "
+                        f"{num_items} codes per level")
+  batch = config.train.global_batch_size
+  if num_train < batch:
+    raise ConfigError(f"train.global_batch_size={batch} is larger than the training "
+                      f"split ({num_train} requests)")
+  if math.prod(sizes) < num_items:
+    warnings.warn(f"model.codebook_sizes={sizes} give {math.prod(sizes)} distinct SIDs "
+                  f"for {num_items} items: at least {num_items - math.prod(sizes)} items "
+                  "must share a SID")
+
+
+def field_paths(config, prefix: str = "") -> List[str]:
+  """Every dotted field path of a ConfigDict, sections included."""
+  paths = []
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    paths.append(path)
+    if hasattr(config[key], "keys"):
+      paths += field_paths(config[key], f"{path}.")
+  return paths
+
+
+def unknown_field(config, overrides: Sequence[str]):
+  """(path, close matches, the fields where it went wrong) of the first override path
+  that `config` lacks; None when it has them all.
+
+  Matches are sought one level at a time, where the path leaves the config: a mistyped
+  section ('modle.d_model') suggests 'model.d_model', a mistyped field its siblings.
+  """
+  known = set(field_paths(config))
+  for path in overrides:
+    if path in known:
+      continue
+    parts, node, depth = path.split("."), config, 0
+    while depth < len(parts) and hasattr(node, "keys") and parts[depth] in node:
+      node, depth = node[parts[depth]], depth + 1
+    prefix = "".join(f"{p}." for p in parts[:depth])
+    siblings = sorted(node.keys()) if hasattr(node, "keys") else []
+    close = difflib.get_close_matches(parts[depth], siblings, n=3, cutoff=0.6)
+    matches = [prefix + ".".join([c, *parts[depth + 1:]]) for c in close]
+    return path, [m for m in matches if m in known] or [prefix + c for c in close], [
+        prefix + name for name in siblings]
+  return None

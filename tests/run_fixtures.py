@@ -1,0 +1,108 @@
+"""A tiny trained work directory shared by the CLI tests, and `dgi` run in-process.
+
+`tiny_run` trains once per session (20 steps, checkpoints 10 and 20, TFDS files outside
+the work directory); tests that change a work directory take a copy (`run_copy`).
+`dgi(...)` runs `dgi_jax.main.main()` in this process, which spares each case the
+seconds of importing JAX in a subprocess; signal and lock tests use subprocesses.
+"""
+
+import hashlib
+import json
+import pathlib
+import shutil
+import sys
+import types
+
+import pytest
+
+from conftest import REPO_ROOT, load_config
+from dgi_jax import run_lock, train
+from dgi_jax import main as main_lib
+
+STEPS = 20
+
+
+def tiny_config(tfds_dir, **train_fields):
+  config = load_config("tiny")
+  with config.unlocked():
+    config.data.tfds_dir = str(tfds_dir)
+    config.train.update(dict(num_steps=STEPS, checkpoint_every=10, log_every=5))
+    config.train.update(train_fields)
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """A finished tiny run: .workdir (checkpoints 10, 20), .tfds_dir, .config."""
+  root = tmp_path_factory.mktemp("tiny_run")
+  config = tiny_config(root / "tfds")
+  train.train_and_evaluate(config, root / "run")
+  return types.SimpleNamespace(workdir=root / "run", tfds_dir=root / "tfds", config=config)
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+  """A copy of the tiny run's work directory, for a test to change."""
+  return pathlib.Path(shutil.copytree(tiny_run.workdir, tmp_path / "run"))
+
+
+def snapshot(directory) -> dict:
+  """Relative path -> content digest of every file (the lock file aside: each `dgi train`
+  writes its pid there, which is not data)."""
+  directory = pathlib.Path(directory)
+  if not directory.exists():
+    return {}
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*"))
+          if p.is_file() and p.name != run_lock.LOCK_FILE}
+
+
+def write_jsonl(path, records) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  return path
+
+
+def write_dataset(directory, num_items: int = 60, num_train: int = 96,
+                  num_eval: int = 16) -> pathlib.Path:
+  """A small dataset in the generic JSONL format that the tiny config trains on."""
+  colours = ["red", "blue", "green", "black", "white", "amber"]
+  kinds = ["lamp", "mug", "chair", "scarf", "kettle", "notebook", "candle", "pillow"]
+  items = [{"item_id": f"it{i}", "text": f"{colours[i % 6]} {kinds[i % 8]} model {i}"}
+           for i in range(num_items)]
+
+  def requests(n, offset):
+    return [{"query": f"{colours[(i + offset) % 6]} {kinds[(i + offset) % 8]}",
+             "history": [f"it{(i + offset + 1) % num_items}"],
+             "item_id": f"it{(i + offset) % num_items}"} for i in range(n)]
+
+  directory = pathlib.Path(directory)
+  write_jsonl(directory / "items.jsonl", items)
+  write_jsonl(directory / "train.jsonl", requests(num_train, 0))
+  write_jsonl(directory / "valid.jsonl", requests(num_eval, 7))
+  write_jsonl(directory / "test.jsonl", requests(num_eval, 13))
+  return directory
+
+
+@pytest.fixture
+def dgi(capsys, monkeypatch):
+  """`dgi(*args)` -> (exit status, stdout, stderr) of `dgi_jax.main.main()` in-process."""
+  monkeypatch.chdir(REPO_ROOT)  # Config paths are relative to the repository.
+
+  def run(*args):
+    monkeypatch.setattr(sys, "argv", ["dgi", *map(str, args)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+      main_lib.main()
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (0 if code is None else code), out, err
+
+  return run
+
+
+def error_lines(err: str):
+  """The lines of stderr that report an error (progress bars and warnings aside)."""
+  lines = err.replace("\r", "\n").splitlines()
+  return [line for line in lines if "error" in line.lower() or "Traceback" in line]
