@@ -408,7 +408,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
                              abstract_state, replicated)
       run_rng = jax.device_put(run_rng, replicated)
 
-    checkpointer.check_space(state, run_data.tokenizer.to_json())
+    tokenizer_json = run_data.tokenizer.to_json()
+    checkpointer.check_space(state, tokenizer_json)
     step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
                                        state_sharding)
     pmapped = config.train.parallelism == "pmap"
@@ -417,7 +418,6 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
     on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
 
     config_json = checkpointing.dumps_config(config)
-    tokenizer_json = run_data.tokenizer.to_json()
     run_record = resume_checks.run_record(run_data.dataset.version)
     writer = MetricsWriter(workdir)
     window = _MetricsWindow()

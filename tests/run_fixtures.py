@@ -10,7 +10,9 @@ import hashlib
 import json
 import pathlib
 import shutil
+import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -106,3 +108,29 @@ def error_lines(err: str):
   """The lines of stderr that report an error (progress bars and warnings aside)."""
   lines = err.replace("\r", "\n").splitlines()
   return [line for line in lines if "error" in line.lower() or "Traceback" in line]
+
+
+def start_training(tfds_dir, workdir, steps: int) -> subprocess.Popen:
+  """`dgi train` of the tiny config in a subprocess (signal and lock tests), logging every
+  step and checkpointing every 5."""
+  command = [sys.executable, "-m", "dgi_jax.main", "train", "--config",
+             str(REPO_ROOT / "configs/tiny.py"), "--workdir", str(workdir),
+             f"--config.data.tfds_dir={tfds_dir}", f"--config.train.num_steps={steps}",
+             "--config.train.log_every=1", "--config.train.checkpoint_every=5"]
+  return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(process, workdir, step, timeout=240) -> None:
+  """Blocks until metrics.jsonl reports `step` (the run is then mid-training)."""
+  metrics = pathlib.Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if process.poll() is not None:
+      pytest.fail(f"training exited early:\n{process.stdout.read()}")
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    if lines and json.loads(lines[-1])["step"] >= step:
+      return
+    time.sleep(0.05)
+  process.kill()
+  pytest.fail("training did not reach the step in time")

@@ -3,18 +3,16 @@ an unreadable latest checkpoint falls back to the previous one."""
 
 import json
 import os
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config
+from conftest import load_config
 from dgi_jax import checkpointing, preemption, train
+from run_fixtures import start_training, wait_for_step
 
 STEPS = 40
 
@@ -53,34 +51,9 @@ def straight_run(tfds_dir, tmp_path_factory):
   return _params(workdir)[0]
 
 
-def _start_training(tfds_dir, workdir):
-  command = [sys.executable, "-m", "dgi_jax.main", "train", "--config",
-             str(REPO_ROOT / "configs/tiny.py"), "--workdir", str(workdir),
-             f"--config.data.tfds_dir={tfds_dir}", f"--config.train.num_steps={STEPS}",
-             "--config.train.log_every=1", "--config.train.checkpoint_every=5"]
-  return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for_step(process, workdir, step, timeout=240):
-  """Blocks until metrics.jsonl reports `step` (the run is then mid-training)."""
-  metrics = pathlib.Path(workdir) / "metrics.jsonl"
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if process.poll() is not None:
-      pytest.fail(f"training exited early:\n{process.stdout.read()}")
-    if metrics.exists():
-      lines = metrics.read_text().splitlines()
-      if lines and json.loads(lines[-1])["step"] >= step:
-        return
-    time.sleep(0.05)
-  process.kill()
-  pytest.fail("training did not reach the step in time")
-
-
 def test_sigterm_saves_at_step_boundary_and_exits_zero(tfds_dir, tmp_path, straight_run):
-  process = _start_training(tfds_dir, tmp_path)
-  _wait_for_step(process, tmp_path, 3)
+  process = start_training(tfds_dir, tmp_path, STEPS)
+  wait_for_step(process, tmp_path, 3)
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=120)
   assert process.returncode == 0, output
@@ -96,8 +69,8 @@ def test_sigterm_saves_at_step_boundary_and_exits_zero(tfds_dir, tmp_path, strai
 
 def test_ctrl_c_saves_at_step_boundary_then_resume_is_bitwise_equal(tfds_dir, tmp_path,
                                                                    straight_run):
-  process = _start_training(tfds_dir, tmp_path)
-  _wait_for_step(process, tmp_path, 3)
+  process = start_training(tfds_dir, tmp_path, STEPS)
+  wait_for_step(process, tmp_path, 3)
   process.send_signal(signal.SIGINT)
   output, _ = process.communicate(timeout=120)
   assert process.returncode == 0, output
@@ -124,8 +97,8 @@ def test_second_ctrl_c_aborts_at_once():
 
 def test_sigkill_at_random_step_then_resume_is_bitwise_equal(tfds_dir, tmp_path,
                                                               straight_run):
-  process = _start_training(tfds_dir, tmp_path)
-  _wait_for_step(process, tmp_path, int(np.random.default_rng().integers(6, 20)))
+  process = start_training(tfds_dir, tmp_path, STEPS)
+  wait_for_step(process, tmp_path, int(np.random.default_rng().integers(6, 20)))
   process.kill()
   process.wait()
   train.train_and_evaluate(_config(tfds_dir), tmp_path)

@@ -7,7 +7,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 
 from absl import logging as absl_logging
@@ -18,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT, load_config
 from dgi_jax import checkpointing, resume_checks
 from dgi_jax import workdir as workdir_lib
-from run_fixtures import snapshot, write_dataset
+from run_fixtures import snapshot, start_training, wait_for_step, write_dataset
 
 TINY = ("--config", "configs/tiny.py")
 
@@ -174,34 +173,11 @@ def test_a_save_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path,
   assert not list(checkpointing.checkpoint_dir(tmp_path).iterdir())  # Nothing started.
 
 
-def _start_training(tfds_dir, workdir, steps):
-  command = [sys.executable, "-m", "dgi_jax.main", "train", *TINY, "--workdir",
-             str(workdir), f"--config.data.tfds_dir={tfds_dir}",
-             f"--config.train.num_steps={steps}", "--config.train.log_every=1",
-             "--config.train.checkpoint_every=5"]
-  return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for_step(process, workdir, step, timeout=240):
-  metrics = pathlib.Path(workdir) / "metrics.jsonl"
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if process.poll() is not None:
-      pytest.fail(f"training exited early:\n{process.stdout.read()}")
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    if lines and json.loads(lines[-1])["step"] >= step:
-      return
-    time.sleep(0.05)
-  process.kill()
-  pytest.fail("training did not reach the step in time")
-
-
 def test_second_train_is_refused_and_the_lock_dies_with_its_holder(dgi, tiny_run, tmp_path):
   workdir = tmp_path / "run"
-  first = _start_training(tiny_run.tfds_dir, workdir, steps=1_000_000)
+  first = start_training(tiny_run.tfds_dir, workdir, steps=1_000_000)
   try:
-    _wait_for_step(first, workdir, 8)  # Checkpoint 5 is written by then.
+    wait_for_step(first, workdir, 8)  # Checkpoint 5 is written by then.
     second = subprocess.run(
         [sys.executable, "-m", "dgi_jax.main", "train", *TINY, "--workdir", str(workdir),
          f"--config.data.tfds_dir={tiny_run.tfds_dir}"],
