@@ -24,7 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 8000  # Tokenizer vocabulary (WordPiece, trained on the dataset).
   c.data.max_item_len = 32  # Tokens of an item text.
   c.data.max_query_len = 64  # Tokens of `query [SEP] history titles`.
-  c.data.max_history = 5  # Most recent history items in the request text (paper: 10).
+  c.data.max_history = 5  # Most recent history items a request reads (paper: 10).
+  # How a request reads its history: 'text' (the titles, newest first, after the query in
+  # the request tokens, cut at max_query_len), or one encoder input position per item
+  # after the query tokens: 'codes' (the sum of the item's SID codewords, looked up in the
+  # codebooks, which then also serve as input embeddings; gradients reach them) or
+  # 'embedding' (the item's own l2-normalised embedding from the shared encoder, held in
+  # a table refreshed every train.history_refresh_every steps). See docs/DESIGN.md.
+  c.data.history_repr = "text"
   c.data.shuffle_seed = 0  # Seed of the training data order.
   c.data.worker_count = 0  # grain worker processes (0 = in the main process).
 
@@ -140,6 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50  # Steps between metric lines.
   c.train.checkpoint_every = 500  # Steps between checkpoints.
   c.train.eval_every = 500  # Steps between validation passes (0 = never).
+  # data.history_repr 'codes' / 'embedding': steps between recomputing every item's SID
+  # and embedding (the history table requests read) with the current parameters.
+  c.train.history_refresh_every = 100
   c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.
   c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
   # With init_from: replace its codebooks by k-means over the loaded encoder's item

@@ -318,13 +318,16 @@ class Checkpointer:
     """Raises CheckpointMismatchError when the `saved` shapes of `step` differ from
     `abstract_state`'s in tree or shape.
 
-    Of a train state only the params are compared: the optimiser state's tree follows
-    from them and the optimiser config (which the caller's `check` compares), and Orbax
-    may store its empty and masked nodes differently from how the live tree has them.
+    Of a train state only the params and the history table are compared: the optimiser
+    state's tree follows from the params and the optimiser config (which the caller's
+    `check` compares), and Orbax may store its empty and masked nodes differently from
+    how the live tree has them. A history table whose row count differs (another
+    catalogue) is refused here rather than failing to read, which would quarantine it.
     """
     wanted = _shapes(abstract_state)
+    compared = (("params",), ("history_table",))
     if any(path[:1] == ("params",) for path in wanted):
-      wanted, saved = ({p: s for p, s in shapes.items() if p[:1] == ("params",)}
+      wanted, saved = ({p: s for p, s in shapes.items() if p[:1] in compared}
                        for shapes in (wanted, saved))
     differing = sorted(saved.keys() ^ wanted.keys()) or sorted(
         path for path in saved if saved[path] != wanted[path])

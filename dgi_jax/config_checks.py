@@ -20,11 +20,12 @@ POSITIVE = ("train.num_steps", "train.global_batch_size", "train.log_every",
             "train.checkpoint_every", "train.kmeans_iters", "train.kmeans_items",
             "data.vocab_size", "data.max_item_len", "data.max_query_len", "eval.beam_size",
             "eval.k", "eval.batch_size", "eval.item_batch_size",
-            "eval.num_popularity_buckets")
+            "eval.num_popularity_buckets", "train.history_refresh_every")
 NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "optim.warmup_steps", "optim.backbone_lr", "optim.quantizer_lr",
                 "eval.bucket_cap")
 PARALLELISM = ("jit", "pmap")
+HISTORY_REPRS = ("text", "codes", "embedding")
 SYNTHETIC = "synthetic"
 
 
@@ -51,6 +52,12 @@ def check_values(config) -> None:
   parallelism = _value(config, "train.parallelism")
   if parallelism is not None and parallelism not in PARALLELISM:
     raise ConfigError(f"train.parallelism={parallelism!r}: expected one of {PARALLELISM}")
+  history_repr = _value(config, "data.history_repr")
+  if history_repr is not None and history_repr not in HISTORY_REPRS:
+    raise ConfigError(f"data.history_repr={history_repr!r}: expected one of {HISTORY_REPRS}")
+  if history_repr not in (None, "text") and not _value(config, "data.max_history"):
+    raise ConfigError(f"data.history_repr={history_repr!r} reads history items but "
+                      "data.max_history=0; give data.max_history >= 1")
   dataset = _value(config, "data.dataset")
   if dataset is not None and dataset != SYNTHETIC and not epath.Path(dataset).is_dir():
     raise ConfigError(f"data.dataset={dataset!r}: no such directory (expected "

@@ -11,12 +11,12 @@ Usage under jit with the DGI model (the callback closes over traced parameters a
 request features, repeated once per beam):
 
   @jax.jit
-  def search(params, tables, z_q, query_states, query_tokens):
+  def search(params, tables, request):  # request: DGIModel.encode_requests' output
     rep = lambda x: expand_to_beams(x, beam_size)
     def tokens_to_logits(level, prefix):  # prefix: [batch * beam_size, level]
-      return model.apply(params, rep(z_q), rep(query_states), rep(query_tokens), prefix,
-                         method=DGIModel.prefix_logits)
-    return beam_search(tokens_to_logits, z_q.shape[0], beam_size, tables,
+      return model.apply(params, rep(request.z_q), rep(request.states), rep(request.mask),
+                         prefix, method=DGIModel.prefix_logits)
+    return beam_search(tokens_to_logits, request.z_q.shape[0], beam_size, tables,
                        cfg.codebook_sizes)
 """
 

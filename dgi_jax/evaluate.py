@@ -91,17 +91,18 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
   for batch in batches:
-    result = retriever.search(batch["query_tokens"], beam_size, k)
+    tokens, history = batch["query_tokens"], batch["history"]
+    result = retriever.search(tokens, beam_size, k, history)
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
-    dense_ranked.append(retriever.cosine_top_k(batch["query_tokens"],
-                                               LONG_TAIL_K)[batch["mask"]])
-    request_codes = retriever.request_codes(batch["query_tokens"])
+    dense_ranked.append(retriever.cosine_top_k(tokens, LONG_TAIL_K,
+                                               history)[batch["mask"]])
+    request_codes = retriever.request_codes(tokens, history)
     for column in batch["relevant"].T:  # Every (request, relevant item) pair.
       pairs = batch["mask"] & (column >= 0)
       if pairs.any():
         cross_entropy.append(retriever.code_cross_entropy(
-            batch["query_tokens"], np.maximum(column, 0))[pairs])
+            tokens, np.maximum(column, 0), history)[pairs])
         target_sids.append(retriever.sids[column[pairs]])
         prefix_agreement.append(np.cumprod(request_codes[pairs] == target_sids[-1], axis=1))
   seconds = time.perf_counter() - start

@@ -16,7 +16,7 @@ extended SID array (see `index.py`, "Adding items").
 import functools
 import json
 import pathlib
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -29,6 +29,7 @@ from dgi_jax import index as index_lib
 from dgi_jax import train
 from dgi_jax.baselines import dense
 from dgi_jax.data import jsonl_format
+from dgi_jax.data import pipeline
 from dgi_jax.data import records
 from dgi_jax.models import quantizer
 from dgi_jax.models.dgi import DGIModel
@@ -61,40 +62,39 @@ def _embed_and_quantize(model: DGIModel, params, item_tokens: jax.Array):
 @functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap"))
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             inverted: index_lib.InvertedIndex, item_emb: jax.Array,
-            query_tokens: jax.Array, *, beam_size: int, k: int,
+            query_tokens: jax.Array, history, history_table, *, beam_size: int, k: int,
             bucket_cap: int) -> SearchResult:
   """Encode requests -> constrained beam search -> (beam score, cosine) ranking."""
   apply = functools.partial(model.apply, {"params": params})
-  query_states, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
-  beam_states, beam_z_q, beam_tokens = rep(query_states), rep(z_q), rep(query_tokens)
+  beam_states, beam_z_q, beam_mask = rep(request.states), rep(request.z_q), rep(request.mask)
 
   def tokens_to_logits(level, prefix):
     del level  # prefix_logits reads the level off the prefix length.
-    return apply(beam_z_q, beam_states, beam_tokens, prefix,
-                 method=DGIModel.prefix_logits)
+    return apply(beam_z_q, beam_states, beam_mask, prefix, method=DGIModel.prefix_logits)
 
   beams = decoding.beam_search(tokens_to_logits, query_tokens.shape[0], beam_size,
                                tables, model.cfg.codebook_sizes)
   items, beam_scores, cosines = decoding.rank_items(
-      beams, inverted, quantizer.l2_normalize(z_q), item_emb, k, bucket_cap)
+      beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array,
-                        target_sids: jax.Array) -> jax.Array:
+def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array, history,
+                        history_table, target_sids: jax.Array) -> jax.Array:
   """Teacher-forced -log P(c_t | request, c_<t) of target SIDs [B, m] -> [B, m] (nats).
 
   The decoder reads the targets' hard codewords, as in the search; the softmax runs over
   the whole codebook (not the prefix tables), so it measures the decoder, not the index.
   """
   apply = functools.partial(model.apply, {"params": params})
-  query_states, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   levels = []
   for t in range(target_sids.shape[1]):
-    logits = apply(z_q, query_states, query_tokens, target_sids[:, :t],
+    logits = apply(request.z_q, request.states, request.mask, target_sids[:, :t],
                    method=DGIModel.prefix_logits).astype(jnp.float32)
     levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
                                        target_sids[:, t:t + 1], axis=-1)[:, 0])
@@ -102,14 +102,15 @@ def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _request_codes(model: DGIModel, params, query_tokens: jax.Array) -> jax.Array:
+def _request_codes(model: DGIModel, params, query_tokens: jax.Array, history,
+                   history_table) -> jax.Array:
   """The SID the quantizer gives the request vector itself, [B, Lq] -> [B, m].
 
   z_q is put on the item embeddings' scale first (unit length when they are), as the
   decoder's residual inputs do.
   """
   apply = functools.partial(model.apply, {"params": params})
-  _, z_q = apply(query_tokens, method=DGIModel.encode_requests)
+  z_q = apply(query_tokens, history, history_table, method=DGIModel.encode_requests).z_q
   if model.cfg.normalize_item_embedding:
     z_q = quantizer.l2_normalize(z_q)
   return apply(z_q, method=DGIModel.hard_codes)
@@ -167,14 +168,10 @@ class Retriever:
 
     Fixed-size batches (the last one zero-padded) keep to one compilation.
     """
-    batch = self._item_batch_size
-    tokens = np.concatenate([item_tokens, np.zeros((-len(item_tokens) % batch,
-                                                    item_tokens.shape[1]), np.int32)])
-    z_base, codes = zip(*(jax.device_get(_embed_and_quantize(
-        self.model, self.params, tokens[i:i + batch])) for i in range(0, len(tokens), batch)))
-    n = len(item_tokens)
-    return (np.concatenate(z_base)[:n].astype(np.float32),
-            np.concatenate(codes)[:n].astype(np.int32))
+    z_base, codes = train.map_batches(
+        functools.partial(_embed_and_quantize, self.model, self.params),
+        np.asarray(item_tokens, np.int32), self._item_batch_size)
+    return z_base.astype(np.float32), codes.astype(np.int32)
 
   def _append(self, ids: Sequence[str], texts: Sequence[str],
               item_tokens: np.ndarray) -> np.ndarray:
@@ -195,7 +192,18 @@ class Retriever:
     self.inverted_index = index_lib.build_inverted_index(self.sids)
     self.stats = index_lib.collision_stats(self.sids, codebook_sizes)
     self._device_embeddings = jax.device_put(self.item_embeddings, self._device)
+    self._device_history_table = (
+        jax.device_put(self.sids if self.model.cfg.history_repr == "codes"
+                       else self.item_embeddings, self._device)
+        if self.model.cfg.history_items else None)
     return np.arange(start, self.num_items)
+
+  @property
+  def history_table(self):
+    """What requests read their history items through (models/history.py): the SIDs
+    ('codes') or the l2-normalised embeddings ('embedding') of every indexed item, added
+    items included; None when requests hold their history as text."""
+    return self._device_history_table
 
   def add_items(self, texts: Sequence[str], ids: Sequence[str]) -> np.ndarray:
     """Indexes new items with the trained encoder and quantizer; returns their indices.
@@ -224,48 +232,76 @@ class Retriever:
     return self._index_of[item_id]
 
   # ------------------------------------------------------------------ search
-  def search(self, query_tokens, beam_size: int, k: int) -> SearchResult:
-    """Top-k items of request tokens [B, Lq] (jitted; one compilation per B and index)."""
+  def _history_args(self, history):
+    """(history [B, H] on the device, the history table), or (None, None) when the
+    model reads its history as text."""
+    if not self.model.cfg.history_items:
+      return None, None
+    if history is None:
+      raise ValueError(f"data.history_repr={self.model.cfg.history_repr!r}: the search "
+                       "needs the requests' history item indices")
+    return jnp.asarray(history, jnp.int32), self._device_history_table
+
+  def search(self, query_tokens, beam_size: int, k: int, history=None) -> SearchResult:
+    """Top-k items of request tokens [B, Lq] and history item indices [B, H] (-1 padded,
+    oldest first; read unless the history is text). Jitted: one compilation per B and
+    index."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
-                   beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap)
+                   *self._history_args(history), beam_size=int(beam_size), k=int(k),
+                   bucket_cap=self._bucket_cap)
 
-  def cosine_top_k(self, query_tokens, k: int) -> np.ndarray:
+  def cosine_top_k(self, query_tokens, k: int, history=None) -> np.ndarray:
     """int32 [B, k]: the catalogue ranked by cosine(request, item) alone, without the
     decoder or the index (the dense baseline's ranking, on this model's encoder)."""
     return np.asarray(dense.cosine_top_k(self.model, self.params, self._device_embeddings,
-                                         jnp.asarray(query_tokens, jnp.int32), int(k)))
+                                         jnp.asarray(query_tokens, jnp.int32),
+                                         *self._history_args(history), k=int(k)))
 
-  def code_cross_entropy(self, query_tokens, items) -> np.ndarray:
+  def code_cross_entropy(self, query_tokens, items, history=None) -> np.ndarray:
     """Per-level teacher-forced cross-entropy (nats) of item indices [B]'s SIDs given
-    request tokens [B, Lq] -> float32 [B, m]; see `_code_cross_entropy`."""
+    request tokens [B, Lq] (and history) -> float32 [B, m]; see `_code_cross_entropy`."""
     return np.asarray(_code_cross_entropy(self.model, self.params,
                                           jnp.asarray(query_tokens, jnp.int32),
+                                          *self._history_args(history),
                                           jnp.asarray(self.sids[np.asarray(items)])))
 
-  def request_codes(self, query_tokens) -> np.ndarray:
+  def request_codes(self, query_tokens, history=None) -> np.ndarray:
     """int32 [B, m]: the SIDs the trained quantizer gives the request vectors of request
-    tokens [B, Lq] (see `_request_codes`)."""
+    tokens [B, Lq] (and history) (see `_request_codes`)."""
     return np.asarray(_request_codes(self.model, self.params,
-                                     jnp.asarray(query_tokens, jnp.int32)))
+                                     jnp.asarray(query_tokens, jnp.int32),
+                                     *self._history_args(history)))
 
-  def encode_requests(self, queries: Sequence[str],
-                      histories: Sequence[Sequence[str]]) -> np.ndarray:
-    """Request tokens [B, max_query_len] of query texts and histories of item ids.
+  def encode_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Requests of query texts and histories of item ids (oldest first) -> (request
+    tokens int32 [B, max_query_len], history item indices int32 [B, max_history]).
 
-    Titles come from the catalogue truncated to `max_item_len`, as in training.
+    With history_repr 'text' the tokens hold the newest titles, from the catalogue
+    truncated to `max_item_len` as in training; otherwise the query alone, and the model
+    reads the item indices (the most recent `max_history`, -1 padded).
+
+    Raises:
+      ItemError: a history id is not in the index.
     """
     data = self._data_config
-    history_texts = [[self.item_texts[self.index_of(i)] for i in h] for h in histories]
-    return self.tokenizer.encode_requests(list(queries), history_texts,
-                                          data.max_query_len, data.max_history,
-                                          max_title_len=data.max_item_len)
+    if len(queries) != len(histories):
+      raise ValueError(f"{len(queries)} queries but {len(histories)} histories")
+    indices = [[self.index_of(i) for i in h] for h in histories]
+    as_text = not self.model.cfg.history_items
+    history_texts = [[self.item_texts[i] for i in h] if as_text else [] for h in indices]
+    tokens = self.tokenizer.encode_requests(list(queries), history_texts,
+                                            data.max_query_len, data.max_history,
+                                            max_title_len=data.max_item_len)
+    recent = [pipeline.recent_history(h, data.max_history) for h in indices]
+    return tokens, pipeline.pad_rows(recent, data.max_history)
 
   def search_text(self, query: str, history: Sequence[str] = (), beam_size: int = 10,
                   k: int = 10) -> List[Dict[str, object]]:
     """Top-k items of one request as dicts: rank, item_id, text, sid, beam_score, cosine."""
-    result = jax.device_get(self.search(self.encode_requests([query], [history]),
-                                        beam_size, k))
+    tokens, history_indices = self.encode_requests([query], [history])
+    result = jax.device_get(self.search(tokens, beam_size, k, history_indices))
     hits = []
     for rank, (item, score, cosine) in enumerate(zip(result.items[0],
                                                      result.beam_scores[0],

@@ -25,7 +25,8 @@ from dgi_jax import train_step as train_step_lib
 from dgi_jax.data import dataset as dataset_lib
 from dgi_jax.data import pipeline
 from dgi_jax.data import tokenizer as tokenizer_lib
-from dgi_jax.models import encoders
+from dgi_jax.models import encoders, quantizer
+from dgi_jax.models import history as history_lib
 from dgi_jax.models.config import ModelConfig
 from dgi_jax.models.dgi import DGIModel
 
@@ -114,8 +115,27 @@ def init_params(model: DGIModel, config, rng: jax.Array, out_sharding=None):
   items = jnp.ones((1, config.data.max_item_len), jnp.int32)
   queries = jnp.ones((1, config.data.max_query_len), jnp.int32)
   noise = [jnp.zeros((1, k)) for k in cfg.codebook_sizes]
-  init = lambda r: model.init(r, items, queries, noise, 1.0)["params"]  # noqa: E731
+  history = table = None
+  if cfg.history_items:
+    history = jnp.zeros((1, cfg.max_history), jnp.int32)
+    table = jnp.asarray(history_lib.zero_table(cfg, 1))
+  init = lambda r: model.init(r, items, queries, noise, 1.0, True, history,  # noqa: E731
+                              table)["params"]
   return jax.jit(init, out_shardings=out_sharding)(rng)
+
+
+def map_batches(fn: Callable[[np.ndarray], Any], rows: np.ndarray,
+                batch_size: int) -> Any:
+  """`fn` over fixed-size batches of `rows` [N, ...] (the last one zero-padded, so a
+  jitted `fn` compiles once), outputs concatenated along axis 0 and trimmed to N rows.
+  `fn` returns an array or a tuple of arrays."""
+  n = rows.shape[0]
+  padded = np.concatenate([rows, np.zeros((-n % batch_size,) + rows.shape[1:], rows.dtype)])
+  outputs = [jax.device_get(fn(padded[i:i + batch_size]))
+             for i in range(0, len(padded), batch_size)]
+  if isinstance(outputs[0], tuple):
+    return tuple(np.concatenate(parts)[:n] for parts in zip(*outputs))
+  return np.concatenate(outputs)[:n]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -126,14 +146,26 @@ def _embed_batch(model: DGIModel, params, tokens):
 def embed_items(model: DGIModel, params, item_tokens: np.ndarray,
                 batch_size: int = 512) -> np.ndarray:
   """z_base of every row of `item_tokens` [N, L] -> float32 [N, d] (batched, jitted)."""
-  fn = functools.partial(_embed_batch, model)
-  n = item_tokens.shape[0]
-  padded = -n % batch_size
-  tokens = np.concatenate([item_tokens, np.zeros((padded, item_tokens.shape[1]),
-                                                 item_tokens.dtype)])
-  out = [np.asarray(fn(params, tokens[i:i + batch_size]))
-         for i in range(0, len(tokens), batch_size)]
-  return np.concatenate(out)[:n]
+  return map_batches(functools.partial(_embed_batch, model, params), item_tokens,
+                     batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _history_rows(model: DGIModel, params, tokens):
+  apply = functools.partial(model.apply, {"params": params})
+  z_base = apply(tokens, method=DGIModel.embed_items)
+  if model.cfg.history_repr == "codes":
+    return apply(z_base, method=DGIModel.hard_codes).astype(jnp.int32)
+  return quantizer.l2_normalize(z_base)
+
+
+def history_table(model: DGIModel, params, catalogue_tokens: np.ndarray,
+                  batch_size: int = 512) -> np.ndarray:
+  """The history table of every catalogue item under `params` (models/history.py):
+  int32 [N, m] SIDs ('codes') or float32 [N, d] l2-normalised z_base ('embedding') --
+  what the index of the same params holds (`Retriever.history_table`)."""
+  return map_batches(functools.partial(_history_rows, model, params), catalogue_tokens,
+                     batch_size)
 
 
 def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray, config,
@@ -243,10 +275,12 @@ def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
   return step, lambda batch: sharding.global_batch(batch, batch_sharding)
 
 
-def _abstract_state(model, optimizer, config, rng, state_sharding_of):
+def _abstract_state(model, optimizer, config, rng, state_sharding_of, num_items: int):
   """Shapes, dtypes and target shardings of the train state (nothing is allocated)."""
+  table = (history_lib.zero_table(model.cfg, num_items) if model.cfg.history_items
+           else None)
   shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
-      init_params(model, config, rng), optimizer))
+      init_params(model, config, rng), optimizer, table))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                      sharding=state_sharding_of), shapes)
 
@@ -267,7 +301,19 @@ def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abs
   elif config.train.kmeans_init:
     params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
                                    kmeans_rng)
-  return jax.device_put(train_step_lib.create_train_state(params, optimizer), replicated)
+  table = (history_table(model, params, run_data.catalogue_tokens,
+                         int(config.eval.item_batch_size))
+           if model.cfg.history_items else None)
+  return jax.device_put(train_step_lib.create_train_state(params, optimizer, table),
+                        replicated)
+
+
+def _refresh_history_table(model, state, run_data, config, on_host, put):
+  """`state` with its history table recomputed from its params (see models/history.py);
+  `put` places the new table as the state's other arrays are placed."""
+  table = history_table(model, on_host(state).params, run_data.catalogue_tokens,
+                        int(config.eval.item_batch_size))
+  return state.replace(history_table=put(table))
 
 
 class _MetricsWindow:
@@ -384,7 +430,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
     replicated = sharding.replicated(mesh)
 
     init_rng, kmeans_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
-    abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated)
+    abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated,
+                                     run_data.dataset.num_items)
     state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
     abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
 
@@ -416,6 +463,10 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
     if pmapped:
       state = sharding.replicate_for_pmap(state)
     on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
+    put = (sharding.replicate_for_pmap if pmapped
+           else functools.partial(jax.device_put, device=replicated))
+    refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
+                     else 0)
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -439,6 +490,10 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
                                                        workdir))
         window.add(metrics)
         progress.update(1)
+        if refresh_every and done % refresh_every == 0:
+          # Before the checkpoint of this step, which then holds the table the next steps
+          # read: a resumed run reads the same table as an uninterrupted one.
+          state = _refresh_history_table(model, state, run_data, config, on_host, put)
         preempted = guard.should_stop(done)
         # A stopped run logs its last steps too: the summary and the log end where it did.
         if done % config.train.log_every == 0 or done == last_step or preempted:

@@ -21,11 +21,16 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimisation steps taken.
   params: Any  # The model's parameter tree (codebooks included, one copy).
   opt_state: Any  # optax state.
+  # data.history_repr 'codes' / 'embedding': every item's SID int32 [N, m] or embedding
+  # float32 [N, d], which requests read their history through (models/history.py);
+  # recomputed from the params on a schedule, not by the optimiser. None for 'text'.
+  history_table: Optional[jax.Array] = None
 
 
-def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+def create_train_state(params, optimizer: optax.GradientTransformation,
+                       history_table: Optional[jax.Array] = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+                    opt_state=optimizer.init(params), history_table=history_table)
 
 
 def gumbel_noise(rng: jax.Array, example_id: jax.Array,
@@ -44,7 +49,8 @@ def gumbel_noise(rng: jax.Array, example_id: jax.Array,
 
 def make_loss_and_grads(model: DGIModel, config, total_steps: int,
                         axis_name: Optional[str] = None):
-  """Returns `loss_and_grads(params, batch, rng, step) -> (terms, grads, item_grads)`.
+  """Returns `loss_and_grads(params, batch, rng, step, history_table=None) -> (terms,
+  grads, item_grads)`; `history_table` as `TrainState.history_table`.
 
   `terms` are the loss terms of the global batch; `grads` the gradient of `total` (both
   request and item paths); `item_grads` the item path's part for the encoder alone.
@@ -59,7 +65,8 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
   else:
     gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, axis=0, tiled=True)
 
-  def loss_and_grads(params, batch: Batch, rng: jax.Array, step: jax.Array):
+  def loss_and_grads(params, batch: Batch, rng: jax.Array, step: jax.Array,
+                     history_table: Optional[jax.Array] = None):
     step_rng = jax.random.fold_in(rng, step)
     noise = gumbel_noise(jax.random.fold_in(step_rng, 0), batch["example_id"],
                          cfg.codebook_sizes)
@@ -86,7 +93,7 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
       if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
         z_base = jax.lax.stop_gradient(z_base)
       outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise, tau,
-                            deterministic, rngs=rngs,
+                            deterministic, batch.get("history"), history_table, rngs=rngs,
                             method=DGIModel.forward_from_item_embedding)
       terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
                                 gather, offset)
@@ -123,13 +130,15 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
     axis_name: the pmap axis; None under `jax.jit`, where the batch is one global array.
 
   Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
-  `example_id [B]` int32. The step's randomness is `fold_in(rng, state.step)`.
+  `example_id [B]` int32, and `history [B, H]` int32 (item indices, -1 padded; read
+  with data.history_repr 'codes' / 'embedding'). The step's randomness is `fold_in(rng, state.step)`.
   """
   loss_and_grads = make_loss_and_grads(model, config, total_steps, axis_name)
   last_encoder_layer = encoders.last_layer_name(model.cfg)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Dict]:
-    terms, grads, item_grads = loss_and_grads(state.params, batch, rng, state.step)
+    terms, grads, item_grads = loss_and_grads(state.params, batch, rng, state.step,
+                                              state.history_table)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),

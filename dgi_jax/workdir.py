@@ -70,6 +70,8 @@ LEGACY_VALUES = {
               "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
               "encoder_spec": ""},
     "optim": {"freeze_encoder_layers": 0},
+    "data": {"history_repr": "text"},
+    "train": {"history_refresh_every": 100},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
 }
 

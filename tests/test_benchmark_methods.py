@@ -24,13 +24,13 @@ def test_separate_item_tower_reads_only_item_encoder_params():
   assert {"encoder", "item_encoder"} <= set(params)
   z_items = model.apply({"params": params}, batch["item_tokens"],
                         method=DGIModel.embed_items)
-  _, z_q = model.apply({"params": params}, batch["query_tokens"],
-                       method=DGIModel.encode_requests)
+  z_q = model.apply({"params": params}, batch["query_tokens"],
+                    method=DGIModel.encode_requests).z_q
   moved = dict(params, item_encoder=jax.tree.map(lambda p: p + 0.1, params["item_encoder"]))
   z_items_moved = model.apply({"params": moved}, batch["item_tokens"],
                               method=DGIModel.embed_items)
-  _, z_q_moved = model.apply({"params": moved}, batch["query_tokens"],
-                             method=DGIModel.encode_requests)
+  z_q_moved = model.apply({"params": moved}, batch["query_tokens"],
+                          method=DGIModel.encode_requests).z_q
   assert not np.allclose(z_items, z_items_moved)
   np.testing.assert_array_equal(z_q, z_q_moved)
 
@@ -122,8 +122,8 @@ def test_dense_rankings_match_brute_force_cosine(tmp_path):
   items = items / np.linalg.norm(items, axis=-1, keepdims=True)
   batch = next(pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                      "test", 8, catalogue_tokens=run_data.catalogue_tokens))
-  _, z_q = model.apply({"params": params}, jnp.asarray(batch["query_tokens"]),
-                       method=DGIModel.encode_requests)
+  z_q = model.apply({"params": params}, jnp.asarray(batch["query_tokens"]),
+                    method=DGIModel.encode_requests).z_q
   z_q = np.asarray(z_q) / np.linalg.norm(z_q, axis=-1, keepdims=True)
   expected = np.argsort(-(z_q @ items.T), axis=-1, kind="stable")[:, :7]
   np.testing.assert_array_equal(ranked[:8], expected)

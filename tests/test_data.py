@@ -319,7 +319,8 @@ def test_train_batches(synthetic, tokenizer, tiny_data_config):
   shapes = {k: (v.shape, v.dtype) for k, v in batch.items()}
   assert shapes == {"query_tokens": ((8, c.max_query_len), np.int32),
                     "item_tokens": ((8, c.max_item_len), np.int32),
-                    "item_index": ((8,), np.int32), "example_id": ((8,), np.int32)}
+                    "item_index": ((8,), np.int32), "example_id": ((8,), np.int32),
+                    "history": ((8, c.max_history), np.int32)}
   by_id = dict(enumerate(_source_records(synthetic, "train")))
   rows = [by_id[int(e)] for e in batch["example_id"]]
   np.testing.assert_array_equal(batch["item_index"], [r[2][0] for r in rows])
@@ -328,6 +329,10 @@ def test_train_batches(synthetic, tokenizer, tiny_data_config):
       [r[0] for r in rows], [synthetic.history_texts(r[1]) for r in rows],
       c.max_query_len, c.max_history, max_title_len=c.max_item_len)
   np.testing.assert_array_equal(batch["query_tokens"], expected)
+  np.testing.assert_array_equal(
+      batch["history"], pipeline.pad_rows([pipeline.recent_history(np.asarray(r[1]),
+                                                                   c.max_history)
+                                           for r in rows], c.max_history))
 
 
 def _epoch_ids(it, num_batches):

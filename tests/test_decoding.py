@@ -247,26 +247,26 @@ def test_with_dgi_model_prefix_logits():
   rng = np.random.default_rng(0)
   z_q = jnp.asarray(rng.normal(size=(batch, width)), jnp.float32)
   states = jnp.asarray(rng.normal(size=(batch, 8, width)), jnp.float32)
-  tokens = jnp.ones((batch, 8), jnp.int32)
+  mask = jnp.ones((batch, 8), bool)
   prefix_logits = functools.partial(model.apply, method=DGIModel.prefix_logits)
   # Random parameters from the shapes alone: compiling the initialisers costs seconds on CPU
   # and the values do not matter here.
   shapes = jax.eval_shape(functools.partial(model.init, method=DGIModel.prefix_logits),
-                          jax.random.key(0), z_q, states, tokens,
+                          jax.random.key(0), z_q, states, mask,
                           jnp.zeros((batch, 0), jnp.int32))
   params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes)
   sids = np.stack([rng.integers(0, k, 40) for k in sizes], axis=1)
   tables = index.build_prefix_tables(sids, sizes)
 
   @jax.jit
-  def search(params, z_q, states, tokens, tables):
+  def search(params, z_q, states, mask, tables):
     rep = lambda x: decoding.expand_to_beams(x, beam_size)
     def logits_fn(level, prefix):
       del level  # The model reads the level off the prefix length.
-      return prefix_logits(params, rep(z_q), rep(states), rep(tokens), prefix)
+      return prefix_logits(params, rep(z_q), rep(states), rep(mask), prefix)
     return decoding.beam_search(logits_fn, batch, beam_size, tables, sizes)
 
-  result = search(params, z_q, states, tokens, tables)
+  result = search(params, z_q, states, mask, tables)
   sequences = np.asarray(result.sequences).reshape(batch * beam_size, len(sizes))
   existing = {tuple(s) for s in sids}
   assert all(tuple(s) in existing for s in sequences)
@@ -276,7 +276,7 @@ def test_with_dgi_model_prefix_logits():
   vectors = np.stack([codebooks[j][sequences[:, j]] for j in range(len(sizes) - 1)], axis=1)
   rep = lambda x: np.repeat(np.asarray(x), beam_size, axis=0)
   decode = jax.jit(functools.partial(model.apply, method=DGIModel.decode))
-  level_logits = decode(params, rep(z_q), rep(states), rep(tokens), vectors)
+  level_logits = decode(params, rep(z_q), rep(states), rep(mask), vectors)
   log_p = 0.0
   for t, logits in enumerate(level_logits):
     logits = np.asarray(logits, np.float64)

@@ -48,7 +48,7 @@ def test_tied_heads_are_the_codebooks():
   # Not a constant vector: the decoder's LayerNorm maps those to zero.
   z_q = jax.random.normal(jax.random.PRNGKey(5), (6, 16))
   h_q = jnp.ones((6, 12, 16))
-  logits = lambda p: model.apply({"params": p}, z_q, h_q, batch["query_tokens"],  # noqa
+  logits = lambda p: model.apply({"params": p}, z_q, h_q, batch["query_tokens"] != 0,  # noqa
                                  jnp.zeros((6, 0), jnp.int32), method=DGIModel.prefix_logits)
   before = logits(params)
   changed = dict(params, codebook_0=params["codebook_0"].at[2].multiply(-1.0))
@@ -126,14 +126,14 @@ def test_prefix_logits_match_training_decoder_on_hard_inputs():
   model = small_model()
   batch = random_batch()
   params = init(model, batch)
-  h_q, z_q = model.apply({"params": params}, batch["query_tokens"],
-                         method=DGIModel.encode_requests)
+  h_q, z_q, mask = model.apply({"params": params}, batch["query_tokens"],
+                               method=DGIModel.encode_requests)
   codes = jnp.array([[1, 2], [0, 3], [4, 0], [2, 2], [3, 1], [0, 0]], jnp.int32)
   vectors = jnp.stack([params["codebook_0"][codes[:, 0]], params["codebook_1"][codes[:, 1]]], 1)
-  full = model.apply({"params": params}, z_q, h_q, batch["query_tokens"], vectors,
+  full = model.apply({"params": params}, z_q, h_q, mask, vectors,
                      method=DGIModel.decode)
   for t in range(3):
-    step = model.apply({"params": params}, z_q, h_q, batch["query_tokens"], codes[:, :t],
+    step = model.apply({"params": params}, z_q, h_q, mask, codes[:, :t],
                        method=DGIModel.prefix_logits)
     np.testing.assert_allclose(step, full[t], rtol=1e-5, atol=1e-5)
 
@@ -213,13 +213,13 @@ def test_untrained_identity_decoder_scores_the_requests_residuals():
   batch = random_batch()
   params = init(model, batch)
   apply = lambda *a, **k: model.apply({"params": params}, *a, **k)  # noqa: E731
-  states, z_q = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  states, z_q, mask = apply(batch["query_tokens"], method=DGIModel.encode_requests)
   prefix = jnp.array([[1, 2]] * len(z_q), jnp.int32)
   codebooks = [np.asarray(params[f"codebook_{t}"], np.float64) for t in range(3)]
   r = np.asarray(z_q, np.float64)
   r = r / np.linalg.norm(r, axis=-1, keepdims=True)
   for t in range(3):
-    logits = apply(z_q, states, batch["query_tokens"], prefix[:, :t],
+    logits = apply(z_q, states, mask, prefix[:, :t],
                    method=DGIModel.prefix_logits)
     h = _layer_norm(r)
     c = codebooks[t] / np.linalg.norm(codebooks[t], axis=-1, keepdims=True)

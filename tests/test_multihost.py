@@ -54,12 +54,12 @@ def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
 
 
-def _train_flags(workdir, tfds_dir):
+def _train_flags(workdir, tfds_dir, extra=()):
   return ["--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-          f"--config.data.tfds_dir={tfds_dir}", *OVERRIDES]
+          f"--config.data.tfds_dir={tfds_dir}", *OVERRIDES, *extra]
 
 
-def _train(workdir, num_processes: int, local_devices: int, tfds_dir) -> None:
+def _train(workdir, num_processes: int, local_devices: int, tfds_dir, extra=()) -> None:
   """Runs `dgi train` as `num_processes` processes with `local_devices` CPU devices each.
 
   Several processes go through `launch/local_multihost.sh`, so the launcher is tested too.
@@ -67,7 +67,7 @@ def _train(workdir, num_processes: int, local_devices: int, tfds_dir) -> None:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   env = _env()
-  train_flags = _train_flags(workdir, tfds_dir)
+  train_flags = _train_flags(workdir, tfds_dir, extra)
   log_dir = workdir / "logs"
   log_dir.mkdir(exist_ok=True)
   if num_processes == 1:
@@ -173,6 +173,26 @@ def test_checkpoints_move_between_process_layouts(runs):
   assert _iterator_files(resumed["1x8->2x4"], STEPS) == ["process_0-of-2.json",
                                                          "process_1-of-2.json"]
   assert _iterator_files(resumed["2x4->1x8"], STEPS) == ["process_0-of-1.json"]
+
+
+def test_history_items_train_alike_on_two_processes_and_resume_across_layouts(runs):
+  """Requests reading history items through the refreshed table (every 7 steps, so the
+  step-10 checkpoint holds the step-7 table): every process computes and places the same
+  table, and it travels with the checkpoint to the other layout."""
+  root, tfds_dir, _ = runs
+  extra = ("--config.data.history_repr=codes", "--config.train.history_refresh_every=7")
+  single, multi, resumed = (root / "codes_1x8", root / "codes_2x4", root / "codes_1x8_2x4")
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = [pool.submit(_train, single, 1, 8, tfds_dir, extra),
+               pool.submit(_train, multi, 2, 4, tfds_dir, extra)]
+    for f in futures:
+      f.result()
+  _assert_close(_losses(multi), _losses(single), range(1, STEPS + 1))
+  _start_from_checkpoint(single, resumed, RESUME_STEP)
+  _train(resumed, 2, 4, tfds_dir, extra)
+  after = range(RESUME_STEP + 1, STEPS + 1)
+  assert sorted(_losses(resumed)) == list(after)
+  _assert_close(_losses(resumed), _losses(single), after)
 
 
 def _iterator_files(workdir, step: int) -> list:

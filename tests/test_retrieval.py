@@ -78,10 +78,11 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   rows = run_data.dataset.source("test").__getitems__(list(range(num)))
   ids = run_data.dataset.item_ids
   first = config.eval.batch_size
-  tokens = retriever.encode_requests(
+  tokens, history = retriever.encode_requests(
       [r["query"].decode() for r in rows[:first]],
       [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows[:first]])
   np.testing.assert_array_equal(tokens, _first_test_batch(trained)["query_tokens"])
+  np.testing.assert_array_equal(history, _first_test_batch(trained)["history"])
   items = np.asarray(retriever.search(tokens, beam_size=5, k=20).items)
   np.testing.assert_array_equal(items, rankings[:first])
   # The reported metrics are those of the rankings.
@@ -110,7 +111,7 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   agreement = report["encoder"]["sid_prefix_agreement"]
   assert len(agreement) == trained.model.cfg.num_levels
   assert all(1 >= a >= b >= 0 for a, b in zip(agreement, agreement[1:]))
-  all_tokens = retriever.encode_requests(
+  all_tokens, _ = retriever.encode_requests(
       [r["query"].decode() for r in rows],
       [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows])
   request_of_pair, pair_items = np.nonzero(relevant >= 0)

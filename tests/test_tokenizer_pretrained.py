@@ -342,8 +342,7 @@ def test_pipelines_lay_out_with_the_checkpoint_tokenizer(minilm, tmp_path):
                                     max_title_len=config.max_item_len)
   np.testing.assert_array_equal(test["query_tokens"][:1], expected)
   # grain workers receive the batch reader pickled.
-  reader = pipeline._TrainBatch(source, minilm, catalogue, config.max_query_len,
-                                config.max_history)
+  reader = pipeline._TrainBatch(source, minilm, catalogue, config)
   indices = np.arange(4)
   for a, b in zip(pickle.loads(pickle.dumps(reader))(indices).values(),
                   reader(indices).values()):

@@ -19,10 +19,13 @@ from dgi_jax.models.quantizer import l2_normalize
 
 # The model is a static argument: a linen module is a hashable dataclass of its config.
 @functools.partial(jax.jit, static_argnames=("model", "k"))
-def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, k: int):
+def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, history=None,
+                 history_table=None, *, k: int):
   """Item indices [B, k] of the k unit-length `item_vectors` [N, d] closest in cosine to
-  the requests [B, Lq], best first."""
-  _, z_q = model.apply({"params": params}, query_tokens, method=DGIModel.encode_requests)
+  the requests [B, Lq] (with history [B, H] read through `history_table` when the model
+  reads history items), best first."""
+  z_q = model.apply({"params": params}, query_tokens, history, history_table,
+                    method=DGIModel.encode_requests).z_q
   return jax.lax.top_k(l2_normalize(z_q) @ item_vectors.T, k)[1]
 
 
@@ -35,13 +38,19 @@ def dense_rankings(model: DGIModel, params, run_data: train.RunData, config, spl
   """
   device = jax.local_devices()[0]
   params = jax.device_put(jax.device_get(params), device)
+  item_batch = int(config.eval.item_batch_size)
   item_vectors = l2_normalize(jnp.asarray(train.embed_items(
-      model, params, run_data.catalogue_tokens, int(config.eval.item_batch_size))))
+      model, params, run_data.catalogue_tokens, item_batch)))
+  table = (jnp.asarray(train.history_table(model, params, run_data.catalogue_tokens,
+                                           item_batch))
+           if model.cfg.history_items else None)
   ranked, relevant = [], []
   for batch in pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                      split, int(config.eval.batch_size),
                                      catalogue_tokens=run_data.catalogue_tokens):
-    top = cosine_top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]), k)
+    history = jnp.asarray(batch["history"]) if table is not None else None
+    top = cosine_top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]),
+                       history, table, k=k)
     ranked.append(np.asarray(top)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
   return np.concatenate(ranked).astype(np.int32), np.concatenate(relevant)

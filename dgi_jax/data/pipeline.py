@@ -5,8 +5,13 @@ Training batches (numpy, host-local):
   item_tokens   int32 [b, max_item_len]   target item text tokens
   item_index    int32 [b]                 target item index
   example_id    int32 [b]                 row of the training split
-Evaluation batches add `relevant` and `history` (item indices padded with -1) and a
-`mask` that is False on the rows padding the last batch.
+  history       int32 [b, max_history]    the most recent history items, oldest first,
+                                          padded with -1
+Evaluation batches add `relevant` (item indices padded with -1) and a `mask` that is
+False on the rows padding the last batch.
+
+With `data.history_repr` 'text' the history titles follow the query in `query_tokens`;
+otherwise `query_tokens` hold the query alone and the model reads `history` as items.
 """
 
 from typing import Iterator
@@ -33,6 +38,19 @@ def encode_catalogue(dataset: dataset_lib.Dataset,
   return tokenizer.encode_items(dataset.item_texts, data_config.max_item_len)
 
 
+def recent_history(history, max_history: int):
+  """The most recent `max_history` items of a history (oldest first), oldest first."""
+  return history[max(len(history) - max_history, 0):] if max_history > 0 else history[:0]
+
+
+def _history_titles(titles: list, histories, data_config) -> list:
+  """Per request, the token ids of the history titles the request text holds: all of
+  `histories`' items with history_repr 'text', none when the model reads them as items."""
+  if data_config.get("history_repr", "text") != "text":
+    return [[] for _ in histories]
+  return [[titles[i] for i in h] for h in histories]
+
+
 def _decode(row: dict) -> tuple[int, str, np.ndarray, np.ndarray]:
   return (int(row["example_id"]), row["query"].decode("utf-8"),
           np.asarray(row["history"], np.int32).reshape(-1),
@@ -48,34 +66,36 @@ class _TrainBatch:
   the queries are tokenised here.
   """
 
-  def __init__(self, source, tokenizer, catalogue_tokens, max_query_len, max_history,
+  def __init__(self, source, tokenizer, catalogue_tokens, data_config,
                rows: slice = slice(None)):
     self._source = source
     self._rows = rows  # This host's rows of each global batch of indices.
     self._tokenizer = tokenizer
     self._catalogue_tokens = catalogue_tokens
     self._title_ids = tokenizer.title_ids(catalogue_tokens)
-    self._max_query_len = max_query_len
-    self._max_history = max_history
+    self._data_config = data_config
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     example_ids, queries, histories, targets = [], [], [], []
+    max_history = self._data_config.max_history
     for row in self._source.__getitems__(indices[self._rows].tolist()):
       example_id, query, history, relevant = _decode(row)
       if relevant.shape != (1,):
         raise ValueError(f"training example {example_id} has {relevant.size} targets")
       example_ids.append(example_id)
       queries.append(query)
-      histories.append([self._title_ids[i] for i in history])
+      histories.append(recent_history(history, max_history))
       targets.append(relevant[0])
     item_index = np.asarray(targets, np.int32)
     return {
         "query_tokens": self._tokenizer.assemble_requests(
-            self._tokenizer.encode_queries(queries), histories, self._max_query_len,
-            self._max_history),
+            self._tokenizer.encode_queries(queries),
+            _history_titles(self._title_ids, histories, self._data_config),
+            self._data_config.max_query_len, max_history),
         "item_tokens": self._catalogue_tokens[item_index],
         "item_index": item_index,
         "example_id": np.asarray(example_ids, np.int32),
+        "history": pad_rows(histories, max_history),
     }
 
 
@@ -118,8 +138,7 @@ def make_train_iterator(dataset: dataset_lib.Dataset,
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()  # Reshuffles.
   ds = ds.batch(global_batch_size, drop_remainder=True)
   rows = slice(process_index * host_batch_size, (process_index + 1) * host_batch_size)
-  ds = ds.map(_TrainBatch(source, tokenizer, catalogue_tokens, data_config.max_query_len,
-                          data_config.max_history, rows))
+  ds = ds.map(_TrainBatch(source, tokenizer, catalogue_tokens, data_config, rows))
   iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
   if data_config.worker_count > 0:
     # grain's worker pool reads absl flags; outside `app.run` (library use, tests)
@@ -131,7 +150,8 @@ def make_train_iterator(dataset: dataset_lib.Dataset,
   return iter(iter_ds)
 
 
-def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
+def pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
+  """int32 [len(rows), width]: each row's values, then PAD_INDEX."""
   out = np.full((len(rows), width), PAD_INDEX, np.int32)
   for r, values in enumerate(rows):
     out[r, :len(values)] = values
@@ -147,7 +167,7 @@ def read_requests(dataset: dataset_lib.Dataset, split: str) -> dict:
   source = dataset.source(split)
   rows = [_decode(row) for row in source.__getitems__(list(range(len(source))))]
   return {"query": [q for _, q, _, _ in rows], "history": [h for _, _, h, _ in rows],
-          "relevant": _pad_rows([r for _, _, _, r in rows], dataset.max_relevant(split))}
+          "relevant": pad_rows([r for _, _, _, r in rows], dataset.max_relevant(split))}
 
 
 def iterate_eval(dataset: dataset_lib.Dataset,
@@ -176,15 +196,14 @@ def iterate_eval(dataset: dataset_lib.Dataset,
     chunk = indices[b * batch_size:(b + 1) * batch_size].tolist()
     rows = [_decode(row) for row in source.__getitems__(chunk)] if chunk else []
     pad = batch_size - len(rows)
-    histories = [h[max(len(h) - max_history, 0):] if max_history > 0 else h[:0]
-                 for _, _, h, _ in rows] + [[]] * pad
+    histories = [recent_history(h, max_history) for _, _, h, _ in rows] + [[]] * pad
     query_ids = tokenizer.encode_queries([q for _, q, _, _ in rows]) + [[]] * pad
     yield {
         "query_tokens": tokenizer.assemble_requests(
-            query_ids, [[titles[i] for i in h] for h in histories],
+            query_ids, _history_titles(titles, histories, data_config),
             data_config.max_query_len, max_history),
-        "relevant": _pad_rows([r for _, _, _, r in rows] + [[]] * pad, width),
-        "history": _pad_rows(histories, max_history),
+        "relevant": pad_rows([r for _, _, _, r in rows] + [[]] * pad, width),
+        "history": pad_rows(histories, max_history),
         "example_id": np.asarray([e for e, _, _, _ in rows] + [PAD_INDEX] * pad,
                                  np.int32),
         "mask": np.arange(batch_size) < len(rows),

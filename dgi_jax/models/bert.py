@@ -6,14 +6,14 @@ is `embeddings` (word / position / token-type tables and their LayerNorm) plus o
 `self_attention` and `pool` are shared with models/t5.py.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dgi_jax.models.pretrained import EncoderSpec
-from dgi_jax.models.transformer import exact_gelu, masked_mean
+from dgi_jax.models.transformer import append_inputs, exact_gelu, masked_mean
 
 # HF's BertModel initialisation; it only matters for parameters not loaded from a file.
 INIT = nn.initializers.normal(stddev=0.02)
@@ -127,14 +127,20 @@ class BertEncoder(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, deterministic: bool = True):
-    """tokens [B, L] int (spec.pad_token_id = padding) -> (states [B, L, d], pooled [B, d])."""
+  def __call__(self, tokens: jax.Array, deterministic: bool = True,
+               extra: Optional[Tuple[jax.Array, jax.Array]] = None):
+    """tokens [B, L] int (spec.pad_token_id = padding) -> (states [B, L', d], pooled [B, d]).
+
+    `extra` = (embeddings [B, H, d], mask [B, H]) are input positions appended after the
+    embedding layer's output (history items, with their own position embedding); then
+    L' = L + H and the pooling covers them too.
+    """
     spec = self.spec
     if spec.kind != "bert":
       raise ValueError(f"BertEncoder needs a 'bert' spec, got kind {spec.kind!r}")
-    mask = tokens != spec.pad_token_id
     settings = dict(spec=spec, dtype=self.dtype, dropout_rate=self.dropout_rate)
     x = BertEmbeddings(**settings, name="embeddings")(tokens, deterministic)
+    x, mask = append_inputs(x, tokens != spec.pad_token_id, extra)
     for i in range(spec.num_layers):
       self.sow("intermediates", "hidden_states", x)
       x = BertLayer(**settings, name=f"layer_{i}")(x, mask, deterministic)

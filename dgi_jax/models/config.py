@@ -12,6 +12,7 @@ ENCODERS = ("scratch", "bert", "t5")
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
 DECODER_INPUTS = ("sum", "residual")
+HISTORY_REPRS = ("text", "codes", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,10 @@ class ModelConfig:
   encoder: str = "scratch"
   # The pre-trained encoder's architecture (None for 'scratch'); d_model equals its width.
   encoder_spec: Optional[EncoderSpec] = None
+  # How a request reads its history (`data.history_repr`): 'text' (titles in the request
+  # tokens, no extra input) or one input position per item, 'codes' / 'embedding'.
+  history_repr: str = "text"
+  max_history: int = 0  # History positions of 'codes' / 'embedding' (`data.max_history`).
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
@@ -62,6 +67,9 @@ class ModelConfig:
     if self.decoder_inputs not in DECODER_INPUTS:
       raise ValueError(f"model.decoder_inputs={self.decoder_inputs!r}; expected one of "
                        f"{DECODER_INPUTS}")
+    if self.history_repr not in HISTORY_REPRS:
+      raise ValueError(f"data.history_repr={self.history_repr!r}; expected one of "
+                       f"{HISTORY_REPRS}")
     if self.d_model % self.num_heads:
       raise ValueError(f"model.d_model={self.d_model} is not divisible by "
                        f"model.num_heads={self.num_heads}")
@@ -71,6 +79,11 @@ class ModelConfig:
   @property
   def num_levels(self) -> int:
     return len(self.codebook_sizes)
+
+  @property
+  def history_items(self) -> bool:
+    """Whether requests read their history as one input position per item."""
+    return self.history_repr != "text"
 
   @property
   def compute_dtype(self):
@@ -84,7 +97,8 @@ class ModelConfig:
     `encoders.resolve_pretrained` fills in from `model.pretrained` before training.
     """
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    del defaults["vocab_size"], defaults["max_len"], defaults["encoder_spec"]
+    for field in ("vocab_size", "max_len", "encoder_spec", "history_repr", "max_history"):
+      del defaults[field]
     # Fields a hand-built config leaves out take their defaults; configs read back from
     # checkpoints written before a field existed were upgraded by `workdir.read_config`.
     kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
@@ -99,4 +113,6 @@ class ModelConfig:
       raise ValueError(f"data.max_item_len / max_query_len = {max_len} exceed the "
                        f"pre-trained encoder's {spec.max_positions} positions")
     return cls(vocab_size=spec.vocab_size if spec else config.data.vocab_size,
-               max_len=max_len, encoder_spec=spec, **kwargs)
+               max_len=max_len, encoder_spec=spec,
+               history_repr=config.data.get("history_repr", "text"),
+               max_history=int(config.data.max_history), **kwargs)

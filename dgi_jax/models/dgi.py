@@ -5,15 +5,15 @@ against them and, with `tie_heads`, the decoder's output heads are the same arra
 (symmetric weight sharing). There is no other copy in the parameter tree.
 """
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dgi_jax.models import encoders, quantizer
+from dgi_jax.models import encoders, history as history_lib, quantizer
 from dgi_jax.models.config import ModelConfig
-from dgi_jax.models.transformer import EMBED_INIT, DecoderBlock, key_padding_mask, layer_norm
+from dgi_jax.models.transformer import EMBED_INIT, DecoderBlock, layer_norm
 
 # Codewords start at roughly the norm of an encoder output (LayerNorm'd states, mean-pooled);
 # k-means replaces them before training anyway.
@@ -30,14 +30,15 @@ class SidDecoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, inputs, memory, memory_tokens, deterministic: bool = True):
-    """inputs [B, n, d] (n <= m), memory [B, L, d] -> hidden states [B, n, d]."""
+  def __call__(self, inputs, memory, memory_mask, deterministic: bool = True):
+    """inputs [B, n, d] (n <= m), memory [B, L, d], memory_mask [B, L] (True at real
+    positions) -> hidden states [B, n, d]."""
     cfg = self.cfg
     level_init = nn.initializers.zeros if cfg.decoder_identity_init else EMBED_INIT
     level_embed = self.param("level_embed", level_init, (cfg.num_levels, cfg.d_model))
     x = (inputs + level_embed[None, :inputs.shape[1]]).astype(cfg.compute_dtype)
     memory = memory.astype(cfg.compute_dtype)
-    mask = key_padding_mask(memory_tokens)
+    mask = memory_mask[:, None, None, :]
     for i in range(cfg.decoder_layers):
       x = DecoderBlock(cfg, name=f"layers_{i}")(x, memory, mask, deterministic)
     return layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
@@ -59,6 +60,13 @@ def teacher_forcing_inputs(z_q: jax.Array, prefix_vectors: jax.Array,
   return z_q[:, None] + jnp.concatenate([zeros, partial_sums], axis=1)
 
 
+class EncodedRequests(NamedTuple):
+  """The encoder's view of a batch of requests: what the decoder cross-attends to."""
+  states: jax.Array  # [B, L', d] token states, then one per history item (if any).
+  z_q: jax.Array  # [B, d] the pooled request vector.
+  mask: jax.Array  # bool [B, L'], True at real tokens and items.
+
+
 class DGIModel(nn.Module):
   """Differentiable Geometric Indexing. See docs/DESIGN.md "Model specification"."""
   cfg: ModelConfig
@@ -75,6 +83,8 @@ class DGIModel(nn.Module):
     self.item_encoder = (encoders.make_encoder(cfg) if cfg.separate_item_encoder
                          else self.encoder)
     self.decoder = SidDecoder(cfg)
+    if cfg.history_items:
+      self.history_embed = history_lib.HistoryEmbedding(cfg)
     self.codebooks = [self.param(f"codebook_{t}", CODEBOOK_INIT, (k, cfg.d_model))
                       for t, k in enumerate(cfg.codebook_sizes)]
     gamma_init = nn.initializers.constant(cfg.gamma_init)
@@ -100,9 +110,25 @@ class DGIModel(nn.Module):
       return quantizer.l2_normalize(pooled)
     return pooled
 
-  def encode_requests(self, query_tokens, deterministic: bool = True):
-    """[B, Lq] request tokens -> (H_q [B, Lq, d], z_q [B, d])."""
-    return self.encoder(query_tokens, deterministic)
+  def encode_requests(self, query_tokens, history=None, history_table=None,
+                      deterministic: bool = True) -> EncodedRequests:
+    """Request tokens [B, Lq] (and, with `history_repr` 'codes' / 'embedding', history
+    item indices [B, H], -1 padded, read through `history_table`, see models/history.py)
+    -> EncodedRequests(states [B, Lq (+ H), d], z_q [B, d], mask [B, Lq (+ H)])."""
+    cfg = self.cfg
+    pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
+    extra = None
+    if cfg.history_items:
+      if history is None or history_table is None:
+        raise ValueError(f"history_repr={cfg.history_repr!r}: requests need their "
+                         "history item indices and the history table")
+      vectors = history_lib.lookup(history, history_table, self.codebooks, cfg.history_repr)
+      extra = (self.history_embed(vectors, history), history_lib.history_mask(history))
+    states, z_q = self.encoder(query_tokens, deterministic, extra)
+    mask = query_tokens != pad_id
+    if extra is not None:
+      mask = jnp.concatenate([mask, extra[1]], axis=1)
+    return EncodedRequests(states, z_q, mask)
 
   # ------------------------------------------------------------------ decoder
   def _decoder_inputs(self, z_q, prefix_vectors):
@@ -113,19 +139,20 @@ class DGIModel(nn.Module):
       z_q = quantizer.l2_normalize(z_q)
     return teacher_forcing_inputs(z_q, prefix_vectors, self.cfg.decoder_inputs)
 
-  def decode(self, z_q, query_states, query_tokens, prefix_vectors,
+  def decode(self, z_q, request_states, request_mask, prefix_vectors,
              deterministic: bool = True):
     """Decoder logits for levels 0..n given n prefix code vectors [B, n, d].
 
-    Returns a list of n + 1 arrays, level t's logits [B, K_t].
+    `request_states` [B, L, d] and `request_mask` [B, L] are `encode_requests`' states
+    and mask. Returns a list of n + 1 arrays, level t's logits [B, K_t].
     """
     inputs = self._decoder_inputs(z_q, prefix_vectors)
-    hidden = self.decoder(inputs, query_states, query_tokens, deterministic)
+    hidden = self.decoder(inputs, request_states, request_mask, deterministic)
     return [quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
                                  self.cfg.geometry)
             for t in range(inputs.shape[1])]
 
-  def prefix_logits(self, z_q, query_states, query_tokens, prefix_codes):
+  def prefix_logits(self, z_q, request_states, request_mask, prefix_codes):
     """Inference: logits of the next level given hard prefix codes [B, t] -> [B, K_t].
 
     The decoder's inputs are the hard codewords of the prefix.
@@ -135,7 +162,7 @@ class DGIModel(nn.Module):
     prefix = (jnp.stack(vectors, axis=1) if vectors
               else jnp.zeros((z_q.shape[0], 0, z_q.shape[-1]), z_q.dtype))
     hidden = self.decoder(self._decoder_inputs(z_q, prefix.astype(jnp.float32)),
-                          query_states, query_tokens, True)
+                          request_states, request_mask, True)
     return quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
                                 self.cfg.geometry)
 
@@ -152,25 +179,30 @@ class DGIModel(nn.Module):
   # ------------------------------------------------------------------ training forward
   def forward_from_item_embedding(self, z_base, query_tokens,
                                   gumbel_noise: Sequence[jax.Array], tau,
-                                  deterministic: bool = True) -> Dict[str, Any]:
+                                  deterministic: bool = True,
+                                  history: Optional[jax.Array] = None,
+                                  history_table: Optional[jax.Array] = None
+                                  ) -> Dict[str, Any]:
     """Soft quantization of `z_base` and soft teacher-forced decoding of the request.
 
     Split from `embed_items` so a train step can tell the item path's gradient from the
-    request path's, although both go through the one shared encoder.
+    request path's, although both go through the one shared encoder. `history` and
+    `history_table` as in `encode_requests`.
     """
     cfg = self.cfg
-    query_states, z_q = self.encode_requests(query_tokens, deterministic)
+    request = self.encode_requests(query_tokens, history, history_table, deterministic)
+    z_q = request.z_q
     quant = quantizer.soft_quantize(z_base, self.codebooks, self.gamma_quantizer,
                                     gumbel_noise, tau, cfg.geometry, cfg.grad_path)
     prefix = jnp.stack(quant.code_vectors[:-1], axis=1)
     if cfg.grad_path == "frozen":
       prefix = jax.lax.stop_gradient(prefix)
-    logits = self.decode(z_q, query_states, query_tokens, prefix, deterministic)
+    logits = self.decode(z_q, request.states, request.mask, prefix, deterministic)
     return dict(z_base=z_base, z_q=z_q, logits=logits, **quant._asdict())
 
   def __call__(self, item_tokens, query_tokens, gumbel_noise, tau,
-               deterministic: bool = True):
+               deterministic: bool = True, history=None, history_table=None):
     """Full training forward: item tokens -> z_base -> quantizer -> decoder outputs."""
     z_base = self.embed_items(item_tokens, deterministic)
     return self.forward_from_item_embedding(z_base, query_tokens, gumbel_noise, tau,
-                                            deterministic)
+                                            deterministic, history, history_table)

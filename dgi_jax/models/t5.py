@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from dgi_jax.models.bert import pool, self_attention
 from dgi_jax.models.pretrained import EncoderSpec
+from dgi_jax.models.transformer import append_inputs
 
 # Only matters for parameters not loaded from a checkpoint (roughly HF's T5 init).
 INIT = nn.initializers.normal(stddev=0.05)
@@ -120,19 +121,24 @@ class T5Encoder(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, deterministic: bool = True):
-    """tokens [B, L] int (spec.pad_token_id = padding) -> (states [B, L, d], pooled [B, d])."""
+  def __call__(self, tokens: jax.Array, deterministic: bool = True,
+               extra: Optional[Tuple[jax.Array, jax.Array]] = None):
+    """tokens [B, L] int (spec.pad_token_id = padding) -> (states [B, L', d], pooled [B, d]).
+
+    `extra` = (embeddings [B, H, d], mask [B, H]) are input positions appended after the
+    token embeddings (history items); the relative position bias spans all L' = L + H.
+    """
     spec = self.spec
     if spec.kind != "t5":
       raise ValueError(f"T5Encoder needs a 't5' spec, got kind {spec.kind!r}")
-    mask = tokens != spec.pad_token_id
 
     def dropout(y):
       return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
     x = nn.Embed(spec.vocab_size, spec.hidden_size, embedding_init=EMBED_INIT,
                  name="embeddings")(tokens)
-    x = dropout(x.astype(self.dtype))
+    x, mask = append_inputs(x.astype(self.dtype), tokens != spec.pad_token_id, extra)
+    x = dropout(x)
     bias = None
     for i in range(spec.num_layers):
       self.sow("intermediates", "hidden_states", x)

@@ -1,6 +1,6 @@
 """Pre-LN transformer blocks of the scratch text encoder and the SID decoder."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -87,11 +87,6 @@ class DecoderBlock(nn.Module):
     return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
 
-def key_padding_mask(tokens: jax.Array) -> jax.Array:
-  """[B, L] token ids -> [B, 1, 1, L] attention mask, True where the key is a real token."""
-  return (tokens != 0)[:, None, None, :]
-
-
 def masked_mean(states: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   """Mean of `states [B, L, d]` over positions where `mask [B, L]` is True."""
   mask = mask.astype(states.dtype)[..., None]
@@ -103,16 +98,32 @@ class TextEncoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, deterministic: bool = True):
-    """tokens [B, L] (0 = padding) -> (states [B, L, d], pooled [B, d])."""
+  def __call__(self, tokens: jax.Array, deterministic: bool = True,
+               extra: Optional[Tuple[jax.Array, jax.Array]] = None):
+    """tokens [B, L] (0 = padding) -> (states [B, L', d], pooled [B, d]).
+
+    `extra` = (embeddings [B, H, d], mask [B, H]): input positions appended after the
+    token embeddings (history items); then L' = L + H and the pooling covers them too.
+    """
     cfg = self.cfg
     x = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=EMBED_INIT,
                  name="token_embed")(tokens)
     positions = self.param("pos_embed", EMBED_INIT, (cfg.max_len, cfg.d_model))
     x = (x + positions[None, :tokens.shape[1]]).astype(cfg.compute_dtype)
+    x, mask = append_inputs(x, tokens != 0, extra)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    mask = key_padding_mask(tokens)
     for i in range(cfg.encoder_layers):
-      x = EncoderBlock(cfg, name=f"layers_{i}")(x, mask, deterministic)
+      x = EncoderBlock(cfg, name=f"layers_{i}")(x, mask[:, None, None, :], deterministic)
     states = layer_norm(cfg, "ln_final")(x).astype(jnp.float32)
-    return states, masked_mean(states, tokens != 0)
+    return states, masked_mean(states, mask)
+
+
+def append_inputs(x: jax.Array, mask: jax.Array,
+                  extra: Optional[Tuple[jax.Array, jax.Array]]):
+  """Token inputs x [B, L, d] and mask [B, L] with `extra` (embeddings [B, H, d], mask
+  [B, H]) appended -> ([B, L + H, d], [B, L + H]); unchanged when `extra` is None."""
+  if extra is None:
+    return x, mask
+  embeddings, extra_mask = extra
+  return (jnp.concatenate([x, embeddings.astype(x.dtype)], axis=1),
+          jnp.concatenate([mask, extra_mask], axis=1))

@@ -15,6 +15,10 @@ in exact arithmetic, and rounding noise around zero has no meaningful relative s
 A config with a pre-trained encoder (`model.encoder` 'bert' / 't5') is compared the same
 way against `transformers`' own encoder in the reference, starting from the checkpoint's
 weights (`model.pretrained`), on `PRETRAINED_COMBINATIONS` unless told otherwise.
+
+With `data.history_repr` 'codes' or 'embedding' the batch also carries request histories
+(item indices, -1 padded) and a random history table, fed to both models, and the
+history embedding's parameters are compared with the rest.
 """
 
 import dataclasses
@@ -31,6 +35,8 @@ GRAD_RTOL = 1e-4  # Gradient leaves.
 GRAD_SCALE_FLOOR = 1e-3  # Fraction of the model's largest gradient entry, see above.
 CONDITIONING_FACTOR = 10  # format_table: failures within this factor of f32_floor.
 TERMS = ("ntp", "global", "local", "infonce", "div", "total")
+BATCH_KEYS = ("item_tokens", "query_tokens", "item_index")
+HISTORY_KEYS = ("history", "history_table")  # Only with history_repr 'codes' / 'embedding'.
 COMBINATIONS = tuple(itertools.product(("gumbel_soft", "ste", "gumbel_st", "frozen"),
                                        (True, False), ("cosine", "dot")))
 # Default for a pre-trained encoder: each gradient path into the encoder under the
@@ -119,15 +125,26 @@ def encoder_spec(config):
   return ModelConfig.from_config(config).encoder_spec
 
 
+def reads_history_items(config) -> bool:
+  """Whether `config`'s requests read history items ('codes' / 'embedding')."""
+  return config.data.get("history_repr", "text") != "text"
+
+
 def make_batch(config, batch_size: int, seed: int = 0) -> Dict[str, object]:
   """A deterministic batch of random token rows, with duplicate targets and Gumbel noise.
 
   Rows with the same `item_index` share their item text (they are the same item), so the
-  InfoNCE duplicate mask is exercised as in real data.
+  InfoNCE duplicate mask is exercised as in real data. With history items the batch also
+  has `history` int32 [B, H] (H = data.max_history; random items of the same catalogue,
+  oldest first, right-padded with -1; row 0 empty, the last row full, the others of
+  random length) and `history_table` (random SIDs int32 [N, m] within each codebook's
+  size, or unit-length embeddings float32 [N, d], N the catalogue size). The token rows
+  and noise are the same as without history for the same seed.
   """
   rng = np.random.default_rng(seed)
   vocab, li, lq = config.data.vocab_size, config.data.max_item_len, config.data.max_query_len
-  item_index = rng.integers(0, max(batch_size * 3 // 4, 1), size=batch_size)
+  num_items = max(batch_size * 3 // 4, 1)
+  item_index = rng.integers(0, num_items, size=batch_size)
   catalogue = {}
   for i in np.unique(item_index):
     row = np.zeros(li, np.int32)
@@ -141,8 +158,36 @@ def make_batch(config, batch_size: int, seed: int = 0) -> Dict[str, object]:
     query_tokens[b, :n] = rng.integers(1, vocab, size=n)
   noise = [rng.gumbel(size=(batch_size, k)).astype(np.float32)
            for k in config.model.codebook_sizes]
-  return dict(item_tokens=item_tokens, query_tokens=query_tokens,
-              item_index=item_index.astype(np.int32), gumbel_noise=noise)
+  batch = dict(item_tokens=item_tokens, query_tokens=query_tokens,
+               item_index=item_index.astype(np.int32), gumbel_noise=noise)
+  if reads_history_items(config):
+    batch.update(_make_history(config, batch_size, num_items, rng))
+  return batch
+
+
+def _make_history(config, batch_size: int, num_items: int,
+                  rng: np.random.Generator) -> Dict[str, np.ndarray]:
+  """`history` [B, H] and `history_table` of `make_batch`."""
+  h = int(config.data.max_history)
+  lengths = rng.integers(0, h + 1, size=batch_size)
+  # The edge cases: no history at all (only the query's tokens are attended to and
+  # pooled) and a full one (every recency row is used).
+  lengths[0], lengths[-1] = 0, h
+  history = np.full((batch_size, h), -1, np.int32)
+  for b, n in enumerate(lengths):
+    history[b, :n] = rng.integers(0, num_items, size=n)
+  if config.data.history_repr == "codes":
+    table = np.stack([rng.integers(0, k, size=num_items)
+                      for k in config.model.codebook_sizes], axis=1).astype(np.int32)
+  else:
+    table = rng.normal(size=(num_items, int(config.model.d_model)))
+    table = (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)
+  return dict(history=history, history_table=table)
+
+
+def jax_inputs(batch) -> Dict[str, jax.Array]:
+  """The arrays of `batch` the Flax loss reads (its history ones only if present)."""
+  return {k: jnp.asarray(batch[k]) for k in BATCH_KEYS + HISTORY_KEYS if k in batch}
 
 
 def build_flax(config):
@@ -158,6 +203,10 @@ def _init_args(batch):
           [jnp.asarray(g) for g in batch["gumbel_noise"]], 1.0)
 
 
+def _init_kwargs(batch):
+  return {k: jnp.asarray(batch[k]) for k in HISTORY_KEYS if k in batch}
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted_init(model_config):
   # Jitted (one compilation is cheaper than compiling every random op of an eager init)
@@ -169,7 +218,8 @@ def _jitted_init(model_config):
 def init_flax_params(config, batch, seed: int):
   """Flax params (numpy leaves) of the model `config` describes, initialised from `seed`."""
   _, model_config = build_flax(config)
-  variables = _jitted_init(model_config)(jax.random.PRNGKey(seed), *_init_args(batch))
+  variables = _jitted_init(model_config)(jax.random.PRNGKey(seed), *_init_args(batch),
+                                        **_init_kwargs(batch))
   return jax.tree.map(np.asarray, dict(variables["params"]))
 
 
@@ -193,7 +243,8 @@ def init_superset(config, batch, seed: int):
 def params_for(config, batch, superset):
   """The leaves of `superset` that the model of `config` has (e.g. no heads when tied)."""
   model, _ = build_flax(config)
-  wanted = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_init_args(batch))["params"]
+  wanted = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_init_args(batch),
+                          **_init_kwargs(batch))["params"]
 
   def select(shapes, source, path):
     out = {}
@@ -207,13 +258,15 @@ def params_for(config, batch, superset):
 
 
 def flax_loss_fn(config):
-  """`loss(params, batch, gumbel_noise, tau) -> (total, (terms, outputs))` of the Flax model."""
+  """`loss(params, batch, gumbel_noise, tau) -> (total, (terms, outputs))` of the Flax model;
+  `batch` as `jax_inputs` gives it."""
   from dgi_jax import losses  # pylint: disable=g-import-not-at-top
   model, model_config = build_flax(config)
 
   def loss(params, batch, gumbel_noise, tau):
     outputs = model.apply({"params": params}, batch["item_tokens"], batch["query_tokens"],
-                          gumbel_noise, tau)
+                          gumbel_noise, tau, history=batch.get("history"),
+                          history_table=batch.get("history_table"))
     terms = losses.dgi_losses(outputs, batch["item_index"], config.loss,
                               model_config.geometry)
     return terms["total"], (terms, outputs)
@@ -223,7 +276,7 @@ def flax_loss_fn(config):
 def flax_forward_backward(config, params, batch, tau: float, jit: bool = False):
   """Loss terms, outputs and gradients of the Flax model (numpy results)."""
   loss = flax_loss_fn(config)
-  arrays = {k: jnp.asarray(batch[k]) for k in ("item_tokens", "query_tokens", "item_index")}
+  arrays = jax_inputs(batch)
   noise = [jnp.asarray(g) for g in batch["gumbel_noise"]]
   grad_fn = jax.value_and_grad(loss, has_aux=True)
   if jit:
@@ -259,6 +312,15 @@ def torch_batch(batch):
           [torch.as_tensor(g) for g in batch["gumbel_noise"]])
 
 
+def torch_history(batch) -> Dict[str, object]:
+  """The reference's `history` / `history_table` keyword arguments of `batch` ({} for
+  'text'): indices as long tensors, an embedding table as it is."""
+  torch = _torch()
+  return {k: (torch.as_tensor(batch[k], dtype=torch.long)
+              if np.issubdtype(batch[k].dtype, np.integer) else torch.as_tensor(batch[k]))
+          for k in HISTORY_KEYS if k in batch}
+
+
 def torch_forward_backward(config, state_dict, batch, tau: float, double: bool = False):
   """Loss terms, outputs and gradients (state_dict keys) of the PyTorch reference.
 
@@ -273,7 +335,8 @@ def torch_forward_backward(config, state_dict, batch, tau: float, double: bool =
   if double:
     model = model.double()
     noise = [g.double() for g in noise]
-  out = model(item_tokens, query_tokens, item_index, noise, tau)
+  # A float64 model casts an embedding history table up as it reads it.
+  out = model(item_tokens, query_tokens, item_index, noise, tau, **torch_history(batch))
   out["total"].backward()
   result = {f"loss/{k}": out[k] for k in TERMS}
   result.update(_outputs(out["z_base"], out["z_q"], out["logits"], out["codes"]))

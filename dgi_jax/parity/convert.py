@@ -15,6 +15,11 @@ Only transposes and reshapes are involved, so both directions are bit-exact. The
 | codebook_t, head_t [K_t, d]             | codebooks.t, heads.t [K_t, d]       | copy          |
 | gamma_quantizer, gamma_decoder []       | gamma_q, gamma_d []                 | copy          |
 | gamma_quantizer (shared, no decoder's)  | gamma []                            | copy          |
+| history_embed/projection/kernel [d, d]  | history_embed.projection.weight     | .T            |
+| history_embed/projection/bias [d]       | history_embed.projection.bias       | copy          |
+| history_embed/layer_norm/scale, bias    | history_embed.layer_norm.weight,    | copy          |
+|                                         | history_embed.layer_norm.bias       |               |
+| history_embed/recency_embed [R, d]      | history_embed.recency_embed         | copy          |
 
 LayerNorm names: encoder `ln_attn`/`ln_mlp` <-> `attn_norm`/`mlp_norm`; decoder
 `ln_self`/`ln_cross`/`ln_mlp` <-> `self_attn_norm`/`cross_attn_norm`/`mlp_norm`;
@@ -48,6 +53,14 @@ _MODULES = {
 _LEAVES = {"scale": "weight", "bias": "bias", "kernel": "weight", "embedding": "weight"}
 _MODULES_INV = {v: k for k, v in _MODULES.items()}
 _ATTN_INPUTS = ("query", "key", "value")
+# The history item embedding (data.history_repr 'codes' / 'embedding'): path below
+# `history_embed` -> (name below `history_embed.`, transform kind).
+_HISTORY = {("projection", "kernel"): ("projection.weight", "dense_kernel"),
+            ("projection", "bias"): ("projection.bias", "copy"),
+            ("layer_norm", "scale"): ("layer_norm.weight", "copy"),
+            ("layer_norm", "bias"): ("layer_norm.bias", "copy"),
+            ("recency_embed",): ("recency_embed", "copy")}
+_HISTORY_INV = {name: (path, kind) for path, (name, kind) in _HISTORY.items()}
 
 
 def _flatten(tree: Dict[str, Any], prefix: Tuple[str, ...] = ()):
@@ -74,6 +87,9 @@ def _flax_to_torch_key(path: Tuple[str, ...], shared_gamma: bool) -> Tuple[str, 
       return ("gamma" if shared_gamma else "gamma_q"), "copy"
     if top == "gamma_decoder":
       return "gamma_d", "copy"
+  elif top == "history_embed" and path[1:] in _HISTORY:
+    name, kind = _HISTORY[path[1:]]
+    return f"history_embed.{name}", kind
   elif top in ("encoder", "decoder"):
     parts = [top]
     for name in path[1:-1]:
@@ -143,6 +159,9 @@ def _torch_to_flax_path(key: str) -> Tuple[Tuple[str, ...], str]:
     return ("gamma_quantizer",), "copy"
   if key == "gamma_d":
     return ("gamma_decoder",), "copy"
+  if top == "history_embed" and key[len("history_embed."):] in _HISTORY_INV:
+    path, kind = _HISTORY_INV[key[len("history_embed."):]]
+    return ("history_embed",) + path, kind
   if top in ("encoder", "decoder"):
     if len(parts) == 2 and parts[1] in ("pos_embed", "level_embed"):
       return (top, parts[1]), "copy"

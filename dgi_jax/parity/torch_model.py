@@ -30,8 +30,24 @@ are `[out, in]` (PyTorch convention), applied as `x @ W.T + b`.
 | decoder.layers.j.mlp_norm / mlp.fc1 / mlp.fc2    | as encoder | MLP block                     |
 | decoder.final_norm.{weight,bias}                 | [d]        | LN giving h                   |
 | heads.t (only when tie_heads is false)           | [K_t, d]   | separate output head U_t      |
+| history_embed.projection.{weight,bias}           | [d, d],[d] | item vector -> input position |
+| history_embed.layer_norm.{weight,bias}           | [d]        | LN after the projection       |
+| history_embed.recency_embed                      | [R, d]     | R = max(max_history, 1)       |
 
-With `tie_heads` the decoder heads ARE `codebooks.t`; there is no second copy.
+With `tie_heads` the decoder heads ARE `codebooks.t`; there is no second copy. The
+`history_embed.*` rows exist only with `history_repr` 'codes' / 'embedding'.
+
+History items (`history_repr` 'codes' / 'embedding'; `docs/DESIGN.md`, "Model
+specification", "History items"): a request's history is item indices `[B, H]`, oldest
+first, right-padded with -1, read through a history table the caller passes in (int32
+`[N, m]` SIDs, or float32 `[N, d]` item embeddings). Item `i`'s vector is
+`sum_t codebooks.t[sid[i, t]]` ('codes': through the codebook parameters, so the
+history's gradient reaches them) or the table row ('embedding'). Each item becomes one
+encoder input position `LN(W v + b) + recency_embed[r]`, `r` counting from the newest
+item (0), appended after the encoder's embedding stage (scratch: token + position
+embeddings; BERT: the embeddings' LayerNorm output; T5: the token embedding). The
+attention, the pooling and the decoder's cross-attention mask cover the real tokens and
+the real items.
 
 Pre-trained encoder (`encoder` 'bert' or 't5'): the `encoder.*` rows above are replaced by
 `transformers`' own `BertModel` (no pooler) or `T5EncoderModel`, built from the checkpoint's
@@ -40,7 +56,9 @@ Pre-trained encoder (`encoder` 'bert' or 't5'): the `encoder.*` rows above are r
 `encoder.encoder.layer.i.attention.self.query.weight`, ...; T5 has its token table under
 both `encoder.shared.weight` and `encoder.encoder.embed_tokens.weight`, one tied tensor).
 The token states are HF's `last_hidden_state` and the pooled vector their mean over the
-non-padding tokens, as for the scratch encoder.
+non-padding tokens, as for the scratch encoder. History positions enter BERT between
+`embeddings` and `encoder` (the additive attention mask built as `BertModel` builds it),
+and T5 as `inputs_embeds` (the token embeddings with the history positions appended).
 """
 
 import dataclasses
@@ -59,6 +77,7 @@ LN_EPS = 1e-6  # Spec: every LayerNorm uses eps 1e-6 (PyTorch's default is 1e-5)
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
 ENCODERS = ("scratch", "bert", "t5")
+HISTORY_REPRS = ("text", "codes", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +108,17 @@ class ReferenceConfig:
   encoder: str = "scratch"  # 'scratch' (the blocks above) or a pre-trained 'bert' / 't5'.
   # The pre-trained encoder's architecture (None for 'scratch'); d_model is its width.
   encoder_spec: Optional[EncoderSpec] = None
+  # How a request reads its history (`data.history_repr`): 'text' (inside the request
+  # tokens) or one input position per item, 'codes' / 'embedding' (module docstring).
+  history_repr: str = "text"
+  max_history: int = 0  # History positions (`data.max_history`): rows of recency_embed.
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
       raise ValueError(f"encoder={self.encoder!r}; expected one of {ENCODERS}")
+    if self.history_repr not in HISTORY_REPRS:
+      raise ValueError(f"history_repr={self.history_repr!r}; expected one of "
+                       f"{HISTORY_REPRS}")
     if self.encoder != "scratch":
       _check_spec(self.encoder, self.encoder_spec, self.d_model)
     if self.grad_path not in GRAD_PATHS:
@@ -122,7 +148,14 @@ class ReferenceConfig:
         div_eps=float(loss.div_eps), div_probs=str(loss.div_probs),
         div_temperature=float(loss.div_temperature),
         encoder=str(m.get("encoder", "scratch")),
-        encoder_spec=EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None)
+        encoder_spec=EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None,
+        history_repr=str(config.data.get("history_repr", "text")),
+        max_history=int(config.data.max_history))
+
+  @property
+  def history_items(self) -> bool:
+    """Whether requests read their history as one input position per item."""
+    return self.history_repr != "text"
 
 
 def _check_spec(encoder: str, spec: Optional[EncoderSpec], d_model: int) -> None:
@@ -199,6 +232,17 @@ class EncoderBlock(nn.Module):
     return x + self.mlp(self.mlp_norm(x))
 
 
+Extra = Tuple[torch.Tensor, torch.Tensor]  # (embeddings [B, H, d], bool mask [B, H]).
+
+
+def append_inputs(x: torch.Tensor, mask: torch.Tensor, extra: Optional[Extra]):
+  """Inputs `[B, L, d]`, bool mask `[B, L]` -> both with `extra`'s H positions appended."""
+  if extra is None:
+    return x, mask
+  embeddings, extra_mask = extra
+  return torch.cat([x, embeddings], dim=1), torch.cat([mask, extra_mask], dim=1)
+
+
 class Encoder(nn.Module):
   """Shared text encoder: returns token states `H`, the float mask and the masked mean."""
 
@@ -213,10 +257,14 @@ class Encoder(nn.Module):
     nn.init.normal_(self.token_embed.weight, std=0.02)
     nn.init.normal_(self.pos_embed, std=0.02)
 
-  def forward(self, tokens: torch.Tensor):
-    """tokens `[B, L]` (0 = padding) -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`)."""
-    key_mask = tokens != 0
-    x = self.token_embed(tokens) + self.pos_embed[:tokens.shape[1]]
+  def forward(self, tokens: torch.Tensor, extra: Optional[Extra] = None):
+    """tokens `[B, L]` (0 = padding) -> (H `[B, L', d]`, mask `[B, L']`, pooled `[B, d]`).
+
+    `extra` (embeddings `[B, H, d]`, bool mask `[B, H]`) are input positions appended after
+    the token + position embeddings; then `L' = L + H`.
+    """
+    x, key_mask = append_inputs(self.token_embed(tokens) + self.pos_embed[:tokens.shape[1]],
+                                tokens != 0, extra)
     for layer in self.layers:
       x = layer(x, key_mask)
     states = self.final_norm(x)
@@ -230,12 +278,18 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
       torch.sum(mask, dim=1, keepdim=True), min=1.0)
 
 
+def _transformers():
+  import transformers  # pylint: disable=g-import-not-at-top  # Only pre-trained runs need it.
+  import transformers.masking_utils  # pylint: disable=g-import-not-at-top,unused-import
+  return transformers
+
+
 def hf_config(spec: EncoderSpec):
   """The `transformers` config of `spec` (built from its fields: no hub, no directory).
 
   Dropout is 0 and attention 'eager' (the textbook softmax(QK^T) V, not a fused kernel).
   """
-  import transformers  # pylint: disable=g-import-not-at-top  # Only pre-trained runs need it.
+  transformers = _transformers()
   if spec.kind == "bert":
     return transformers.BertConfig(
         vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
@@ -256,7 +310,7 @@ def hf_config(spec: EncoderSpec):
 
 def pretrained_encoder(spec: EncoderSpec) -> nn.Module:
   """`BertModel` (without pooler) or `T5EncoderModel` of `spec`, randomly initialised, eval."""
-  import transformers  # pylint: disable=g-import-not-at-top
+  transformers = _transformers()
   config = hf_config(spec)
   if spec.kind == "bert":
     model = transformers.BertModel(config, add_pooling_layer=False)
@@ -265,10 +319,25 @@ def pretrained_encoder(spec: EncoderSpec) -> nn.Module:
   return model.eval()
 
 
-def encode_pretrained(model: nn.Module, tokens: torch.Tensor):
-  """tokens `[B, L]` (0 = padding) -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`)."""
-  key_mask = tokens != 0
-  states = model(input_ids=tokens, attention_mask=key_mask.long()).last_hidden_state
+def encode_pretrained(model: nn.Module, tokens: torch.Tensor, extra: Optional[Extra] = None):
+  """tokens `[B, L]` (0 = padding) -> (H `[B, L', d]`, mask `[B, L']`, pooled `[B, d]`).
+
+  `extra` (embeddings `[B, H, d]`, bool mask `[B, H]`) are input positions appended after
+  the embedding stage (`L' = L + H`): BERT's `embeddings` output (after its LayerNorm,
+  so they get no position or token-type embedding), T5's token embeddings.
+  """
+  if extra is None:
+    key_mask = tokens != 0
+    states = model(input_ids=tokens, attention_mask=key_mask.long()).last_hidden_state
+  elif isinstance(model, _transformers().BertModel):
+    x, key_mask = append_inputs(model.embeddings(input_ids=tokens), tokens != 0, extra)
+    # The additive [B, 1, L', L'] mask BertModel.forward itself builds from a [B, L'] one.
+    additive = _transformers().masking_utils.create_bidirectional_mask(
+        config=model.config, inputs_embeds=x, attention_mask=key_mask.long())
+    states = model.encoder(x, attention_mask=additive).last_hidden_state
+  else:  # T5: the relative position bias then spans all L' positions.
+    x, key_mask = append_inputs(model.shared(tokens), tokens != 0, extra)
+    states = model(inputs_embeds=x, attention_mask=key_mask.long()).last_hidden_state
   mask = key_mask.to(states.dtype)
   return states, mask, masked_mean(states, mask)
 
@@ -307,11 +376,39 @@ class Decoder(nn.Module):
     nn.init.normal_(self.level_embed, std=0.02)
 
   def forward(self, inputs, memory, memory_mask):
-    """inputs `[B, m, d]`, memory `H_q` `[B, Lq, d]`, memory_mask `[B, Lq]` -> `[B, m, d]`."""
+    """inputs `[B, m, d]`, memory `H_q` `[B, L', d]` (request tokens, then history items),
+    bool memory_mask `[B, L']` -> `[B, m, d]`."""
     x = inputs + self.level_embed[None]
     for layer in self.layers:
       x = layer(x, memory, memory_mask)
     return self.final_norm(x)
+
+
+def recency(history: torch.Tensor) -> torch.Tensor:
+  """Item indices `[B, H]` (oldest first, -1 padded on the right) -> long `[B, H]`: a
+  position's distance from the newest item (0), and 0 at padding."""
+  mask = history >= 0
+  count = mask.sum(dim=1, keepdim=True)
+  slot = torch.arange(history.shape[1], device=history.device)[None]
+  return torch.where(mask, count - 1 - slot, torch.zeros_like(history))
+
+
+class HistoryEmbedding(nn.Module):
+  """Item vectors `[B, H, d]` -> input positions `LN(W v + b) + recency_embed[r]`."""
+
+  def __init__(self, cfg: ReferenceConfig):
+    super().__init__()
+    d = cfg.d_model
+    self.projection = nn.Linear(d, d)
+    self.layer_norm = nn.LayerNorm(d, eps=LN_EPS)
+    self.recency_embed = nn.Parameter(torch.empty(max(cfg.max_history, 1), d))
+    nn.init.normal_(self.recency_embed, std=0.02)
+
+  def forward(self, vectors: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """vectors `[B, H, d]`, history `[B, H]` -> `[B, H, d]`."""
+    # Histories longer than the table share its last (oldest) row.
+    r = torch.clamp(recency(history), max=self.recency_embed.shape[0] - 1)
+    return self.layer_norm(self.projection(vectors)) + self.recency_embed[r]
 
 
 class DGIReference(nn.Module):
@@ -335,12 +432,33 @@ class DGIReference(nn.Module):
     if not cfg.tie_heads:
       self.heads = nn.ParameterList(
           [nn.Parameter(torch.randn(k, d) / math.sqrt(d)) for k in cfg.codebook_sizes])
+    if cfg.history_items:
+      self.history_embed = HistoryEmbedding(cfg)
 
-  def encode(self, tokens: torch.Tensor):
-    """tokens `[B, L]` -> (H `[B, L, d]`, mask `[B, L]`, pooled `[B, d]`), either encoder."""
+  def encode(self, tokens: torch.Tensor, extra: Optional[Extra] = None):
+    """tokens `[B, L]` -> (H `[B, L', d]`, mask `[B, L']`, pooled `[B, d]`), either encoder;
+    `extra` (embeddings `[B, H, d]`, bool mask `[B, H]`) appended as input positions."""
     if self.cfg.encoder == "scratch":
-      return self.encoder(tokens)
-    return encode_pretrained(self.encoder, tokens)
+      return self.encoder(tokens, extra)
+    return encode_pretrained(self.encoder, tokens, extra)
+
+  def history_inputs(self, history: torch.Tensor, table: torch.Tensor) -> Extra:
+    """The encoder's extra inputs of a batch of histories.
+
+    Args:
+      history: long `[B, H]` item indices, oldest first, -1 padded on the right.
+      table: 'codes': long / int `[N, m]` SIDs; 'embedding': float `[N, d]` embeddings.
+
+    Returns:
+      (embeddings `[B, H, d]`, bool mask `[B, H]`, True at real items).
+    """
+    # Padding reads item 0; the mask keeps it out of attention and pooling.
+    rows = table[torch.clamp(history, min=0)]
+    if self.cfg.history_repr == "codes":
+      vectors = sum(w[rows[..., t].long()] for t, w in enumerate(self.codebooks))
+    else:
+      vectors = rows.to(self.history_embed.projection.weight.dtype)
+    return self.history_embed(vectors, history), history >= 0
 
   def _gammas(self):
     if self.cfg.share_gamma:
@@ -415,15 +533,19 @@ class DGIReference(nn.Module):
 
   def forward(self, item_tokens: torch.Tensor, query_tokens: torch.Tensor,
               item_index: torch.Tensor, gumbel_noise: Sequence[torch.Tensor],
-              tau: float) -> Dict[str, object]:
+              tau: float, history: Optional[torch.Tensor] = None,
+              history_table: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """Training forward pass and losses.
 
     Args:
       item_tokens: `[B, Li]` long, target item text (0 = padding).
-      query_tokens: `[B, Lq]` long, `query [SEP] history` text.
+      query_tokens: `[B, Lq]` long, the request text (`query [SEP] history` with
+        `history_repr` 'text', else the query alone).
       item_index: `[B]` long, target item ids (for InfoNCE duplicate masking).
       gumbel_noise: per level `[B, K_t]` float Gumbel(0, 1) noise.
       tau: Gumbel-softmax temperature.
+      history: `[B, H]` long history item indices, -1 padded ('codes' / 'embedding' only).
+      history_table: the items' SIDs `[N, m]` or embeddings `[N, d]` (`history_inputs`).
 
     Returns:
       Dict with the scalar terms `ntp`, `global`, `local`, `infonce`, `div`, `total`;
@@ -433,7 +555,13 @@ class DGIReference(nn.Module):
     _, _, z_base = self.encode(item_tokens)
     if cfg.normalize_item_embedding:
       z_base = torch_losses.normalize(z_base)
-    h_q, mask_q, z_q = self.encode(query_tokens)
+    extra = None
+    if cfg.history_items:
+      if history is None or history_table is None:
+        raise ValueError(f"history_repr={cfg.history_repr!r}: requests need their history "
+                         "item indices and the history table")
+      extra = self.history_inputs(history, history_table)
+    h_q, mask_q, z_q = self.encode(query_tokens, extra)
     quant = self.quantize(z_base, gumbel_noise, tau)
     h = self.decoder(self.decoder_inputs(z_q, quant["code_vectors"]), h_q, mask_q > 0)
     logits = self.head_logits(h)

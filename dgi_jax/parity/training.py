@@ -87,8 +87,9 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   """Trains both models from one JAX init on the same batches, noise and temperatures.
 
   Each step draws a fresh batch and Gumbel noise (`compare.make_batch` with seed
-  `seed + 1 + step`) and the temperature `optim.gumbel_temperature(step)`, annealed
-  from `tau_start` to `tau_end` over the `steps` steps.
+  `seed + 1 + step`; with history items also fresh histories and a fresh history table)
+  and the temperature `optim.gumbel_temperature(step)`, annealed from `tau_start` to
+  `tau_end` over the `steps` steps.
 
   Why `lr_scale` < 1: at the tiny config's learning rates (1e-3 / 1e-2) the run is
   chaotic in float32 — Adam's sign-like early updates and the sharpening Gumbel softmax
@@ -146,13 +147,13 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   jax_terms, torch_terms = [], []
   with jax.default_matmul_precision("highest"):
     for s, (batch, tau) in enumerate(zip(batches, taus)):
-      arrays = {k: jnp.asarray(batch[k]) for k in ("item_tokens", "query_tokens", "item_index")}
+      arrays = compare.jax_inputs(batch)
       noise = [jnp.asarray(g) for g in batch["gumbel_noise"]]
       jax_params, opt_state, terms = jax_step(jax_params, opt_state, arrays, noise,
                                               jnp.float32(tau))
       jax_terms.append({k: float(v) for k, v in terms.items()})
 
-      out = reference(*compare.torch_batch(batch), tau)
+      out = reference(*compare.torch_batch(batch), tau, **compare.torch_history(batch))
       out["total"].backward()
       torch_opt.step(s)
       torch_terms.append({k: float(out[k].detach()) for k in compare.TERMS})
