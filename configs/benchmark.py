@@ -5,18 +5,14 @@ Sized so that each trained method takes minutes on 2 CPU cores. `benchmark_beaut
 budget for one GPU/TPU.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-# Config files are loaded by path (not as a package), so the base config is too.
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked benchmark config."""
-  c = _default["get_config"]()
+  c = config_files.load("default")
   with c.unlocked():
     # Final checkpoint, evaluated once on test: no validation passes inside the budget.
     c.train.eval_every = 0

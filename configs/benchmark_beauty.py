@@ -4,17 +4,14 @@ Sequential recommendation: empty query, the request is the titles of the user's 
 items (newest first), the target is the next item among all 12,101.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_benchmark = runpy.run_path(str(pathlib.Path(__file__).with_name("benchmark.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked Beauty benchmark config."""
-  c = _benchmark["get_config"]()
+  c = config_files.load("benchmark")
   with c.unlocked():
     c.data.max_item_len = 32  # Title and category leaves.
     c.data.max_query_len = 64  # The three or four most recent titles.

@@ -8,17 +8,14 @@ times the steps of the 2-core budget and the paper's 1000 warm-up steps; bfloat1
 float32 parameters.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_beauty = runpy.run_path(str(pathlib.Path(__file__).with_name("benchmark_beauty.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked accelerator-budget Beauty config."""
-  c = _beauty["get_config"]()
+  c = config_files.load("benchmark_beauty")
   with c.unlocked():
     c.data.max_query_len = 384
     c.data.vocab_size = 16000

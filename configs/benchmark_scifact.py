@@ -5,17 +5,14 @@ few to train an encoder from scratch, so the converter adds one inverse-cloze ps
 (an abstract sentence) per document; BM25 needs no training.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_benchmark = runpy.run_path(str(pathlib.Path(__file__).with_name("benchmark.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked SciFact benchmark config."""
-  c = _benchmark["get_config"]()
+  c = config_files.load("benchmark")
   with c.unlocked():
     c.data.max_item_len = 96  # Title and the first sentences of the abstract.
     c.data.max_query_len = 32  # A claim; there is no history.

@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   # with residual inputs it starts as the geometric search of the request's residuals
   # and training learns corrections, instead of starting from random logits.
   c.model.decoder_identity_init = True
+  # data.history_repr 'codes': whether the history's gradient reaches the codebooks it
+  # reads as input embeddings [D] (off: they enter as constants; see docs/DESIGN.md).
+  c.model.history_code_gradient = True
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()
@@ -165,6 +168,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.item_batch_size = 512  # Items per embedding / quantization call when indexing.
   c.eval.bucket_cap = 0  # Items ranked per SID bucket (0 = all; caps search memory).
   c.eval.num_popularity_buckets = 5  # Equal-count buckets B0 (head) .. B4 (tail) [P].
+  # Validation during training also computes the decoder and encoder diagnostics (one
+  # extra jitted pass per batch; `dgi eval` always does): their level1_information and
+  # encoder_dense_hit@10 join the logged validation metrics.
+  c.eval.validation_diagnostics = True
 
   c.lock()
   return c

@@ -8,20 +8,15 @@ downloaded. Point `--config.model.pretrained` at another BERT-family directory t
 Fields marked [P] follow the paper, [D] are our decisions.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
+from dgi_jax import config_files
 from dgi_jax.models import pretrained
-
-# Config files are loaded by path (not as a package), so the base config is too.
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked MiniLM config."""
-  c = _default["get_config"]()
+  c = config_files.load("default")
   with c.unlocked():
     c.data.max_item_len = 32  # Titles are ~12 words: ~20 word pieces plus [CLS]/[SEP].
     c.data.max_query_len = 64  # [CLS] query [SEP] + the newest history titles.

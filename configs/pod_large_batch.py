@@ -5,20 +5,16 @@ The learning rates follow the square-root scaling rule for Adam-type optimisers;
 starting points, not tuned values [D].
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-# Config files are loaded by path (not as a package), so the base config is too.
-_pod = runpy.run_path(str(pathlib.Path(__file__).with_name("pod_t5large.py")))
+from dgi_jax import config_files
 
 _BATCH_SCALE = 1024 // 128  # Relative to pod_t5large.
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked large-batch pod config."""
-  c = _pod["get_config"]()
+  c = config_files.load("pod_t5large")
   with c.unlocked():
     c.train.global_batch_size = 1024  # 8x pod_t5large; more in-batch InfoNCE negatives.
     c.train.num_steps = 15000 // _BATCH_SCALE  # Same examples seen as pod_t5large (1875).

@@ -8,18 +8,14 @@ Launch with `launch/tpu_pod.sh --config configs/pod_t5large.py
 paper, [D] are our decisions.
 """
 
-import pathlib
-import runpy
-
 import ml_collections
 
-# Config files are loaded by path (not as a package), so the base config is too.
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked pod config."""
-  c = _default["get_config"]()
+  c = config_files.load("default")
   with c.unlocked():
     # A catalogue large enough for 4096 first-level codes (the default's 5000 items would
     # leave about one item per code). Point data.dataset at a JSONL directory for real data.

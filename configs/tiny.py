@@ -1,17 +1,13 @@
 """Tiny config for tests: a few hundred items, a 1-layer 32-wide model, a few steps."""
 
-import pathlib
-import runpy
-
 import ml_collections
 
-# Config files are loaded by path (not as a package), so the base config is too.
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from dgi_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked tiny config."""
-  c = _default["get_config"]()
+  c = config_files.load("default")
   with c.unlocked():
     c.data.synthetic_num_items = 300
     c.data.synthetic_num_train = 1200

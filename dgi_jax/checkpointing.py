@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from dgi_jax import errors
+from dgi_jax import errors, paths, sharding
 
 CHECKPOINT_SUBDIR = "checkpoints"
 QUARANTINE_SUBDIR = "checkpoints_unreadable"  # Where unreadable step directories are moved.
@@ -61,23 +61,8 @@ class CheckpointLayoutError(CheckpointError):
   """
 
 
-def as_path(path) -> epath.Path:
-  """`path` as an `epath.Path`: local paths and `gs://bucket/...` alike.
-
-  `pathlib.Path("gs://b/x")` is `gs:/b/x`, and `epath.Path.absolute()` / `resolve()`
-  prefix a URI with the working directory, so only local paths are made absolute.
-  """
-  path = epath.Path(path)
-  return path if is_uri(path) else path.absolute()
-
-
-def is_uri(path) -> bool:
-  """Whether `path` names an object store (`gs://`, `s3://`, ...) rather than a local file."""
-  return "://" in str(path)
-
-
 def checkpoint_dir(workdir) -> epath.Path:
-  return as_path(workdir) / CHECKPOINT_SUBDIR
+  return paths.as_path(workdir) / CHECKPOINT_SUBDIR
 
 
 _ITERATOR_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
@@ -108,16 +93,9 @@ class LayoutTolerantIteratorHandler(grain.checkpoint.CheckpointHandler):
     try:
       index, count = _process_layout()
       own = directory / f"process_{index}-of-{count}.json"
-      if own.exists():
-        text = own.read_text()
-      elif isinstance(item, grain.DatasetIterator):
-        text = _layout_invariant_state(directory, index, count)
-      else:  # A DataLoader's state holds its shard (process index and count).
-        raise CheckpointLayoutError(
-            f"{directory}: {type(item).__name__} states depend on the process layout and "
-            f"{own.name} does not exist")
-      item.set_state(json.loads(text) if isinstance(item, grain.DatasetIterator)
-                     else text.encode())
+      text = (own.read_text() if own.exists()
+              else _layout_invariant_state(directory, index, count))
+      item.set_state(json.loads(text))
       item.start_prefetch()
     except Exception as error:  # pylint: disable=broad-except
       return error
@@ -183,7 +161,7 @@ class Checkpointer:
 
   def __init__(self, workdir, best_metric: Optional[str] = None, best_mode: str = "max",
                read_only: bool = False):
-    self._workdir = as_path(workdir)
+    self._workdir = paths.as_path(workdir)
     # Two latest, so a corrupted newest checkpoint still leaves one to resume from.
     policies = [checkpoint_managers.LatestN(KEEP_LATEST)]
     best_fn = None
@@ -214,6 +192,15 @@ class Checkpointer:
   def all_steps(self):
     return self._manager.all_steps()
 
+  def best_step_by(self, metric: str, mode: str = "max") -> Optional[int]:
+    """The step `best_step` gives when opened with `best_metric=metric` (ties: the newest),
+    for a reader that learns the metric from a checkpoint's config; None when no
+    checkpoint carries validation metrics."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [(sign * saved[metric], step) for step in self.all_steps()
+              if (saved := self._manager.metrics(step)) is not None]
+    return max(scored)[1] if scored else None
+
   # ------------------------------------------------------------------ save
   def save(self, step: int, state: Any, rng: jax.Array, data_iterator, config_json: Dict,
            tokenizer_json: Dict, metrics: Optional[Dict[str, float]] = None,
@@ -240,7 +227,7 @@ class Checkpointer:
     tokenizer; local, single-process work directories only (one process's refusal would
     leave the others waiting in the save).
     """
-    if is_uri(self._workdir) or jax.process_count() > 1:
+    if paths.is_uri(self._workdir) or jax.process_count() > 1:
       return
     need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
     need += len(json.dumps(tokenizer_json)) + (1 << 20)
@@ -411,9 +398,7 @@ class Checkpointer:
                         "the training log.\n")
       source = checkpoint_dir(self._workdir) / str(step)
       source.rename(target / f"{step}.{int(time.time())}")
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+    sharding.sync_processes(f"quarantine checkpoint {step}")
     self._manager = self._make_manager()
 
   def read_params(self, step: Optional[int] = None) -> Any:
@@ -432,6 +417,23 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
     return restored.state["train_state"]["params"]
+
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
+    """The parameters of `step` (default the latest), onto `abstract_params`' shardings.
+
+    Raises `CheckpointError` naming the first leaf whose path or shape differs.
+    """
+    params = self.read_params(step)
+    want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path in want.keys() | got.keys():
+      shape_want = getattr(want.get(path), "shape", None)
+      shape_got = getattr(got.get(path), "shape", None)
+      if shape_want != shape_got:
+        raise CheckpointError(f"{self._workdir}: parameter {jax.tree_util.keystr(path)} has "
+                              f"shape {shape_got} in the checkpoint, the model needs "
+                              f"{shape_want}")
+    return jax.tree.map(lambda a, x: jax.device_put(x, a.sharding), abstract_params, params)
 
   def restore_json(self, name: str, step: Optional[int] = None) -> Dict:
     """The config or tokenizer JSON saved with a checkpoint."""
@@ -457,7 +459,7 @@ def _shapes(tree: Any) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
 
 def _free_bytes(directory) -> int:
   """Free bytes on the file system holding `directory` (or its nearest existing parent)."""
-  path = as_path(directory)
+  path = paths.as_path(directory)
   while not path.exists() and path.parent != path:
     path = path.parent
   return shutil.disk_usage(str(path)).free
@@ -472,26 +474,15 @@ def _worst_outcome(code: int) -> int:
 
 
 def restore_params(workdir, abstract_params: Any, step: Optional[int] = None) -> Any:
-  """Only the parameters of another run (for `init_from`), onto `abstract_params`' shardings.
-
-  Raises `CheckpointError` naming the first leaf whose path or shape differs.
-  """
+  """Only the parameters of another run (for `init_from`): `Checkpointer.restore_params`
+  of `step` (default the latest) of `workdir`."""
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
     if checkpointer.latest_step() is None:
       raise CheckpointError(f"{workdir}: no checkpoint under {checkpoint_dir(workdir)}")
-    params = checkpointer.read_params(step)
+    return checkpointer.restore_params(abstract_params, step)
   finally:
     checkpointer.close()
-  want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
-  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path in want.keys() | got.keys():
-    shape_want = getattr(want.get(path), "shape", None)
-    shape_got = getattr(got.get(path), "shape", None)
-    if shape_want != shape_got:
-      raise CheckpointError(f"{workdir}: parameter {jax.tree_util.keystr(path)} has shape "
-                            f"{shape_got} in the checkpoint, the model needs {shape_want}")
-  return jax.tree.map(lambda a, x: jax.device_put(x, a.sharding), abstract_params, params)
 
 
 def dumps_config(config) -> Dict:

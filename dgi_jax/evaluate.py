@@ -9,14 +9,10 @@
   hubness    Spearman correlation of the raw item-embedding norm with item popularity,
              and of each level's codeword norm with its code popularity (summed f(i)).
   index      code-usage perplexity per level, unique-SID share, bucket sizes.
-  decoder    per level, the decoder's teacher-forced cross-entropy of the relevant items'
-             SIDs and the entropy of those codes (what a request-blind decoder could get
-             at best on level 1): their gap at level 1 is what the request tells the
-             decoder about the first code, which bounds how well the search can start.
-  encoder    the model's own encoder without the decoder: Hit/NDCG@10 of exact cosine
-             top-K over the catalogue (what the dense baseline does), and per level the
-             share of pairs whose request vector quantizes to the relevant item's SID
-             prefix; they tell whether joint training kept requests near their items.
+  decoder,   the diagnostics of `diagnostics.py` (the decoder's cross-entropy of the
+  encoder    relevant items' SIDs, the encoder's own cosine ranking and SID prefixes),
+             unless `with_diagnostics` is False (validation during training:
+             `eval.validation_diagnostics`); one jitted pass per batch beside the search.
 
 `make_validation_fn` gives `train.train_and_evaluate` its `evaluate_fn`. With several
 processes every process evaluates the whole split on its own local device (same data,
@@ -29,14 +25,17 @@ import pathlib
 import time
 from typing import Any, Callable, Dict, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dgi_jax import atomic_write
+from dgi_jax import diagnostics
 from dgi_jax import metrics
 from dgi_jax import plots
 from dgi_jax import retrieval
-from dgi_jax import train
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import run_setup
+from dgi_jax import trained_run
 from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
@@ -62,9 +61,10 @@ def hubness(retriever: retrieval.Retriever, popularity: np.ndarray) -> Dict[str,
           "codeword_norm_spearman": codeword}
 
 
-def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, config,
+def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
                    split: str, beam_size: Optional[int] = None, k: Optional[int] = None,
-                   keep_rankings: bool = False) -> Dict[str, Any]:
+                   keep_rankings: bool = False, with_diagnostics: bool = True
+                   ) -> Dict[str, Any]:
   """Searches every request of `split` and reports metrics (see the module doc).
 
   Args:
@@ -76,35 +76,26 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
     k: Items ranked per request; default `config.eval.k`. Metrics @K > k are left out.
     keep_rankings: Also return 'rankings', int [Q, k] item indices per request in split
       order (not JSON-serialisable).
+    with_diagnostics: Also report the decoder and encoder diagnostics.
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    hubness, index, decoder, encoder, timing (seconds, requests_per_sec; the search
-    with the decoder and encoder diagnostics).
+    hubness, index, decoder and encoder (with diagnostics), timing (seconds,
+    requests_per_sec; the search with the diagnostics).
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
   start = time.perf_counter()
-  ranked, relevant, dense_ranked = [], [], []
-  cross_entropy, target_sids, prefix_agreement = [], [], []
+  ranked, relevant, parts = [], [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
   for batch in batches:
-    tokens, history = batch["query_tokens"], batch["history"]
-    result = retriever.search(tokens, beam_size, k, history)
+    result = retriever.search(batch["query_tokens"], beam_size, k, batch["history"])
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
-    dense_ranked.append(retriever.cosine_top_k(tokens, LONG_TAIL_K,
-                                               history)[batch["mask"]])
-    request_codes = retriever.request_codes(tokens, history)
-    for column in batch["relevant"].T:  # Every (request, relevant item) pair.
-      pairs = batch["mask"] & (column >= 0)
-      if pairs.any():
-        cross_entropy.append(retriever.code_cross_entropy(
-            tokens, np.maximum(column, 0), history)[pairs])
-        target_sids.append(retriever.sids[column[pairs]])
-        prefix_agreement.append(np.cumprod(request_codes[pairs] == target_sids[-1], axis=1))
+    if with_diagnostics:
+      parts.append(_batch_diagnostics(retriever, batch))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k)
@@ -113,55 +104,34 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: train.RunData, conf
                                int(config.eval.num_popularity_buckets)))
   report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
   report["index"] = dict(retriever.stats)
-  report["decoder"] = decoder_report(np.concatenate(cross_entropy),
-                                     np.concatenate(target_sids),
-                                     retriever.model.cfg.codebook_sizes)
-  report["encoder"] = encoder_report(np.concatenate(dense_ranked), relevant,
-                                     np.concatenate(prefix_agreement))
+  if with_diagnostics:
+    dense_ranked, cross_entropy, target_sids, agreement = (np.concatenate(p)
+                                                           for p in zip(*parts))
+    report["decoder"] = diagnostics.decoder_report(cross_entropy, target_sids,
+                                                   retriever.model.cfg.codebook_sizes)
+    report["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement)
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
     report["rankings"] = ranked
   return report
 
 
-def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
-                   codebook_sizes) -> Dict[str, Any]:
-  """How much the decoder learned about each code level of the relevant items.
-
-  Args:
-    cross_entropy: float [P, m] teacher-forced cross-entropy (nats) per pair and level.
-    target_sids: int [P, m] the pairs' item SIDs.
-    codebook_sizes: K_t per level.
-
-  Returns:
-    code_cross_entropy (mean per level), target_code_entropy (entropy of each level's
-    code among the pairs' items, nats: level 1's is the best cross-entropy without the
-    request) and level1_information (their gap at level 1, nats).
-  """
-  entropy = np.log(metrics.code_usage_perplexity(target_sids, codebook_sizes))
-  mean_ce = cross_entropy.mean(axis=0)
-  return {"code_cross_entropy": [float(x) for x in mean_ce],
-          "target_code_entropy": [float(x) for x in entropy],
-          "level1_information": float(entropy[0] - mean_ce[0])}
-
-
-def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
-                   prefix_agreement: np.ndarray) -> Dict[str, Any]:
-  """The trained encoder on its own (see the module doc, `encoder`).
-
-  Args:
-    dense_ranked: int [Q, LONG_TAIL_K] items ranked by cosine(request, item) alone.
-    relevant: int [Q, R] relevant item indices per request, padded with -1.
-    prefix_agreement: bool/int [P, m], per (request, relevant item) pair and level t,
-      whether the request's own SID agrees with the item's on levels 1..t.
-
-  Returns:
-    dense (hit@10, ndcg@10 of the exact cosine ranking) and sid_prefix_agreement (mean
-    per level).
-  """
-  means = metrics.retrieval_metrics(dense_ranked, relevant, (LONG_TAIL_K,), LONG_TAIL_K)
-  return {"dense": {name: float(means[f"{name}@{LONG_TAIL_K}"]) for name in ("hit", "ndcg")},
-          "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)]}
+def _batch_diagnostics(retriever: retrieval.Retriever, batch):
+  """(dense ranking [B', 10] of the real requests, then per (request, relevant item)
+  pair, relevant column by column: cross-entropy [P, m], the item's SID [P, m], SID
+  prefix agreement [P, m]) of one eval batch, from one `diagnostics.diagnose` call."""
+  relevant = batch["relevant"]  # [B, R], -1 padded.
+  out = jax.device_get(diagnostics.diagnose(
+      retriever.model, retriever.params, retriever.device_item_embeddings,
+      jnp.asarray(batch["query_tokens"], jnp.int32),
+      jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
+      *retriever.history_args(batch["history"])))
+  pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
+  target_sids = retriever.sids[relevant.T[pairs]]
+  request_codes = np.broadcast_to(out.request_codes, pairs.shape + target_sids.shape[1:])
+  return (out.dense_top_k[batch["mask"]],
+          out.code_cross_entropy.transpose(1, 0, 2)[pairs], target_sids,
+          np.cumprod(request_codes[pairs] == target_sids, axis=1))
 
 
 def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
@@ -198,22 +168,26 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
   out["unique_sid_share"] = report["index"]["unique_sid_share"]
   for level, value in enumerate(report["index"]["code_perplexity"]):
     out[f"code_perplexity_{level}"] = value
-  out["level1_information"] = report["decoder"]["level1_information"]
-  out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
+  if "decoder" in report:
+    out["level1_information"] = report["decoder"]["level1_information"]
+    out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
 
 
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:
   """`evaluate_fn(params, run_data) -> {metric: float}` for `train.train_and_evaluate`.
 
-  Each call indexes the catalogue with the current params, then evaluates `split`.
+  Each call indexes the catalogue with the current params, then evaluates `split`, with
+  the diagnostics when `eval.validation_diagnostics`.
   """
   config = encoders.resolve_pretrained(config)  # As training resolves it.
-  model = train.build_model(config)
+  model = run_setup.build_model(config)
 
-  def evaluate_fn(params, run_data: train.RunData) -> Dict[str, float]:
+  def evaluate_fn(params, run_data: run_setup.RunData) -> Dict[str, float]:
     retriever = retrieval.Retriever(model, params, run_data, config)
-    return flat_metrics(evaluate_split(retriever, run_data, config, split))
+    return flat_metrics(evaluate_split(
+        retriever, run_data, config, split,
+        with_diagnostics=config.eval.validation_diagnostics))
 
   return evaluate_fn
 
@@ -227,7 +201,7 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
   Returns:
     (report, step, 'best' | 'latest' | 'fallback', paths written).
   """
-  trained = workdir_lib.load_trained(workdir)  # Skips damaged checkpoints, with a warning.
+  trained = trained_run.load_trained(workdir)  # Skips damaged checkpoints, with a warning.
   step, which = trained.step, trained.selected
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
@@ -308,7 +282,7 @@ def format_report(report: Dict[str, Any]) -> str:
                  + f", level-1 information {_fmt(decoder['level1_information'])}")
   encoder = report.get("encoder")
   if encoder:
-    lines.append(f"encoder alone (exact cosine top-{LONG_TAIL_K}): hit "
+    lines.append(f"encoder alone (exact cosine top-{diagnostics.DENSE_K}): hit "
                  f"{_fmt(encoder['dense']['hit'])}, ndcg {_fmt(encoder['dense']['ndcg'])}; "
                  "requests quantized to the relevant SID prefix per level "
                  + " / ".join(_fmt(x) for x in encoder["sid_prefix_agreement"]))

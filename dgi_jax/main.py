@@ -20,16 +20,14 @@ directories: `errors.UserError` and a file system that refuses a write) end in o
 import functools
 import logging as std_logging
 import os
-import pathlib
 import re
-import runpy
 import sys
 import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dgi_jax import config_checks, errors
+from dgi_jax import config_checks, config_files, errors
 
 COMMANDS = ("train", "parity", "eval", "search", "index", "benchmark")
 # Commands that serve a trained work directory; their config comes from its checkpoint.
@@ -69,7 +67,6 @@ COMMAND_USAGE = {
 }
 
 FLAGS = flags.FLAGS
-_COMMAND_ARGS = []  # The command's own arguments, as typed.
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, data, plots.")
 flags.DEFINE_bool("allow_dataset_change", False, "train: resume although the dataset "
                   "differs from the one the checkpoint was trained on.")
@@ -136,39 +133,39 @@ def _maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
-def _train(config) -> None:
+def _train(config, args) -> None:
   from dgi_jax import train  # pylint: disable=g-import-not-at-top
   if not FLAGS.workdir:
     raise app.UsageError("dgi train needs --workdir")
   # Before anything opens the work directory's checkpoints (which starts JAX).
   _maybe_initialize_distributed(config)
-  config = _resume_config(config)
+  config = _resume_config(config, args)
   evaluate_fn = None
   if config.train.eval_every > 0:
     from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate_fn = evaluate.make_validation_fn(config)
-  summary = train.train_and_evaluate(config, FLAGS.workdir, evaluate_fn=evaluate_fn,
-                                     allow_dataset_change=FLAGS.allow_dataset_change)
+  result = train.train_and_evaluate(config, FLAGS.workdir, evaluate_fn=evaluate_fn,
+                                    allow_dataset_change=FLAGS.allow_dataset_change)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    print(_train_summary(summary, config, FLAGS.workdir))
+    print(_train_summary(result, config, FLAGS.workdir))
 
 
-def _resume_config(config):
+def _resume_config(config, args):
   """With --config: `config`. Without: the work directory's saved config (if it has a
   readable checkpoint) with the --config.* overrides applied, else the default config
   (`config`; None when the default file is not here)."""
   if FLAGS["config"].present:
     return config
-  from dgi_jax import workdir  # pylint: disable=g-import-not-at-top
+  from dgi_jax import trained_run  # pylint: disable=g-import-not-at-top
   verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about each read-only manager.
+  logging.set_verbosity(logging.ERROR)  # Orbax warns when it opens checkpoints read-only.
   try:
-    saved = workdir.saved_config(FLAGS.workdir)
+    saved = trained_run.saved_config(FLAGS.workdir)
   finally:
     logging.set_verbosity(verbosity)
   if saved is None:
-    return config if config is not None else _loaded_config()  # Its error names the file.
+    return config if config is not None else _loaded_config(args)  # Its error names the file.
   print(f"using the config saved in {FLAGS.workdir}'s checkpoints (no --config given)")
   return _with_overrides(saved, "the work directory's saved config")
 
@@ -184,18 +181,10 @@ def _with_overrides(config, source: str):
   return config
 
 
-def _latest_step(workdir):
-  """The newest finished checkpoint step (Orbax's temporary folders have longer names)."""
-  from dgi_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  folder = checkpointing.checkpoint_dir(workdir)
-  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-  return max(steps, default=None)
-
-
-def _train_summary(summary, config, workdir) -> str:
+def _train_summary(result, config, workdir) -> str:
   """What a finished (or stopped) run tells: the step, the losses, the next command."""
   from dgi_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  step, total = _latest_step(workdir), config.train.num_steps
+  summary, step, total = result.metrics, result.step, config.train.num_steps
   where = checkpointing.checkpoint_dir(workdir) / str(step)
   if not summary:  # No step ran.
     return (f"nothing to train: {where} is already at step {step} of {total}\n"
@@ -229,11 +218,11 @@ def _eval() -> None:
 
 
 def _search(query: str) -> None:
-  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
+  from dgi_jax import retrieval, trained_run  # pylint: disable=g-import-not-at-top
   history = [i.strip() for i in FLAGS.history.split(",") if i.strip()]
   if not query.strip() and not history:
     raise app.UsageError("dgi search needs a query text, a --history, or both")
-  trained = workdir.load_trained(FLAGS.workdir)
+  trained = trained_run.load_trained(FLAGS.workdir)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
   hits = retriever.search_text(query, history, FLAGS.beam or trained.config.eval.beam_size,
@@ -248,13 +237,13 @@ def _search(query: str) -> None:
 
 
 def _index() -> None:
-  from dgi_jax import retrieval, workdir  # pylint: disable=g-import-not-at-top
+  from dgi_jax import retrieval, trained_run  # pylint: disable=g-import-not-at-top
   if not FLAGS.out:
     raise app.UsageError("dgi index needs --out")
   if os.path.isdir(FLAGS.out):
     raise app.UsageError(f"--out {FLAGS.out} is a directory; give the file to write")
   new_items = retrieval.read_items_file(FLAGS.add) if FLAGS.add else []
-  trained = workdir.load_trained(FLAGS.workdir)
+  trained = trained_run.load_trained(FLAGS.workdir)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
   retriever.add_items([i.text for i in new_items], [i.item_id for i in new_items])
@@ -267,7 +256,7 @@ def _index() -> None:
 
 def _serve(argv, command: str) -> int:
   """eval / search / index."""
-  # Orbax warns about every read-only checkpoint manager it opens.
+  # Orbax warns when it opens checkpoints read-only.
   logging.set_verbosity(logging.ERROR)
   if FLAGS["config"].present or FLAGS["config"].override_values:
     raise app.UsageError(f"dgi {command} takes its config from the checkpoint; drop "
@@ -286,14 +275,15 @@ def _serve(argv, command: str) -> int:
 
 
 def _benchmark_config():
-  """--config if given, else configs/benchmark_<dataset>.py, else configs/benchmark.py."""
+  """--config if given, else the repository's configs/benchmark_<dataset>.py, else its
+  configs/benchmark.py (wherever the command runs)."""
   if FLAGS["config"].present:
     return FLAGS.config
-  named = pathlib.Path("configs") / f"benchmark_{FLAGS.dataset}.py"
-  path = named if named.is_file() else pathlib.Path("configs") / "benchmark.py"
+  named = config_files.path(f"benchmark_{FLAGS.dataset}")
+  path = named if named.is_file() else config_files.path("benchmark")
   if not path.is_file():
-    raise app.UsageError(f"no {path} here: run from the repository root or pass --config")
-  return _with_overrides(runpy.run_path(str(path))["get_config"](), str(path))
+    raise app.UsageError(f"no {path}: pass --config")
+  return _with_overrides(config_files.load_file(path), str(path))
 
 
 def _benchmark(command_line) -> int:
@@ -316,18 +306,18 @@ def _benchmark(command_line) -> int:
   return 0
 
 
-def _dispatch(argv, command: str) -> int:
+def _dispatch(argv, command: str, args) -> int:
   if command in SERVING_COMMANDS:
     return _serve(argv, command)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if command == "benchmark":
-    return _benchmark(["dgi", command] + _COMMAND_ARGS)
+    return _benchmark(["dgi", command, *args])
   if command == "train":
     # Resuming without --config needs no config file here.
-    _train(_loaded_config() if FLAGS["config"].present else _default_config())
+    _train(_loaded_config(args) if FLAGS["config"].present else _default_config(), args)
     return 0
-  return _parity(_loaded_config())
+  return _parity(_loaded_config(args))
 
 
 def _check_flags(command: str) -> None:
@@ -359,11 +349,13 @@ def _fail(command: str, message: str) -> int:
   return 1
 
 
-def _run(argv, command: str) -> int:
-  """The command; an expected error ends in one line and exit status 1."""
+def _run(argv, command: str, args) -> int:
+  """The command (`argv`: the program and the positional arguments left by the flags,
+  `args`: the command's arguments as typed); an expected error ends in one line and exit
+  status 1."""
   try:
     _check_flags(command)
-    return _dispatch(argv, command)
+    return _dispatch(argv, command, args)
   except KeyboardInterrupt:
     print(f"dgi {command}: aborted (Ctrl-C)", file=sys.stderr)
     return 130
@@ -377,9 +369,8 @@ def _run(argv, command: str) -> int:
 # ---------------------------------------------------------------------------- flags
 
 
-def _config_path() -> str:
-  """The config file --config names (without a ':argument'), else the default's."""
-  args = sys.argv[1:]
+def _config_path(args) -> str:
+  """The config file --config names in `args` (without a ':argument'), else the default's."""
   for i, arg in enumerate(args):
     if arg.startswith("--config="):
       return arg.split("=", 1)[1].split(":", 1)[0]
@@ -388,23 +379,23 @@ def _config_path() -> str:
   return DEFAULT_CONFIG
 
 
-def _override_paths():
-  """The field paths of the --config.a.b=v overrides on the command line."""
-  return [m[1] for arg in sys.argv[1:]
+def _override_paths(args):
+  """The field paths of the --config.a.b=v overrides among `args`."""
+  return [m[1] for arg in args
           for m in [re.match(r"--(?:no)?config\.([^=]+)", arg)] if m]
 
 
-def _config_error(error: Exception) -> str:
+def _config_error(error: Exception, args) -> str:
   """One line for an error of loading the config or applying an override to it: the
   missing file, the unknown field and its close matches, else the error itself."""
-  path = _config_path()
+  path = _config_path(args)
   if not os.path.isfile(path):
     return f"--config {path}: no such file"
   try:
-    config = runpy.run_path(path)["get_config"]()
+    config = config_files.load_file(path)
   except Exception as e:  # pylint: disable=broad-except
     return f"--config {path}: cannot load it ({type(e).__name__}: {errors.one_line(e)})"
-  unknown = config_checks.unknown_field(config, _override_paths())
+  unknown = config_checks.unknown_field(config, _override_paths(args))
   if unknown is None:
     return errors.one_line(error)
   field, matches, siblings = unknown
@@ -424,12 +415,12 @@ def _default_config():
   return FLAGS.config
 
 
-def _loaded_config():
+def _loaded_config(args):
   """FLAGS.config, whose loading errors show only when it is first read."""
   try:
     FLAGS.config.keys()
   except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(_config_error(e)) from None
+    raise errors.ConfigError(_config_error(e, args)) from None
   return FLAGS.config
 
 
@@ -448,13 +439,14 @@ def _define_config_flag() -> None:
 
 def _parse_flags(command: str, argv):
   """absl's flag parsing, its errors as one line (absl prints usage and tracebacks)."""
+  args = argv[1:]
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    message = (_config_error(e) if "config." in str(e) and _override_paths()
+    message = (_config_error(e, args) if "config." in str(e) and _override_paths(args)
                else errors.one_line(e))
   except Exception as e:  # pylint: disable=broad-except
-    message = _config_error(e)
+    message = _config_error(e, args)
   sys.exit(_fail(command, message))
 
 
@@ -484,13 +476,13 @@ def _show_warning(command, message, category, filename, lineno, file=None, line=
   print(f"dgi {command}: warning: {errors.one_line(message)}", file=file or sys.stderr)
 
 
-def _start(command: str) -> None:
+def _start(command: str, args) -> None:
   """Per-run setup: --config for this command line, quiet libraries, warning lines."""
   FLAGS.unparse_flags()  # A previous run in this process (tests) set values.
   try:
     _define_config_flag()
   except Exception as e:  # pylint: disable=broad-except
-    sys.exit(_fail(command, _config_error(e)))
+    sys.exit(_fail(command, _config_error(e, args)))
   # Orbax and TFDS log every save and read at INFO through absl.
   logging.set_verbosity(logging.WARNING)
   absl_logger = logging.get_absl_logger()
@@ -521,15 +513,14 @@ def main() -> None:
   """Console entry point (`dgi`)."""
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
     _top_level(sys.argv[1:])
-  command = sys.argv.pop(1)
-  _COMMAND_ARGS[:] = sys.argv[1:]  # For results files that quote their command line.
-  if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+  command, args = sys.argv[1], sys.argv[2:]
+  if any(arg in HELP_ARGS for arg in args):
     print(_command_help(command))
     sys.exit(0)
   show_warning = warnings.showwarning
   try:
-    _start(command)
-    app.run(lambda argv: sys.exit(_run(argv, command)),
+    _start(command, args)
+    app.run(lambda argv: sys.exit(_run(argv, command, args)), argv=[sys.argv[0], *args],
             flags_parser=functools.partial(_parse_flags, command))
   finally:
     warnings.showwarning = show_warning

@@ -11,11 +11,11 @@ QUANTIZER_PARAMS = ("codebook_", "gamma_")
 
 def is_frozen(name: str, optim_config) -> bool:
   """Whether the top-level parameter `name` is listed (by prefix) in `optim.frozen`."""
-  return name.startswith(tuple(optim_config.get("frozen", ())))
+  return name.startswith(tuple(optim_config.frozen))
 
 
 def _freezes_anything(optim_config) -> bool:
-  return bool(optim_config.get("frozen", ())) or optim_config.get("freeze_encoder_layers", 0) > 0
+  return bool(optim_config.frozen) or optim_config.freeze_encoder_layers > 0
 
 
 def param_labels(params, optim_config=None):
@@ -26,7 +26,7 @@ def param_labels(params, optim_config=None):
     names = tuple(p.key if hasattr(p, "key") else str(p) for p in path)
     if optim_config is not None and (
         is_frozen(names[0], optim_config) or encoders.is_frozen_encoder_param(
-            names, optim_config.get("freeze_encoder_layers", 0))):
+            names, optim_config.freeze_encoder_layers)):
       return "frozen"
     return "quantizer" if names[0].startswith(QUANTIZER_PARAMS) else "backbone"
   return jax.tree_util.tree_map_with_path(label, params)

@@ -4,7 +4,6 @@ Figures are drawn on matplotlib's Agg canvas directly (no pyplot state, no displ
 written atomically, so a reader never sees half a PNG.
 """
 
-import json
 import math
 import pathlib
 from typing import Any, Dict, List, Sequence
@@ -13,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dgi_jax import atomic_write
-from dgi_jax import train
+from dgi_jax import metrics_log
 
 LOSS_TERMS = ("total", "ntp", "global", "local", "infonce", "div")
 GRAD_NORM_KEY = "item_encoder_last_layer_grad_norm"
@@ -62,22 +61,13 @@ def plot_popularity_buckets(long_tail: Dict[str, Any], path, title: str = "") ->
   # Real-data hit rates can be a few percent: scale to the data, not to 1.
   finite = [v for v in values if not math.isnan(v)]
   ax.set_ylim(0, min(1.05, max(0.05, 1.25 * max(finite, default=0.0))))
-  ax.set_ylabel(f"Hit@{long_tail.get('k', 10)}")
+  ax.set_ylabel(f"Hit@{long_tail['k']}")
   ax.set_title(title or "Hit@10 by item popularity (B0 head .. B4 tail)")
   return save_png(figure, path)
 
 
-def read_metrics(workdir) -> List[Dict[str, Any]]:
-  """The records of `<workdir>/metrics.jsonl` (empty if the file does not exist)."""
-  path = pathlib.Path(workdir) / train.METRICS_FILE
-  if not path.is_file():
-    return []
-  with path.open() as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _series(records: Sequence[Dict[str, Any]], key: str, kind: str = "train"):
-  rows = [(r["step"], r[key]) for r in records if r.get("kind") == kind and key in r]
+  rows = [(r["step"], r[key]) for r in records if r["kind"] == kind and key in r]
   return [s for s, _ in rows], [v for _, v in rows]
 
 
@@ -125,8 +115,8 @@ def write_run_plots(report: Dict[str, Any], workdir, out_dir) -> List[pathlib.Pa
   paths = [plot_popularity_buckets(
       report["long_tail"], out_dir / f"popularity_buckets_{report['split']}.png",
       f"Hit@10 by popularity, {report['split']} split, beam {report['beam_size']}")]
-  records = read_metrics(workdir)
-  if any(r.get("kind") == "train" for r in records):
+  records = metrics_log.read_metrics(workdir)
+  if any(r["kind"] == "train" for r in records):
     paths.append(plot_training_curves(records, out_dir / "training_curves.png"))
     if _series(records, GRAD_NORM_KEY)[0]:
       paths.append(plot_grad_norm(records, out_dir / "grad_norm_item_encoder.png"))

@@ -26,8 +26,8 @@ import numpy as np
 from dgi_jax import atomic_write
 from dgi_jax import decoding
 from dgi_jax import index as index_lib
-from dgi_jax import train
-from dgi_jax.baselines import dense
+from dgi_jax import run_setup
+from dgi_jax import sharding
 from dgi_jax.data import jsonl_format
 from dgi_jax.data import pipeline
 from dgi_jax.data import records
@@ -82,40 +82,6 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
                       beams=beams)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _code_cross_entropy(model: DGIModel, params, query_tokens: jax.Array, history,
-                        history_table, target_sids: jax.Array) -> jax.Array:
-  """Teacher-forced -log P(c_t | request, c_<t) of target SIDs [B, m] -> [B, m] (nats).
-
-  The decoder reads the targets' hard codewords, as in the search; the softmax runs over
-  the whole codebook (not the prefix tables), so it measures the decoder, not the index.
-  """
-  apply = functools.partial(model.apply, {"params": params})
-  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
-  levels = []
-  for t in range(target_sids.shape[1]):
-    logits = apply(request.z_q, request.states, request.mask, target_sids[:, :t],
-                   method=DGIModel.prefix_logits).astype(jnp.float32)
-    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                       target_sids[:, t:t + 1], axis=-1)[:, 0])
-  return jnp.stack(levels, axis=1)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _request_codes(model: DGIModel, params, query_tokens: jax.Array, history,
-                   history_table) -> jax.Array:
-  """The SID the quantizer gives the request vector itself, [B, Lq] -> [B, m].
-
-  z_q is put on the item embeddings' scale first (unit length when they are), as the
-  decoder's residual inputs do.
-  """
-  apply = functools.partial(model.apply, {"params": params})
-  z_q = apply(query_tokens, history, history_table, method=DGIModel.encode_requests).z_q
-  if model.cfg.normalize_item_embedding:
-    z_q = quantizer.l2_normalize(z_q)
-  return apply(z_q, method=DGIModel.hard_codes)
-
-
 class Retriever:
   """A trained model's index over a catalogue, and the search over it.
 
@@ -129,7 +95,7 @@ class Retriever:
     stats: `index.collision_stats` of the current SIDs.
   """
 
-  def __init__(self, model: DGIModel, params, run_data: train.RunData, config):
+  def __init__(self, model: DGIModel, params, run_data: run_setup.RunData, config):
     """Indexes the catalogue of `run_data` with `params`.
 
     Args:
@@ -139,11 +105,9 @@ class Retriever:
       config: The full config (`data` layouts and the `eval` section).
     """
     self.model = model
-    # One local device: training leaves the params replicated over the whole mesh, and a
-    # jit follows committed inputs, so the search would run once per device. Host copy
-    # first, so multi-process (global) arrays work too.
+    # Training leaves the params replicated over the whole mesh.
     self._device = jax.local_devices()[0]
-    self.params = jax.device_put(jax.device_get(params), self._device)
+    self.params = sharding.to_local_device(params)
     self.tokenizer = run_data.tokenizer
     self._data_config = config.data
     self._item_batch_size = int(config.eval.item_batch_size)
@@ -168,7 +132,7 @@ class Retriever:
 
     Fixed-size batches (the last one zero-padded) keep to one compilation.
     """
-    z_base, codes = train.map_batches(
+    z_base, codes = run_setup.map_batches(
         functools.partial(_embed_and_quantize, self.model, self.params),
         np.asarray(item_tokens, np.int32), self._item_batch_size)
     return z_base.astype(np.float32), codes.astype(np.int32)
@@ -197,6 +161,11 @@ class Retriever:
                        else self.item_embeddings, self._device)
         if self.model.cfg.history_items else None)
     return np.arange(start, self.num_items)
+
+  @property
+  def device_item_embeddings(self) -> jax.Array:
+    """`item_embeddings` on the index's device."""
+    return self._device_embeddings
 
   @property
   def history_table(self):
@@ -232,9 +201,10 @@ class Retriever:
     return self._index_of[item_id]
 
   # ------------------------------------------------------------------ search
-  def _history_args(self, history):
-    """(history [B, H] on the device, the history table), or (None, None) when the
-    model reads its history as text."""
+  def history_args(self, history):
+    """(history [B, H] on the device, the history table): the history arguments of
+    `DGIModel.encode_requests` for this index, or (None, None) when the model reads its
+    history as text."""
     if not self.model.cfg.history_items:
       return None, None
     if history is None:
@@ -248,32 +218,10 @@ class Retriever:
     index."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
-                   *self._history_args(history), beam_size=int(beam_size), k=int(k),
+                   *self.history_args(history), beam_size=int(beam_size), k=int(k),
                    bucket_cap=self._bucket_cap)
 
-  def cosine_top_k(self, query_tokens, k: int, history=None) -> np.ndarray:
-    """int32 [B, k]: the catalogue ranked by cosine(request, item) alone, without the
-    decoder or the index (the dense baseline's ranking, on this model's encoder)."""
-    return np.asarray(dense.cosine_top_k(self.model, self.params, self._device_embeddings,
-                                         jnp.asarray(query_tokens, jnp.int32),
-                                         *self._history_args(history), k=int(k)))
-
-  def code_cross_entropy(self, query_tokens, items, history=None) -> np.ndarray:
-    """Per-level teacher-forced cross-entropy (nats) of item indices [B]'s SIDs given
-    request tokens [B, Lq] (and history) -> float32 [B, m]; see `_code_cross_entropy`."""
-    return np.asarray(_code_cross_entropy(self.model, self.params,
-                                          jnp.asarray(query_tokens, jnp.int32),
-                                          *self._history_args(history),
-                                          jnp.asarray(self.sids[np.asarray(items)])))
-
-  def request_codes(self, query_tokens, history=None) -> np.ndarray:
-    """int32 [B, m]: the SIDs the trained quantizer gives the request vectors of request
-    tokens [B, Lq] (and history) (see `_request_codes`)."""
-    return np.asarray(_request_codes(self.model, self.params,
-                                     jnp.asarray(query_tokens, jnp.int32),
-                                     *self._history_args(history)))
-
-  def encode_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
+  def tokenize_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
                       ) -> Tuple[np.ndarray, np.ndarray]:
     """Requests of query texts and histories of item ids (oldest first) -> (request
     tokens int32 [B, max_query_len], history item indices int32 [B, max_history]).
@@ -294,13 +242,13 @@ class Retriever:
     tokens = self.tokenizer.encode_requests(list(queries), history_texts,
                                             data.max_query_len, data.max_history,
                                             max_title_len=data.max_item_len)
-    recent = [pipeline.recent_history(h, data.max_history) for h in indices]
+    recent = [records.recent_history(h, data.max_history) for h in indices]
     return tokens, pipeline.pad_rows(recent, data.max_history)
 
   def search_text(self, query: str, history: Sequence[str] = (), beam_size: int = 10,
                   k: int = 10) -> List[Dict[str, object]]:
     """Top-k items of one request as dicts: rank, item_id, text, sid, beam_score, cosine."""
-    tokens, history_indices = self.encode_requests([query], [history])
+    tokens, history_indices = self.tokenize_requests([query], [history])
     result = jax.device_get(self.search(tokens, beam_size, k, history_indices))
     hits = []
     for rank, (item, score, cosine) in enumerate(zip(result.items[0],

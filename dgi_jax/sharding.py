@@ -66,3 +66,17 @@ def replicate_for_pmap(tree: Any) -> Any:
 def unreplicate(tree: Any) -> Any:
   """First device's copy of a pmap-replicated pytree."""
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def to_local_device(tree: Any) -> Any:
+  """`tree` on this process's first device, wherever its arrays are: replicated over the
+  mesh (a jit follows committed inputs, so it would run once per device) or global
+  multi-process arrays (hence the copy through the host)."""
+  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])

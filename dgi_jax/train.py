@@ -8,254 +8,38 @@ Restore order: resume this run's latest checkpoint, else `train.init_from`, else
 import contextlib
 import dataclasses
 import functools
-import json
-import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
-from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dgi_jax import atomic_write, checkpointing, config_checks, errors, kmeans, optim
-from dgi_jax import preemption, resume_checks, run_lock, sharding
+from dgi_jax import checkpointing, config_checks, errors, metrics_log, optim, paths
+from dgi_jax import preemption, resume_checks, run_lock, run_setup, sharding
+from dgi_jax import trained_run
 from dgi_jax import train_step as train_step_lib
-from dgi_jax.data import dataset as dataset_lib
 from dgi_jax.data import pipeline
 from dgi_jax.data import tokenizer as tokenizer_lib
-from dgi_jax.models import encoders, quantizer
+from dgi_jax.models import encoders
 from dgi_jax.models import history as history_lib
-from dgi_jax.models.config import ModelConfig
-from dgi_jax.models.dgi import DGIModel
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 
-@dataclasses.dataclass
-class RunData:
-  """What training and evaluation read: the dataset, its tokenizer, the catalogue tokens."""
-  dataset: dataset_lib.Dataset
-  tokenizer: tokenizer_lib.RequestTokenizer
-  catalogue_tokens: np.ndarray  # int32 [num_items, max_item_len]
-
-
-def _host_local_data(config, workdir) -> bool:
-  """Whether the TFDS files go to each host's disk rather than beside the work directory.
-
-  array_record reads local files only (google/array_record#120), so with an object-store
-  work directory (gs://...) and no `data.tfds_dir` they go to a local cache on every host.
-  """
-  return not config.data.tfds_dir and checkpointing.is_uri(workdir)
-
-
-def data_dir(config, workdir) -> epath.Path:
-  """The TFDS data directory: `data.tfds_dir`, else `<workdir>/tfds`, else a local cache."""
-  if config.data.tfds_dir:
-    return checkpointing.as_path(config.data.tfds_dir)
-  if _host_local_data(config, workdir):
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return epath.Path(cache) / "dgi_jax" / "tfds"
-  return checkpointing.as_path(workdir) / "tfds"
-
-
-def prepare_run_data(config, workdir,
-                     tokenizer: Optional[tokenizer_lib.RequestTokenizer] = None) -> RunData:
-  """Builds (process 0) or opens the dataset and tokenizer of a run.
-
-  The tokenizer is, in order: `tokenizer` (a trained run's, from its checkpoint), the
-  pre-trained encoder's (`model.pretrained`), else a WordPiece trained on the dataset.
-  With host-local TFDS files every process builds its own copy (the build is
-  deterministic); the WordPiece is still trained once, by process 0, and shared through
-  `<workdir>/tfds`.
-  """
-  build = jax.process_index() == 0
-  root = data_dir(config, workdir)
-  host_local = _host_local_data(config, workdir)
-  tokenizer_root = checkpointing.as_path(workdir) / "tfds" if host_local else root
-  if tokenizer is None and config.model.get("pretrained", ""):
-    tokenizer = tokenizer_lib.load_pretrained_tokenizer(config.model.pretrained)
-  if build:
-    dataset = dataset_lib.prepare_dataset(config.data, root, build=True)
-    if tokenizer is None:
-      tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
-                                                  build=True)
-  sync_processes("data prepared")
-  if not build:
-    dataset = dataset_lib.prepare_dataset(config.data, root, build=host_local)
-    if tokenizer is None:
-      tokenizer = tokenizer_lib.prepare_tokenizer(dataset, config.data, tokenizer_root,
-                                                  build=False)
-  if tokenizer.vocab_size > config.data.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens > data.vocab_size="
-                     f"{config.data.vocab_size}")
-  return RunData(dataset, tokenizer,
-                 pipeline.encode_catalogue(dataset, tokenizer, config.data))
-
-
-def sync_processes(name: str) -> None:
-  """A barrier across processes (no-op on one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
-
-
-def build_model(config) -> DGIModel:
-  return DGIModel(ModelConfig.from_config(config))
-
-
-def init_params(model: DGIModel, config, rng: jax.Array, out_sharding=None):
-  """Initialises parameters from shapes only (nothing data-dependent happens here)."""
-  cfg = model.cfg
-  items = jnp.ones((1, config.data.max_item_len), jnp.int32)
-  queries = jnp.ones((1, config.data.max_query_len), jnp.int32)
-  noise = [jnp.zeros((1, k)) for k in cfg.codebook_sizes]
-  history = table = None
-  if cfg.history_items:
-    history = jnp.zeros((1, cfg.max_history), jnp.int32)
-    table = jnp.asarray(history_lib.zero_table(cfg, 1))
-  init = lambda r: model.init(r, items, queries, noise, 1.0, True, history,  # noqa: E731
-                              table)["params"]
-  return jax.jit(init, out_shardings=out_sharding)(rng)
-
-
-def map_batches(fn: Callable[[np.ndarray], Any], rows: np.ndarray,
-                batch_size: int) -> Any:
-  """`fn` over fixed-size batches of `rows` [N, ...] (the last one zero-padded, so a
-  jitted `fn` compiles once), outputs concatenated along axis 0 and trimmed to N rows.
-  `fn` returns an array or a tuple of arrays."""
-  n = rows.shape[0]
-  padded = np.concatenate([rows, np.zeros((-n % batch_size,) + rows.shape[1:], rows.dtype)])
-  outputs = [jax.device_get(fn(padded[i:i + batch_size]))
-             for i in range(0, len(padded), batch_size)]
-  if isinstance(outputs[0], tuple):
-    return tuple(np.concatenate(parts)[:n] for parts in zip(*outputs))
-  return np.concatenate(outputs)[:n]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _embed_batch(model: DGIModel, params, tokens):
-  return model.apply({"params": params}, tokens, method=DGIModel.embed_items)
-
-
-def embed_items(model: DGIModel, params, item_tokens: np.ndarray,
-                batch_size: int = 512) -> np.ndarray:
-  """z_base of every row of `item_tokens` [N, L] -> float32 [N, d] (batched, jitted)."""
-  return map_batches(functools.partial(_embed_batch, model, params), item_tokens,
-                     batch_size)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _history_rows(model: DGIModel, params, tokens):
-  apply = functools.partial(model.apply, {"params": params})
-  z_base = apply(tokens, method=DGIModel.embed_items)
-  if model.cfg.history_repr == "codes":
-    return apply(z_base, method=DGIModel.hard_codes).astype(jnp.int32)
-  return quantizer.l2_normalize(z_base)
-
-
-def history_table(model: DGIModel, params, catalogue_tokens: np.ndarray,
-                  batch_size: int = 512) -> np.ndarray:
-  """The history table of every catalogue item under `params` (models/history.py):
-  int32 [N, m] SIDs ('codes') or float32 [N, d] l2-normalised z_base ('embedding') --
-  what the index of the same params holds (`Retriever.history_table`)."""
-  return map_batches(functools.partial(_history_rows, model, params), catalogue_tokens,
-                     batch_size)
-
-
-def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray, config,
-                          rng: jax.Array):
-  """Replaces the codebooks (and untied heads) by residual k-means of item embeddings."""
-  cfg = model.cfg
-  rng, sample_rng = jax.random.split(rng)
-  n = catalogue_tokens.shape[0]
-  take = np.asarray(jax.random.permutation(sample_rng, n))[:min(n, config.train.kmeans_items)]
-  embeddings = embed_items(model, params, catalogue_tokens[np.sort(take)])
-  codebooks = kmeans.residual_kmeans(jnp.asarray(embeddings), cfg.codebook_sizes,
-                                     config.train.kmeans_iters, rng, cfg.geometry)
-  params = dict(params)
-  for t, codebook in enumerate(codebooks):
-    params[f"codebook_{t}"] = codebook
-    if not cfg.tie_heads:
-      # Separate parameters that start from the same place: a copy, since one buffer in
-      # two leaves of the donated train state fails ("donate the same buffer twice").
-      params[f"head_{t}"] = jnp.array(codebook, copy=True)
-  return params
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """Where `train_and_evaluate` left the run."""
+  step: int  # The run's step when the loop ended (its last checkpoint).
+  metrics: Dict[str, float]  # The last logged window of train metrics; {} if no step ran.
+  train_seconds: float  # In train steps, the earlier sessions of a resumed run included.
 
 
 def _log(message: str) -> None:
   if jax.process_index() == 0:
     tqdm.tqdm.write(message)
-
-
-class MetricsWriter:
-  """Writes one JSON object per line to `<workdir>/metrics.jsonl` (process 0 only).
-
-  A local file is appended to. Object stores cannot append: GCS objects are immutable, and
-  gcsfs even accepts mode "a" and then overwrites (fsspec/gcsfs#533), which would keep only
-  the last line. There the writer keeps the file's lines in memory (those of earlier runs
-  are read once, at the start) and rewrites the whole object on every `write`. One file
-  per run segment would avoid the rewrite, but every reader (plots, the benchmark's
-  training time, tests) reads the one `metrics.jsonl`. No temporary object and rename:
-  an object upload is atomic by itself (readers see the old or the new object), and a GCS
-  rename is a copy plus a delete. Cost: one upload of the whole file per line, i.e. a
-  few hundred KB every `train.log_every` steps for a long run.
-
-  A resumed run first drops the lines after its checkpoint's step (`truncate_after`):
-  the steps after the last checkpoint of a killed run are trained and logged again, and
-  readers (plots, the benchmark's training time) expect one line per step and kind.
-  """
-
-  def __init__(self, workdir, append: Optional[bool] = None):
-    """`append`: whether the file system can append; default: unless an object store."""
-    self._path = checkpointing.as_path(workdir) / METRICS_FILE
-    self._enabled = jax.process_index() == 0
-    self._append = not checkpointing.is_uri(self._path) if append is None else append
-    self._lines = None  # Every line of the file, when rewriting.
-    if self._enabled and not self._append:
-      self._lines = (self._path.read_text().splitlines(keepends=True)
-                     if self._path.exists() else [])
-
-  def write(self, step: int, metrics: Dict[str, Any], kind: str = "train") -> None:
-    if not self._enabled:
-      return
-    record = {"step": int(step), "kind": kind}
-    record.update({k: float(v) for k, v in metrics.items()})
-    line = json.dumps(record) + "\n"
-    if self._append:
-      with self._path.open("a") as f:
-        f.write(line)
-    else:
-      self._lines.append(line)
-      self._path.write_text("".join(self._lines))
-
-  def truncate_after(self, step: int) -> None:
-    """Drops the lines of steps after `step`, and a torn last line of a killed run."""
-    if not self._enabled:
-      return
-    lines = self._lines if not self._append else (
-        self._path.read_text().splitlines(keepends=True) if self._path.exists() else [])
-    kept = [line for line in lines if _logged_step(line) <= step]
-    if kept == lines:
-      return
-    if self._append:
-      atomic_write.write_text(self._path, "".join(kept))
-    else:
-      self._lines = kept
-      self._path.write_text("".join(kept))
-
-
-def _logged_step(line: str) -> float:
-  """The step of a metrics line; infinity for a line that does not parse (torn)."""
-  try:
-    return int(json.loads(line)["step"])
-  except (ValueError, KeyError, TypeError):
-    return float("inf")
 
 
 def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
@@ -280,7 +64,7 @@ def _abstract_state(model, optimizer, config, rng, state_sharding_of, num_items:
   table = (history_lib.zero_table(model.cfg, num_items) if model.cfg.history_items
            else None)
   shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
-      init_params(model, config, rng), optimizer, table))
+      run_setup.init_params(model, config, rng), optimizer, table))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                      sharding=state_sharding_of), shapes)
 
@@ -290,19 +74,19 @@ def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abs
   """A new run's state: `init_from` params (codebooks optionally re-initialised by k-means
   over the loaded encoder's item embeddings), or fresh params -- the encoder's from
   `model.pretrained` when set -- with k-means codebooks."""
-  params = init_params(model, config, init_rng, out_sharding=replicated)
-  if config.model.get("pretrained", "") and not config.train.init_from:
+  params = run_setup.init_params(model, config, init_rng, out_sharding=replicated)
+  if config.model.pretrained and not config.train.init_from:
     params = encoders.load_pretrained_params(params, model.cfg, config.model.pretrained)
   if config.train.init_from:
     params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
-    if config.train.get("init_from_kmeans", False):
-      params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
-                                     kmeans_rng)
+    if config.train.init_from_kmeans:
+      params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
+                                               config, kmeans_rng)
   elif config.train.kmeans_init:
-    params = kmeans_init_codebooks(model, params, run_data.catalogue_tokens, config,
-                                   kmeans_rng)
-  table = (history_table(model, params, run_data.catalogue_tokens,
-                         int(config.eval.item_batch_size))
+    params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
+                                             config, kmeans_rng)
+  table = (run_setup.history_table(model, params, run_data.catalogue_tokens,
+                                   int(config.eval.item_batch_size))
            if model.cfg.history_items else None)
   return jax.device_put(train_step_lib.create_train_state(params, optimizer, table),
                         replicated)
@@ -311,8 +95,8 @@ def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abs
 def _refresh_history_table(model, state, run_data, config, on_host, put):
   """`state` with its history table recomputed from its params (see models/history.py);
   `put` places the new table as the state's other arrays are placed."""
-  table = history_table(model, on_host(state).params, run_data.catalogue_tokens,
-                        int(config.eval.item_batch_size))
+  table = run_setup.history_table(model, on_host(state).params, run_data.catalogue_tokens,
+                                  int(config.eval.item_batch_size))
   return state.replace(history_table=put(table))
 
 
@@ -337,8 +121,8 @@ class _MetricsWindow:
 
 def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
                        stop_at_step: Optional[int] = None,
-                       allow_dataset_change: bool = False) -> Dict:
-  """Trains DGI as `config` says, checkpointing under `workdir`; returns the last metrics.
+                       allow_dataset_change: bool = False) -> TrainResult:
+  """Trains DGI as `config` says, checkpointing under `workdir`.
 
   Stops early, with a checkpoint, on SIGTERM or Ctrl-C (every process at the same step)
   or after `stop_at_step`; calling it again resumes exactly where it stopped.
@@ -352,6 +136,8 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
     stop_at_step: leave the loop (with a checkpoint) after this step although the run is
       longer. The schedules always follow `train.num_steps`.
     allow_dataset_change: resume although the dataset differs from the checkpoint's.
+  Returns:
+    The step reached, the last metrics window and the training time.
   Raises:
     errors.UserError: before anything is trained: a config value no run can use
       (`config_checks`), another process training in `workdir` (`run_lock`), a
@@ -361,7 +147,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
   """
   config_checks.check_values(config)
   config_checks.check_devices(config, jax.device_count())
-  workdir = checkpointing.as_path(workdir)
+  workdir = paths.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise errors.UserError(f"work directory {workdir} is a file, not a directory")
   workdir.mkdir(parents=True, exist_ok=True)
@@ -373,12 +159,10 @@ def _resume_check(config, workdir, dataset_version: Optional[str] = None,
                   allow_dataset_change: bool = False) -> Callable[[int, Dict], None]:
   """`check(step, json_items)` for `restore_latest_good`: refuses a checkpoint trained
   under another config or, given `dataset_version`, on another dataset."""
-  # workdir.py imports this module, so it can only be imported once both are loaded.
-  from dgi_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   where = checkpointing.checkpoint_dir(workdir)
 
   def check(step: int, items: Dict) -> None:
-    resume_checks.check_config(workdir_lib.config_from_json(items["config"]), config, step,
+    resume_checks.check_config(trained_run.config_from_json(items["config"]), config, step,
                                where)
     if dataset_version is not None and resume_checks.check_dataset(
         items["run"], dataset_version, step, where, allow_dataset_change):
@@ -400,7 +184,7 @@ def _non_finite_message(step: int, metrics: Dict, last_good_step: Optional[int],
           "learning rates (optim.*_lr) or check the data")
 
 
-def _checked_run_data(config, workdir, checkpointer) -> RunData:
+def _checked_run_data(config, workdir, checkpointer) -> run_setup.RunData:
   """The run's data, once the newest checkpoint's config is checked against `config`
   (before the data is prepared, which may write to the work directory); a resumed run
   keeps its checkpoint's tokenizer, the one its params know."""
@@ -409,13 +193,14 @@ def _checked_run_data(config, workdir, checkpointer) -> RunData:
   if newest is not None:
     _resume_check(config, workdir)(*newest)
     tokenizer = tokenizer_lib.tokenizer_from_json(newest[1]["tokenizer"])
-  run_data = prepare_run_data(config, workdir, tokenizer=tokenizer)
+  run_data = run_setup.prepare_run_data(config, workdir, tokenizer=tokenizer)
   config_checks.check_catalogue(config, run_data.dataset.num_items,
                                 run_data.dataset.num_examples("train"))
   return run_data
 
 
-def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> Dict:
+def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change
+           ) -> TrainResult:
   """`train_and_evaluate` in a locked work directory."""
   config = encoders.resolve_pretrained(config)
   eval_enabled = evaluate_fn is not None and config.train.eval_every > 0
@@ -423,7 +208,7 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
       workdir, best_metric=config.train.best_metric if eval_enabled else None)
                          ) as checkpointer:
     run_data = _checked_run_data(config, workdir, checkpointer)
-    model = build_model(config)
+    model = run_setup.build_model(config)
     total_steps = config.train.num_steps
     optimizer = optim.make_optimizer(config.optim, total_steps)
     mesh = sharding.make_mesh()
@@ -470,13 +255,13 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
-    writer = MetricsWriter(workdir)
+    writer = metrics_log.MetricsWriter(workdir)
     window = _MetricsWindow()
     first_step = int(on_host(state).step)
     writer.truncate_after(first_step)  # The steps after it are trained (and logged) again.
     last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_good_step = checkpointer.latest_step()
-    summary = {}
+    summary, done = {}, first_step
     # The bar ends its line however the loop ends, so an error message starts a new one.
     with tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
                    disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \
@@ -512,4 +297,5 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change) -> 
         if preempted:
           _log(f"{guard.reason}: saved step {done}; rerun the same command to resume")
           break
-  return summary
+    return TrainResult(step=done, metrics=summary,
+                       train_seconds=metrics_log.train_seconds(writer.records()))

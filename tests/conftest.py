@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 
 def load_config(name: str):
-  """Loads `configs/<name>.py` the way `dgi --config` does."""
-  import runpy
-  return runpy.run_path(str(REPO_ROOT / "configs" / f"{name}.py"))["get_config"]()
+  """Loads `configs/<name>.py`."""
+  from dgi_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(name)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dgi_jax import evaluate, retrieval
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import trained_run
 from dgi_jax.benchmark import runner
 from dgi_jax.data import jsonl_format, synthetic_catalogue
 from conftest import REPO_ROOT, load_config
@@ -59,9 +59,9 @@ def test_results_md_lists_every_method_with_plots(bench):
 
 
 def test_two_stage_second_stage_keeps_the_first_stage_sids(bench):
-  stage1 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage1")
-  stage2 = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "stage2")
-  warmup = workdir_lib.load_trained(bench["workdir"] / "two_stage" / "warmup")
+  stage1 = trained_run.load_trained(bench["workdir"] / "two_stage" / "stage1")
+  stage2 = trained_run.load_trained(bench["workdir"] / "two_stage" / "stage2")
+  warmup = trained_run.load_trained(bench["workdir"] / "two_stage" / "warmup")
   sids = [retrieval.Retriever(t.model, t.params, t.run_data, t.config).sids
           for t in (stage1, stage2)]
   np.testing.assert_array_equal(sids[0], sids[1])
@@ -76,8 +76,8 @@ def test_two_stage_second_stage_keeps_the_first_stage_sids(bench):
 
 
 def test_generative_methods_warm_up_the_encoder_then_kmeans(bench):
-  warmup = workdir_lib.load_trained(bench["workdir"] / "dgi" / "warmup")
-  main = workdir_lib.load_trained(bench["workdir"] / "dgi" / "main")
+  warmup = trained_run.load_trained(bench["workdir"] / "dgi" / "warmup")
+  main = trained_run.load_trained(bench["workdir"] / "dgi" / "main")
   assert [warmup.config.train.num_steps, main.config.train.num_steps] == [4, 8]
   # The warm-up trains InfoNCE alone; the main run starts from it with k-means codebooks.
   assert warmup.config.loss.infonce_weight == 1.0 and warmup.config.loss.ntp_weight == 0.0

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgi_jax import evaluate, optim, train, train_step
+from dgi_jax import evaluate, optim, run_setup, train, train_step
 from dgi_jax.baselines import dense
 from dgi_jax.benchmark import methods
 from dgi_jax.data import pipeline
@@ -47,8 +47,8 @@ def test_frozen_groups_get_no_update_and_the_rest_trains(tiny_config, separate):
   with config.unlocked():
     config.model.separate_item_encoder = separate
     config.optim.frozen = ("item_encoder", "codebook_") if separate else ("codebook_",)
-  model = train.build_model(config)
-  params = train.init_params(model, config, jax.random.PRNGKey(0))
+  model = run_setup.build_model(config)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(0))
   optimizer = optim.make_optimizer(config.optim, 10)
   state = train_step.create_train_state(params, optimizer)
   step = jax.jit(train_step.make_train_step(model, optimizer, config, 10))
@@ -113,12 +113,12 @@ def test_dense_rankings_match_brute_force_cosine(tmp_path):
   with config.unlocked():
     config.data.tfds_dir = str(tmp_path / "tfds")
     config.train.num_steps = 2
-  run_data = train.prepare_run_data(config, tmp_path)
-  model = train.build_model(config)
-  params = train.init_params(model, config, jax.random.PRNGKey(3))
+  run_data = run_setup.prepare_run_data(config, tmp_path)
+  model = run_setup.build_model(config)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(3))
   ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", k=7)
   assert ranked.shape == (run_data.dataset.num_examples("test"), 7)
-  items = train.embed_items(model, params, run_data.catalogue_tokens)
+  items = run_setup.embed_items(model, params, run_data.catalogue_tokens)
   items = items / np.linalg.norm(items, axis=-1, keepdims=True)
   batch = next(pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                      "test", 8, catalogue_tokens=run_data.catalogue_tokens))
@@ -133,10 +133,10 @@ def test_dense_rankings_match_brute_force_cosine(tmp_path):
 def test_kmeans_gives_untied_heads_their_own_buffers(tiny_config):
   with tiny_config.unlocked():
     tiny_config.model.tie_heads = False
-  model = train.build_model(tiny_config)
-  params = train.init_params(model, tiny_config, jax.random.PRNGKey(0))
+  model = run_setup.build_model(tiny_config)
+  params = run_setup.init_params(model, tiny_config, jax.random.PRNGKey(0))
   tokens = np.random.RandomState(0).randint(1, 500, (300, 16)).astype(np.int32)
-  params = train.kmeans_init_codebooks(model, params, tokens, tiny_config,
+  params = run_setup.kmeans_init_codebooks(model, params, tokens, tiny_config,
                                        jax.random.PRNGKey(1))
   for t in range(3):
     head, codebook = params[f"head_{t}"], params[f"codebook_{t}"]

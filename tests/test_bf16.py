@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from dgi_jax import checkpointing, train, train_step
+from dgi_jax import checkpointing, metrics_log, run_setup, train, train_step
 
 STEPS = 200
 TAIL = 50
@@ -64,9 +64,9 @@ def _batch(config, batch_size: int, seed: int):
 
 def test_bfloat16_model_keeps_float32_params_and_outputs():
   config = _config("bfloat16")
-  model = train.build_model(config)
+  model = run_setup.build_model(config)
   rng = jax.random.PRNGKey(0)
-  params = jax.eval_shape(lambda: train.init_params(model, config, rng))
+  params = jax.eval_shape(lambda: run_setup.init_params(model, config, rng))
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   batch = _batch(config, 4, 0)
   noise = [jnp.zeros((4, k)) for k in model.cfg.codebook_sizes]
@@ -81,12 +81,12 @@ def test_bfloat16_model_keeps_float32_params_and_outputs():
 
 def test_one_step_in_bfloat16_matches_float32_from_the_same_params():
   configs = {dtype: _config(dtype) for dtype in ("float32", "bfloat16")}
-  params = train.init_params(train.build_model(configs["float32"]), configs["float32"],
+  params = run_setup.init_params(run_setup.build_model(configs["float32"]), configs["float32"],
                              jax.random.PRNGKey(0))
   batch = _batch(configs["float32"], 16, 0)
   results = {}
   for dtype, config in configs.items():
-    loss_and_grads = jax.jit(train_step.make_loss_and_grads(train.build_model(config),
+    loss_and_grads = jax.jit(train_step.make_loss_and_grads(run_setup.build_model(config),
                                                             config, STEPS))
     terms, grads, _ = loss_and_grads(params, batch, jax.random.PRNGKey(1), jnp.int32(0))
     assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
@@ -102,7 +102,7 @@ def test_one_step_in_bfloat16_matches_float32_from_the_same_params():
 def _train_losses(config, workdir) -> dict[str, np.ndarray]:
   """Per-step training loss terms of a run, by name ('total', 'ntp', ...)."""
   train.train_and_evaluate(config, workdir)
-  lines = (workdir / train.METRICS_FILE).read_text().splitlines()
+  lines = (workdir / metrics_log.METRICS_FILE).read_text().splitlines()
   records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
   return {name: np.array([r[name] for r in records])
           for name in ("total",) + RETRIEVAL_TERMS}

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dgi_jax import checkpointing, evaluate, train
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import trained_run
 from conftest import REPO_ROOT, load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,6 +37,20 @@ def run_dir(tmp_path_factory):
   return root / "run"
 
 
+def test_eval_opens_the_checkpoints_once(run_dir, dgi, monkeypatch):
+  # Config, tokenizer, the best step (by validation hit@10) and params: one open.
+  opened = []
+  real_init = ocp.CheckpointManager.__init__
+
+  def counting_init(self, *args, **kwargs):
+    opened.append(args[0] if args else kwargs["directory"])
+    real_init(self, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "__init__", counting_init)
+  code, _, err = dgi("eval", "--workdir", run_dir, "--split", "test")
+  assert code == 0, err
+  assert len(opened) == 1, opened
+
+
 def test_eval_writes_report_and_plots(run_dir):
   proc = _dgi("eval", "--workdir", run_dir, "--split", "test")
   assert proc.returncode == 0, proc.stderr
@@ -46,7 +61,7 @@ def test_eval_writes_report_and_plots(run_dir):
   assert {"hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "mrr@20",
           "recall@20"} <= set(report["metrics"])
   # Every (request, relevant item) pair lands in exactly one popularity bucket.
-  trained = workdir_lib.load_trained(run_dir)
+  trained = trained_run.load_trained(run_dir)
   dataset = trained.run_data.dataset
   rows = dataset.source("test").__getitems__(list(range(dataset.num_examples("test"))))
   relevant = np.concatenate([np.asarray(r["relevant"]).reshape(-1) for r in rows])
@@ -69,7 +84,7 @@ def test_eval_writes_report_and_plots(run_dir):
 
 
 def test_search_prints_top_k(run_dir):
-  trained = workdir_lib.load_trained(run_dir)
+  trained = trained_run.load_trained(run_dir)
   history = ",".join(trained.run_data.dataset.item_ids[:2])
   proc = _dgi("search", "--workdir", run_dir, "--history", history, "--k", 3,
               "lavender face cream")
@@ -101,8 +116,8 @@ def test_incompatible_checkpoint_config_is_reported(run_dir, tmp_path):
     config = json.loads(path.read_text())
     config["model"]["d_model"] = 48  # Params were trained at 32.
     path.write_text(json.dumps(config))
-  with pytest.raises(workdir_lib.WorkdirError, match="does not fit the model"):
-    workdir_lib.load_trained(copy)
+  with pytest.raises(trained_run.WorkdirError, match="does not fit the model"):
+    trained_run.load_trained(copy)
   for step_dir in checkpointing.checkpoint_dir(copy).iterdir():
     path = step_dir / "config" / "metadata"
     config = json.loads(path.read_text())

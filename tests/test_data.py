@@ -330,7 +330,7 @@ def test_train_batches(synthetic, tokenizer, tiny_data_config):
       c.max_query_len, c.max_history, max_title_len=c.max_item_len)
   np.testing.assert_array_equal(batch["query_tokens"], expected)
   np.testing.assert_array_equal(
-      batch["history"], pipeline.pad_rows([pipeline.recent_history(np.asarray(r[1]),
+      batch["history"], pipeline.pad_rows([records.recent_history(np.asarray(r[1]),
                                                                    c.max_history)
                                            for r in rows], c.max_history))
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgi_jax import checkpointing, retrieval, train
-from dgi_jax import workdir as workdir_lib
-from dgi_jax.data import pipeline
+from dgi_jax import checkpointing, diagnostics, retrieval, run_setup, train
+from dgi_jax import trained_run
+from dgi_jax.data import pipeline, records
 from dgi_jax.models import history as history_lib
 from dgi_jax.models.dgi import DGIModel
 from conftest import load_config
@@ -102,7 +102,7 @@ def test_code_history_gradients_reach_the_codebooks():
   model = _model("codes")
   tokens, table = _tokens(2), _table(model)
 
-  def codebook_grads(history):
+  def codebook_grads(history, model=model):
     params = _init(model, tokens, history, table)
 
     def loss(params):
@@ -116,8 +116,11 @@ def test_code_history_gradients_reach_the_codebooks():
     assert grad[used].sum(axis=1).min() > 0  # Every codeword a history item uses.
     unused = np.setdiff1d(np.arange(grad.shape[0]), used)
     assert grad[unused].max(initial=0.0) == 0.0
-  # Without history items the request never reads the codebooks.
+  # Without history items the request never reads the codebooks; with the switch off it
+  # reads them as constants.
   assert all(g.max() == 0.0 for g in codebook_grads(_histories([0, 0])))
+  constant = _model("codes", history_code_gradient=False)
+  assert all(g.max() == 0.0 for g in codebook_grads(_histories([3, 5]), constant))
 
 
 def test_empty_history_on_minilm_equals_the_plain_encoder():
@@ -135,8 +138,8 @@ def test_empty_history_on_minilm_equals_the_plain_encoder():
       config.data.history_repr = history_repr
     configs[history_repr] = encoders.resolve_pretrained(
         with_pretrained_encoder(config, directory))
-  text_model, items_model = (train.build_model(configs[r]) for r in ("text", "embedding"))
-  params = train.init_params(items_model, configs["embedding"], jax.random.PRNGKey(0))
+  text_model, items_model = (run_setup.build_model(configs[r]) for r in ("text", "embedding"))
+  params = run_setup.init_params(items_model, configs["embedding"], jax.random.PRNGKey(0))
   params = encoders.load_pretrained_params(params, items_model.cfg, directory)
   tokens = np.zeros((2, 10), np.int32)
   tokens[:, :5] = [101, 7592, 2088, 3899, 102]  # [CLS] ... [SEP]
@@ -153,8 +156,8 @@ def test_empty_history_on_minilm_equals_the_plain_encoder():
 
 def test_recent_history_keeps_the_newest_items():
   history = np.arange(25)
-  np.testing.assert_array_equal(pipeline.recent_history(history, 20), np.arange(5, 25))
-  assert len(pipeline.recent_history(history, 0)) == 0
+  np.testing.assert_array_equal(records.recent_history(history, 20), np.arange(5, 25))
+  assert len(records.recent_history(history, 0)) == 0
 
 
 # ---------------------------------------------------------------- trained runs
@@ -202,19 +205,19 @@ def test_training_batches_carry_the_most_recent_history(tfds_dir, tmp_path):
   config = _config(tfds_dir, "codes")
   with config.unlocked():
     config.data.max_history = 2
-  run_data = train.prepare_run_data(config, tmp_path)
+  run_data = run_setup.prepare_run_data(config, tmp_path)
   batch = next(pipeline.make_train_iterator(run_data.dataset, run_data.tokenizer,
                                             config.data, 16, seed=0))
   source = run_data.dataset.source("train")
   # TFDS stores the rows in its own order; each row carries its example id.
   by_id = {int(r["example_id"]): r for r in source.__getitems__(range(len(source)))}
-  records = [by_id[int(e)] for e in batch["example_id"]]
-  for row, record in zip(batch["history"], records):
-    expected = pipeline.recent_history(np.asarray(record["history"]).reshape(-1), 2)
+  rows = [by_id[int(e)] for e in batch["example_id"]]
+  for row, record in zip(batch["history"], rows):
+    expected = records.recent_history(np.asarray(record["history"]).reshape(-1), 2)
     np.testing.assert_array_equal(row[:len(expected)], expected)
     assert (row[len(expected):] == -1).all()
   # The request tokens hold the query alone: as many tokens as the query text.
-  queries = run_data.tokenizer.encode_queries([r["query"].decode() for r in records])
+  queries = run_data.tokenizer.encode_queries([r["query"].decode() for r in rows])
   np.testing.assert_array_equal((batch["query_tokens"] != 0).sum(axis=1),
                                 [min(len(q), config.data.max_query_len) for q in queries])
 
@@ -223,8 +226,8 @@ def test_checkpoint_holds_the_table_of_the_last_refresh(run):
   """Refreshed every 4 steps, the step-12 table is that of the step-12 params exactly."""
   state, step = _saved_state(run)
   assert step == 12
-  trained = workdir_lib.load_trained(run)
-  expected = train.history_table(trained.model, state["params"],
+  trained = trained_run.load_trained(run)
+  expected = run_setup.history_table(trained.model, state["params"],
                                  trained.run_data.catalogue_tokens)
   np.testing.assert_array_equal(state["history_table"], expected)
   # And the index of the same params serves the same table.
@@ -247,27 +250,30 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tfds_dir, 
 
 
 def test_search_reads_the_history_and_added_items_join_it_at_once(run):
-  trained = workdir_lib.load_trained(run)
+  trained = trained_run.load_trained(run)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
   ids = retriever.item_ids
-  tokens, history = retriever.encode_requests(["", ""], [ids[:5], ids[5:7]])
+  tokens, history = retriever.tokenize_requests(["", ""], [ids[:5], ids[5:7]])
   # The query text alone in the tokens (none here); the newest 3 (max_history) items.
   assert not tokens.any()
   np.testing.assert_array_equal(history, [[2, 3, 4], [5, 6, -1]])
-  z_q = retriever.request_codes(tokens, history)
-  assert z_q.shape == (2, 3)
+  codes = diagnostics.diagnose(trained.model, retriever.params,
+                               retriever.device_item_embeddings, tokens,
+                               retriever.sids[:2, None], *retriever.history_args(history)
+                               ).request_codes
+  assert codes.shape == (2, 3)
   hits = retriever.search_text("", ids[:3], k=5)
   assert len(hits) == 5
   other = retriever.search_text("", ids[10:13], k=5)
   assert [h["cosine"] for h in hits] != [h["cosine"] for h in other]
   with pytest.raises(retrieval.ItemError):
-    retriever.encode_requests([""], [["no-such-item"]])
+    retriever.tokenize_requests([""], [["no-such-item"]])
   # An item added to the index is a history item at once, read through its own row.
   before = retriever.history_table.shape[0]
   new = retriever.add_items(["Aurora brass desk lamp with linen shade"], ["new-lamp"])
   assert retriever.history_table.shape[0] == before + 1
-  _, history = retriever.encode_requests([""], [["new-lamp"]])
+  _, history = retriever.tokenize_requests([""], [["new-lamp"]])
   assert history[0, 0] == new[0]
   expected = (retriever.sids if trained.model.cfg.history_repr == "codes"
               else retriever.item_embeddings)[new[0]]
@@ -276,7 +282,7 @@ def test_search_reads_the_history_and_added_items_join_it_at_once(run):
 
 
 def test_dgi_search_cli_takes_the_history(run, dgi):
-  trained = workdir_lib.load_trained(run)
+  trained = trained_run.load_trained(run)
   first = trained.run_data.dataset.item_ids[0]
   code, out, err = dgi("search", "--workdir", run, "", "--history", first, "--k", "3")
   assert code == 0, err

@@ -23,7 +23,7 @@ import portpicker
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from dgi_jax import checkpointing, train
+from dgi_jax import checkpointing, metrics_log, run_setup
 
 STEPS = 20
 RESUME_STEP = 10
@@ -97,7 +97,7 @@ def _train(workdir, num_processes: int, local_devices: int, tfds_dir, extra=()) 
 
 
 def _losses(workdir) -> dict:
-  lines = (pathlib.Path(workdir) / train.METRICS_FILE).read_text().splitlines()
+  lines = (pathlib.Path(workdir) / metrics_log.METRICS_FILE).read_text().splitlines()
   return {r["step"]: r["total"] for r in map(json.loads, lines) if r["kind"] == "train"}
 
 
@@ -127,7 +127,7 @@ def runs(tmp_path_factory):
   with config.unlocked():
     config.data.tfds_dir = str(tfds_dir)
   # Build the data once here, so the concurrent runs below only read it.
-  train.prepare_run_data(config, root / "prepare")
+  run_setup.prepare_run_data(config, root / "prepare")
   dirs = {"1x8": root / "single", "2x4": root / "multi"}
   # Neither run is CPU-bound all the time (the 2-process one waits on its collectives),
   # so running them side by side shortens the test.
@@ -208,7 +208,7 @@ def _process_0_log(workdir) -> str:
 
 def _wait_for_logged_step(workdir, step: int, processes, timeout_s: float = RUN_TIMEOUT_S):
   """Blocks until process 0's metrics.jsonl reaches `step` (training is then under way)."""
-  metrics = pathlib.Path(workdir) / train.METRICS_FILE
+  metrics = pathlib.Path(workdir) / metrics_log.METRICS_FILE
   deadline = time.time() + timeout_s
   while time.time() < deadline:
     if any(p.poll() is not None for p in processes):

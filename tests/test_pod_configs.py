@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import load_config
-from dgi_jax import train
+from dgi_jax import run_setup
 from dgi_jax.models import encoders
 
 # t5-large's config.json as published (v1.0: ReLU feed-forward of 4096).
@@ -35,12 +35,12 @@ def test_pod_configs(name, batch, steps, tmp_path):
   assert batch * steps == 128 * 15000
   # The global batch splits over the default slice (v4-32: 16 chips on 4 hosts).
   assert batch % 16 == 0
-  model = train.build_model(config)
+  model = run_setup.build_model(config)
   spec = model.cfg.encoder_spec
   assert (model.cfg.d_model, spec.num_layers, spec.num_heads, spec.intermediate_size,
           spec.activation) == (1024, 24, 16, 4096, "relu")
   assert model.cfg.codebook_sizes == (4096, 1024, 256)
-  params = jax.eval_shape(lambda: train.init_params(model, config, jax.random.PRNGKey(0)))
+  params = jax.eval_shape(lambda: run_setup.init_params(model, config, jax.random.PRNGKey(0)))
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   encoder = sum(x.size for x in jax.tree.leaves(params["encoder"]))
   assert 330e6 < encoder < 340e6  # t5-large's encoder: 335M parameters.

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import checkpointing, evaluate, train, workdir as workdir_lib
+from dgi_jax import checkpointing, evaluate, run_setup, train, trained_run
 from dgi_jax.models import encoders, pretrained
 from conftest import SHARED_DATA, load_config
 
@@ -57,8 +57,8 @@ def test_resolve_takes_width_and_vocabulary_from_the_checkpoint(tfds_dir):
   assert config.model.d_model == 384 and config.data.vocab_size == 30522
   spec = json.loads(config.model.encoder_spec)
   assert spec["kind"] == "bert" and spec["num_layers"] == 6
-  model = train.build_model(config)
-  params = train.init_params(model, config, jax.random.PRNGKey(0))
+  model = run_setup.build_model(config)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(0))
   assert params["codebook_0"].shape == (8, 384)
   loaded = encoders.load_pretrained_params(params, model.cfg, MINILM_DIR)
   reference = pretrained.load_params(MINILM_DIR, model.cfg.encoder_spec)
@@ -103,7 +103,7 @@ def test_run_from_minilm_freezes_resumes_and_evaluates_without_the_directory(
   # The checkpoint carries the architecture and the tokenizer: evaluation needs neither
   # the original directory nor a tokenizer file.
   shutil.rmtree(minilm_copy)
-  run = workdir_lib.load_trained(tmp_path / "straight")
+  run = trained_run.load_trained(tmp_path / "straight")
   assert run.model.cfg.encoder == "bert" and run.model.cfg.d_model == 384
   assert run.run_data.tokenizer.vocab_size == 30522
   report = evaluate.evaluate_workdir(tmp_path / "straight", split="test")[0]
@@ -115,8 +115,8 @@ def test_frozen_layers_get_no_gradient_and_no_update(tfds_dir):
   """One train step: frozen leaves unchanged and absent from the gradient norm."""
   from dgi_jax import optim, train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   config = encoders.resolve_pretrained(_config(tfds_dir, MINILM_DIR, freeze_layers=6))
-  model = train.build_model(config)
-  params = train.init_params(model, config, jax.random.PRNGKey(0))
+  model = run_setup.build_model(config)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(0))
   labels = optim.param_labels(params, config.optim)
   assert labels["encoder"]["layer_5"] and all(
       l == "frozen" for l in jax.tree.leaves(labels["encoder"]))
@@ -149,10 +149,10 @@ def test_zero_shot_minilm_on_scifact_matches_sentence_transformers(tmp_path):
     config.data.max_history = 0
     config.eval.item_batch_size = 64
   config = encoders.resolve_pretrained(config)
-  model = train.build_model(config)
+  model = run_setup.build_model(config)
   params = encoders.load_pretrained_params(
-      train.init_params(model, config, jax.random.PRNGKey(0)), model.cfg, MINILM_DIR)
-  run_data = train.prepare_run_data(config, tmp_path / "work")
+      run_setup.init_params(model, config, jax.random.PRNGKey(0)), model.cfg, MINILM_DIR)
+  run_data = run_setup.prepare_run_data(config, tmp_path / "work")
   ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", k=20)
   result = metrics.retrieval_metrics(ranked, relevant, ks=(10,))
   assert len(ranked) == 300

@@ -9,37 +9,39 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import evaluate, index, metrics, retrieval, train
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import diagnostics, evaluate, index, metrics, retrieval
+from dgi_jax import trained_run
 from dgi_jax.baselines import dense
 from dgi_jax.data import pipeline
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT
 
 NEW_ITEMS = [("new-lamp", "Aurora brass desk lamp with linen shade, warm white"),
              ("new-tea", "Kyoto sencha green tea, loose leaf, 250 g tin")]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("retrieval")
-  config = load_config("tiny")
-  with config.unlocked():
-    config.data.tfds_dir = str(root / "tfds")
-    config.train.num_steps = 10
-    config.train.checkpoint_every = 10
-  train.train_and_evaluate(config, root / "run")
-  return root / "run"
+def run_dir(tiny_run):
+  """The session's tiny run; these tests only read it."""
+  return tiny_run.workdir
 
 
 @pytest.fixture(scope="module")
 def trained(run_dir):
-  return workdir_lib.load_trained(run_dir)
+  return trained_run.load_trained(run_dir)
 
 
 @pytest.fixture(scope="module")
 def retriever(trained):
   return retrieval.Retriever(trained.model, trained.params, trained.run_data,
                              trained.config)
+
+
+def _diagnose(retriever, tokens, target_items):
+  """`diagnostics.diagnose` of request tokens [B, Lq] (history as text), one target item
+  [B] each."""
+  return jax.device_get(diagnostics.diagnose(
+      retriever.model, retriever.params, retriever.device_item_embeddings,
+      np.asarray(tokens, np.int32), retriever.sids[np.asarray(target_items)][:, None]))
 
 
 def _first_test_batch(trained):
@@ -78,7 +80,7 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   rows = run_data.dataset.source("test").__getitems__(list(range(num)))
   ids = run_data.dataset.item_ids
   first = config.eval.batch_size
-  tokens, history = retriever.encode_requests(
+  tokens, history = retriever.tokenize_requests(
       [r["query"].decode() for r in rows[:first]],
       [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows[:first]])
   np.testing.assert_array_equal(tokens, _first_test_batch(trained)["query_tokens"])
@@ -111,11 +113,12 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   agreement = report["encoder"]["sid_prefix_agreement"]
   assert len(agreement) == trained.model.cfg.num_levels
   assert all(1 >= a >= b >= 0 for a, b in zip(agreement, agreement[1:]))
-  all_tokens, _ = retriever.encode_requests(
+  all_tokens, _ = retriever.tokenize_requests(
       [r["query"].decode() for r in rows],
       [[ids[i] for i in np.asarray(r["history"]).reshape(-1)] for r in rows])
   request_of_pair, pair_items = np.nonzero(relevant >= 0)
-  same = retriever.request_codes(all_tokens)[request_of_pair] == retriever.sids[
+  request_codes = _diagnose(retriever, all_tokens, np.zeros(len(rows), int)).request_codes
+  same = request_codes[request_of_pair] == retriever.sids[
       relevant[request_of_pair, pair_items]]
   np.testing.assert_allclose(agreement, np.cumprod(same, axis=1).mean(axis=0), atol=1e-12)
 
@@ -127,7 +130,7 @@ def test_code_cross_entropy_sums_to_the_beam_score(trained, retriever):
   result = jax.device_get(retriever.search(batch["query_tokens"], beam_size=5, k=20))
   best = result.items[:, 0]
   assert (best >= 0).all()
-  cross_entropy = retriever.code_cross_entropy(batch["query_tokens"], best)
+  cross_entropy = _diagnose(retriever, batch["query_tokens"], best).code_cross_entropy[:, 0]
   assert cross_entropy.shape == (len(best), trained.model.cfg.num_levels)
   assert (cross_entropy >= 0).all()
   np.testing.assert_allclose(-cross_entropy.sum(axis=1), result.beam_scores[:, 0],
@@ -140,13 +143,14 @@ def test_a_request_made_of_an_item_text_quantizes_to_the_item_sid(trained, retri
   items = trained.run_data.catalogue_tokens[:64]
   query_len = trained.config.data.max_query_len
   requests = np.pad(items, ((0, 0), (0, query_len - items.shape[1])))
-  np.testing.assert_array_equal(retriever.request_codes(requests), retriever.sids[:64])
+  np.testing.assert_array_equal(_diagnose(retriever, requests, np.arange(64)).request_codes,
+                                retriever.sids[:64])
 
 
 def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():
   cross_entropy = np.array([[1.0, 2.0], [3.0, 4.0], [2.0, 0.0], [0.0, 2.0]])
   sids = np.array([[0, 1], [1, 1], [2, 1], [2, 1]])  # Level 1: 1/4, 1/4, 1/2; level 2: one.
-  report = evaluate.decoder_report(cross_entropy, sids, (3, 2))
+  report = diagnostics.decoder_report(cross_entropy, sids, (3, 2))
   entropy = -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))
   np.testing.assert_allclose(report["code_cross_entropy"], [1.5, 2.0])
   np.testing.assert_allclose(report["target_code_entropy"], [entropy, 0.0], atol=1e-12)
@@ -201,3 +205,14 @@ def test_dgi_index_writes_one_valid_sid_per_item(run_dir, retriever, tmp_path):
   for item_id, sid in zip(retriever.item_ids, retriever.sids.tolist()):
     assert table[item_id] == sid
   assert sorted(p.name for p in out.parent.iterdir()) == ["sids.jsonl"]  # No temp files.
+
+
+def test_validation_can_skip_the_diagnostics(trained, retriever):
+  args = (retriever, trained.run_data, trained.config, "validation")
+  full = evaluate.evaluate_split(*args)
+  lean = evaluate.evaluate_split(*args, with_diagnostics=False)
+  assert {"decoder", "encoder"} <= set(full) and not {"decoder", "encoder"} & set(lean)
+  assert lean["metrics"] == full["metrics"]
+  flat_full, flat_lean = evaluate.flat_metrics(full), evaluate.flat_metrics(lean)
+  assert set(flat_full) - set(flat_lean) == {"level1_information", "encoder_dense_hit@10"}
+  assert all(flat_lean[name] == flat_full[name] for name in flat_lean)

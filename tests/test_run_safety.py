@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO_ROOT, load_config
 from dgi_jax import checkpointing, resume_checks
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import trained_run
 from run_fixtures import snapshot, start_training, wait_for_step, write_dataset
 
 TINY = ("--config", "configs/tiny.py")
@@ -54,7 +54,7 @@ def test_another_config_is_refused_and_no_config_resumes_with_the_saved_one(dgi,
   assert "using the config saved" in out
   assert _steps(run_copy) == [20, 25] and not _quarantined(run_copy)
   assert _logged_steps(run_copy) == [5, 10, 15, 20, 25]  # Resumed at 20, not 0.
-  config = workdir_lib.read_config(run_copy)
+  config = trained_run.read_config(run_copy)
   assert (config.model.d_model, config.train.num_steps) == (32, 25)
   # The end of a run is a summary, not a dict.
   assert "step 25 of 25: loss " in out and f"next: dgi eval --workdir {run_copy}" in out
@@ -147,7 +147,7 @@ def test_train_resume_never_uses_a_checkpoint_eval_cannot_read(dgi, run_copy, ti
   assert _quarantined(run_copy) == ["20"] and _steps(run_copy) == [10, 20]
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # A fallback would warn.
-    assert workdir_lib.load_trained(run_copy).step == 20
+    assert trained_run.load_trained(run_copy).step == 20
 
 
 def test_resumed_run_logs_each_step_once(dgi, run_copy):

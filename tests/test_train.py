@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import checkpointing, train
+from dgi_jax import checkpointing, run_setup, train
 from conftest import load_config
 
 
@@ -105,10 +105,10 @@ def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
 def test_init_from_kmeans_keeps_the_encoder_and_reclusters_codebooks(tfds_dir, tmp_path):
   source, target, config = _init_from_source_run(tfds_dir, tmp_path, init_from_kmeans=True)
   # Known answer: k-means (the run's own k-means rng) over the loaded encoder's embeddings.
-  model = train.build_model(config)
-  run_data = train.prepare_run_data(config, tmp_path / "target")
+  model = run_setup.build_model(config)
+  run_data = run_setup.prepare_run_data(config, tmp_path / "target")
   kmeans_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)[1]
-  expected = train.kmeans_init_codebooks(model, source, run_data.catalogue_tokens, config,
+  expected = run_setup.kmeans_init_codebooks(model, source, run_data.catalogue_tokens, config,
                                          kmeans_rng)
   for name in source:
     if name.startswith("codebook_"):

@@ -7,6 +7,7 @@ import pytest
 
 from dgi_jax import optim, sharding
 from dgi_jax import train_step as ts
+from conftest import load_config
 from model_fixtures import init, max_abs_diff, random_batch, small_model
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 simulated devices")
@@ -17,9 +18,7 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def setup():
-  import runpy, pathlib  # noqa: E401
-  config = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "configs/tiny.py"))[
-      "get_config"]()
+  config = load_config("tiny")
   model = small_model(codebook_sizes=(6, 5, 4))
   batch = random_batch(BATCH)
   params = init(model, batch)

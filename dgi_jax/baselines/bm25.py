@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dgi_jax.data import records
+
 
 def request_text(query: str, history_texts: Sequence[str], max_history: int) -> str:
   """`query`, then the texts of the `max_history` most recent history items, newest first.
@@ -37,7 +39,7 @@ def request_text(query: str, history_texts: Sequence[str], max_history: int) -> 
   Returns:
     The parts joined by single spaces, empty parts left out.
   """
-  recent = list(history_texts)[::-1][:max(max_history, 0)]
+  recent = records.recent_history(list(history_texts), max_history)[::-1]
   return " ".join(part for part in (query, *recent) if part)
 
 

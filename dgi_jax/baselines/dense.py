@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgi_jax import train
+from dgi_jax import run_setup, sharding
 from dgi_jax.data import pipeline
 from dgi_jax.models.dgi import DGIModel
 from dgi_jax.models.quantizer import l2_normalize
@@ -26,22 +26,27 @@ def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, history=No
   reads history items), best first."""
   z_q = model.apply({"params": params}, query_tokens, history, history_table,
                     method=DGIModel.encode_requests).z_q
+  return cosine_ranking(z_q, item_vectors, k)
+
+
+def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int) -> jax.Array:
+  """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine to the
+  request vectors `z_q` [B, d], best first."""
   return jax.lax.top_k(l2_normalize(z_q) @ item_vectors.T, k)[1]
 
 
-def dense_rankings(model: DGIModel, params, run_data: train.RunData, config, split: str,
+def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
                    k: int):
   """Ranks the catalogue for every request of `split` by cosine(z_q, z_base).
 
   Returns:
     (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
   """
-  device = jax.local_devices()[0]
-  params = jax.device_put(jax.device_get(params), device)
+  params = sharding.to_local_device(params)
   item_batch = int(config.eval.item_batch_size)
-  item_vectors = l2_normalize(jnp.asarray(train.embed_items(
+  item_vectors = l2_normalize(jnp.asarray(run_setup.embed_items(
       model, params, run_data.catalogue_tokens, item_batch)))
-  table = (jnp.asarray(train.history_table(model, params, run_data.catalogue_tokens,
+  table = (jnp.asarray(run_setup.history_table(model, params, run_data.catalogue_tokens,
                                            item_batch))
            if model.cfg.history_items else None)
   ranked, relevant = [], []

@@ -27,8 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dgi_jax import checkpointing, evaluate, plots, retrieval, train
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import evaluate, retrieval, run_setup, train
+from dgi_jax import trained_run
 from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
 from dgi_jax.benchmark import report as report_lib
@@ -39,7 +39,7 @@ RESULT_FILE = "result.json"
 SPLIT = "test"
 
 
-def prepare_dataset(dataset: str, data_root, workdir, converter_options) -> str:
+def dataset_directory(dataset: str, data_root, workdir, converter_options) -> str:
   """The JSONL directory of `dataset`: a converted named dataset, or a user directory."""
   if dataset not in converters.CONVERTERS:
     if not os.path.isdir(dataset):
@@ -66,16 +66,6 @@ def method_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any],
   return config
 
 
-def training_seconds(run_dir) -> float:
-  """Seconds spent in train steps, from metrics.jsonl (adds up across resumed sessions)."""
-  seconds, previous = 0.0, 0
-  for record in sorted((r for r in plots.read_metrics(run_dir) if r.get("kind") == "train"),
-                       key=lambda r: r["step"]):
-    seconds += (record["step"] - previous) / record["steps_per_sec"]
-    previous = record["step"]
-  return seconds
-
-
 class BenchmarkInterrupted(RuntimeError):
   """A training run stopped before its last step (SIGTERM); rerunning resumes it."""
 
@@ -86,16 +76,11 @@ def _train(config, run_dir) -> float:
   Raises BenchmarkInterrupted when the run stopped early on SIGTERM, so that no later
   stage starts from, and no result is written for, an unfinished run.
   """
-  train.train_and_evaluate(config, run_dir)
-  checkpointer = checkpointing.Checkpointer(run_dir, read_only=True)
-  try:
-    step = checkpointer.latest_step() or 0
-  finally:
-    checkpointer.close()
-  if step < int(config.train.num_steps):
-    raise BenchmarkInterrupted(f"{run_dir} stopped at step {step} of "
+  result = train.train_and_evaluate(config, run_dir)
+  if result.step < int(config.train.num_steps):
+    raise BenchmarkInterrupted(f"{run_dir} stopped at step {result.step} of "
                                f"{config.train.num_steps}; rerun the same command to resume")
-  return training_seconds(run_dir)
+  return result.train_seconds
 
 
 def _warmup_steps(config) -> int:
@@ -128,7 +113,7 @@ def _num_params(params) -> int:
 
 
 def _generative_report(run_dir, config) -> Dict[str, Any]:
-  trained = workdir_lib.load_trained(run_dir)
+  trained = trained_run.load_trained(run_dir)
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
   report = evaluate.evaluate_split(retriever, trained.run_data, trained.config, SPLIT)
@@ -145,7 +130,7 @@ def _ranked_report(ranked, relevant, run_data, config, seconds) -> Dict[str, Any
 
 
 def _bm25_report(config, workdir) -> Dict[str, Any]:
-  run_data = train.prepare_run_data(config, workdir)
+  run_data = run_setup.prepare_run_data(config, workdir)
   dataset = run_data.dataset
   start = time.perf_counter()
   requests = pipeline.read_requests(dataset, SPLIT)
@@ -159,7 +144,7 @@ def _bm25_report(config, workdir) -> Dict[str, Any]:
 
 
 def _dense_report(run_dir, config) -> Dict[str, Any]:
-  trained = workdir_lib.load_trained(run_dir)
+  trained = trained_run.load_trained(run_dir)
   start = time.perf_counter()
   ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
                                           trained.config, SPLIT, int(config.eval.k))
@@ -240,7 +225,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   selected = methods_lib.select(method_spec)
   workdir = pathlib.Path(workdir)
   results_dir = pathlib.Path(results_dir or workdir)
-  data_dir = prepare_dataset(dataset, data_root, workdir,
+  data_dir = dataset_directory(dataset, data_root, workdir,
                              base_config.benchmark.converter_options)
   base = method_config(base_config, {}, **{"data.dataset": data_dir,
                                           "data.tfds_dir": str(workdir / "tfds")})

@@ -17,6 +17,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dgi_jax import paths
 from dgi_jax.data import records
 from dgi_jax.data.builders import dgi_jsonl
 from dgi_jax.data.builders import dgi_synthetic
@@ -137,7 +138,7 @@ def prepare_dataset(data_config, data_dir: os.PathLike | str, *,
     ValueError: `data_dir` is on an object store (gs://...), which array_record cannot
       read (google/array_record#120).
   """
-  if "://" in os.fspath(data_dir):
+  if paths.is_uri(os.fspath(data_dir)):
     raise ValueError(f"TFDS data directory {os.fspath(data_dir)}: array_record reads local "
                      "files only; give a local (or mounted) data.tfds_dir")
   data_dir = epath.Path(data_dir)

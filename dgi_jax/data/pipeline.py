@@ -21,6 +21,7 @@ import grain
 import numpy as np
 
 from dgi_jax.data import dataset as dataset_lib
+from dgi_jax.data import records
 from dgi_jax.data import tokenizer as tokenizer_lib
 
 PAD_INDEX = -1  # Fills `relevant` and `history` beyond a request's own items.
@@ -38,15 +39,10 @@ def encode_catalogue(dataset: dataset_lib.Dataset,
   return tokenizer.encode_items(dataset.item_texts, data_config.max_item_len)
 
 
-def recent_history(history, max_history: int):
-  """The most recent `max_history` items of a history (oldest first), oldest first."""
-  return history[max(len(history) - max_history, 0):] if max_history > 0 else history[:0]
-
-
 def _history_titles(titles: list, histories, data_config) -> list:
   """Per request, the token ids of the history titles the request text holds: all of
   `histories`' items with history_repr 'text', none when the model reads them as items."""
-  if data_config.get("history_repr", "text") != "text":
+  if data_config.history_repr != "text":
     return [[] for _ in histories]
   return [[titles[i] for i in h] for h in histories]
 
@@ -84,7 +80,7 @@ class _TrainBatch:
         raise ValueError(f"training example {example_id} has {relevant.size} targets")
       example_ids.append(example_id)
       queries.append(query)
-      histories.append(recent_history(history, max_history))
+      histories.append(records.recent_history(history, max_history))
       targets.append(relevant[0])
     item_index = np.asarray(targets, np.int32)
     return {
@@ -196,7 +192,7 @@ def iterate_eval(dataset: dataset_lib.Dataset,
     chunk = indices[b * batch_size:(b + 1) * batch_size].tolist()
     rows = [_decode(row) for row in source.__getitems__(chunk)] if chunk else []
     pad = batch_size - len(rows)
-    histories = [recent_history(h, max_history) for _, _, h, _ in rows] + [[]] * pad
+    histories = [records.recent_history(h, max_history) for _, _, h, _ in rows] + [[]] * pad
     query_ids = tokenizer.encode_queries([q for _, q, _, _ in rows]) + [[]] * pad
     yield {
         "query_tokens": tokenizer.assemble_requests(

@@ -15,6 +15,11 @@ ITEMS_FILE = "items.jsonl"
 SPLIT_FILES = {"train": "train.jsonl", "validation": "valid.jsonl", "test": "test.jsonl"}
 
 
+def recent_history(history, max_history: int):
+  """The most recent `max_history` items of a history (oldest first), oldest first."""
+  return history[max(len(history) - max_history, 0):] if max_history > 0 else history[:0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One catalogue entry."""

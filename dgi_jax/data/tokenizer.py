@@ -43,6 +43,8 @@ import tokenizers
 from tokenizers import (decoders, models, normalizers, pre_tokenizers, processors,
                         trainers)
 
+from dgi_jax.data import records
+
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 PAD_ID, UNK_ID, SEP_ID = 0, 1, 2
 
@@ -171,8 +173,8 @@ class RequestTokenizer(abc.ABC):
     """
     out = np.zeros((len(query_ids), max_len), np.int32)
     for row, (query, history) in enumerate(zip(query_ids, history_ids, strict=True)):
-      ids = self.layout.request(query, list(history)[::-1][:max(max_history, 0)],
-                                max_len)
+      ids = self.layout.request(query, records.recent_history(list(history),
+                                                              max_history)[::-1], max_len)
       out[row, :len(ids)] = ids
     return out
 
@@ -192,8 +194,7 @@ class RequestTokenizer(abc.ABC):
     """
     if len(queries) != len(history_texts):
       raise ValueError(f"{len(queries)} queries but {len(history_texts)} histories")
-    recent = [list(h)[max(len(h) - max_history, 0):] if max_history > 0 else []
-              for h in history_texts]
+    recent = [records.recent_history(list(h), max_history) for h in history_texts]
     texts = [t for titles in recent for t in titles]
     if max_title_len is None:
       flat = self._encode_all(texts)

@@ -45,6 +45,8 @@ class ModelConfig:
   # tokens, no extra input) or one input position per item, 'codes' / 'embedding'.
   history_repr: str = "text"
   max_history: int = 0  # History positions of 'codes' / 'embedding' (`data.max_history`).
+  # 'codes': whether the history's gradient reaches the codebooks it reads.
+  history_code_gradient: bool = True
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
@@ -100,7 +102,7 @@ class ModelConfig:
     for field in ("vocab_size", "max_len", "encoder_spec", "history_repr", "max_history"):
       del defaults[field]
     # Fields a hand-built config leaves out take their defaults; configs read back from
-    # checkpoints written before a field existed were upgraded by `workdir.read_config`.
+    # checkpoints written before a field existed were upgraded by `trained_run.read_config`.
     kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
     spec_json = config.model.get("encoder_spec", "")

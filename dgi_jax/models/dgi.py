@@ -122,7 +122,8 @@ class DGIModel(nn.Module):
       if history is None or history_table is None:
         raise ValueError(f"history_repr={cfg.history_repr!r}: requests need their "
                          "history item indices and the history table")
-      vectors = history_lib.lookup(history, history_table, self.codebooks, cfg.history_repr)
+      vectors = history_lib.lookup(history, history_table, self.codebooks, cfg.history_repr,
+                                   cfg.history_code_gradient)
       extra = (self.history_embed(vectors, history), history_lib.history_mask(history))
     states, z_q = self.encoder(query_tokens, deterministic, extra)
     mask = query_tokens != pad_id

@@ -49,7 +49,8 @@ def recency(history: jax.Array) -> jax.Array:
   return jnp.where(mask, count - 1 - slot, 0).astype(jnp.int32)
 
 
-def lookup(history: jax.Array, table: jax.Array, codebooks, history_repr: str) -> jax.Array:
+def lookup(history: jax.Array, table: jax.Array, codebooks, history_repr: str,
+           code_gradient: bool = True) -> jax.Array:
   """The item vectors of a batch of histories, [B, H] -> float32 [B, H, d].
 
   Args:
@@ -57,13 +58,16 @@ def lookup(history: jax.Array, table: jax.Array, codebooks, history_repr: str) -
     table: 'codes': int32 [N, m] SIDs; 'embedding': float32 [N, d] item embeddings.
     codebooks: the model's m codebooks [K_t, d] ('codes' only).
     history_repr: 'codes' or 'embedding'.
+    code_gradient: 'codes': let the gradient reach the codebooks (else they enter as
+      constants, and only the quantizer and the heads train them).
   """
   rows = table[jnp.maximum(history, 0)]
   if history_repr == "embedding":
     return rows.astype(jnp.float32)
   if history_repr != "codes":
     raise ValueError(f"history_repr={history_repr!r} has no item vectors")
-  return sum(codebook[rows[..., t]] for t, codebook in enumerate(codebooks))
+  vectors = sum(codebook[rows[..., t]] for t, codebook in enumerate(codebooks))
+  return vectors if code_gradient else jax.lax.stop_gradient(vectors)
 
 
 class HistoryEmbedding(nn.Module):

@@ -70,14 +70,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from dgi_jax.models.config import ENCODERS, GEOMETRIES, GRAD_PATHS, HISTORY_REPRS
 from dgi_jax.models.pretrained import EncoderSpec
 from dgi_jax.parity import torch_losses
 
 LN_EPS = 1e-6  # Spec: every LayerNorm uses eps 1e-6 (PyTorch's default is 1e-5).
-GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
-GEOMETRIES = ("cosine", "dot")
-ENCODERS = ("scratch", "bert", "t5")
-HISTORY_REPRS = ("text", "codes", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +109,7 @@ class ReferenceConfig:
   # tokens) or one input position per item, 'codes' / 'embedding' (module docstring).
   history_repr: str = "text"
   max_history: int = 0  # History positions (`data.max_history`): rows of recency_embed.
+  history_code_gradient: bool = True  # 'codes': the history's gradient reaches the codebooks.
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
@@ -150,7 +148,8 @@ class ReferenceConfig:
         encoder=str(m.get("encoder", "scratch")),
         encoder_spec=EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None,
         history_repr=str(config.data.get("history_repr", "text")),
-        max_history=int(config.data.max_history))
+        max_history=int(config.data.max_history),
+        history_code_gradient=bool(m.get("history_code_gradient", True)))
 
   @property
   def history_items(self) -> bool:
@@ -456,6 +455,8 @@ class DGIReference(nn.Module):
     rows = table[torch.clamp(history, min=0)]
     if self.cfg.history_repr == "codes":
       vectors = sum(w[rows[..., t].long()] for t, w in enumerate(self.codebooks))
+      if not self.cfg.history_code_gradient:
+        vectors = vectors.detach()
     else:
       vectors = rows.to(self.history_embed.projection.weight.dtype)
     return self.history_embed(vectors, history), history >= 0

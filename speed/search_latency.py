@@ -7,7 +7,7 @@ prefix code embeddings, with a d x K head per level); the dense baseline is
 same process. Reported per catalogue size: batched throughput (queries/s), single-query
 p50/p99 latency, and index memory vs the dense embedding matrix.
 
-  python benchmarks/search_latency.py [--sizes 10000,100000,1000000] [--beam 10]
+  python speed/search_latency.py [--sizes 10000,100000,1000000] [--beam 10]
 """
 
 import argparse

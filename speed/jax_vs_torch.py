@@ -7,7 +7,7 @@ AdamW), eager and, where it works, with the model under `torch.compile`. Both st
 the same weights and see the same batch; each draws its own Gumbel noise per step.
 
 Usage:
-  python benchmarks/jax_vs_torch.py [--config configs/default.py] [--batch_size 128]
+  python speed/jax_vs_torch.py [--config configs/default.py] [--batch_size 128]
       [--steps 20] [--repeats 3] [--no_compile] [--single_core]
 
 Each framework is timed over `--repeats` windows of `--steps` steps after warm-up,
@@ -19,7 +19,6 @@ import argparse
 import os
 import pathlib
 import platform
-import runpy
 import sys
 import time
 
@@ -30,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
-from dgi_jax import optim, train_step  # noqa: E402
+from dgi_jax import config_files, optim, train_step  # noqa: E402
 from dgi_jax.parity import compare, convert, training  # noqa: E402
 
 
@@ -103,7 +102,7 @@ def main():
                                " --xla_cpu_multi_thread_eigen=false").strip()
     torch.set_num_threads(1)
 
-  config = compare.with_model_overrides(runpy.run_path(args.config)["get_config"]())
+  config = compare.with_model_overrides(config_files.load_file(args.config))
   m = config.model
   print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs "
         f"({len(os.sched_getaffinity(0))} used), load average {os.getloadavg()[0]:.2f}")

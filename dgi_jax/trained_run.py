@@ -1,9 +1,10 @@
 """Opening a trained run's work directory: config, tokenizer and params of a checkpoint.
 
-`dgi eval`, `dgi search` and `dgi index` read everything from the work directory: the
-config and the tokenizer saved with the checkpoint, the parameters of the best checkpoint
+`dgi eval`, `dgi search` and `dgi index` read everything from the work directory, through
+one open of its checkpoints (`load_trained`): the config and the tokenizer saved with the
+checkpoint, the parameters of the best checkpoint
 (by `train.best_metric`, when validation ran) or else the latest, and the run's dataset
-(`train.prepare_run_data`, which reuses `<data.tfds_dir or workdir/tfds>`).
+(`run_setup.prepare_run_data`, which reuses `<data.tfds_dir or workdir/tfds>`).
 Every problem raises `WorkdirError` with a message meant for the command line.
 
 A damaged checkpoint (a deleted or truncated file in any of its items) is skipped with a
@@ -11,13 +12,13 @@ warning and the next one is used: the best, then the others newest first. Nothin
 moved (these commands only read); `dgi train` moves unreadable steps aside.
 """
 
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 import warnings
 
 import jax
 import ml_collections
 
-from dgi_jax import checkpointing, errors, resume_checks, train
+from dgi_jax import checkpointing, errors, paths, resume_checks, run_setup
 from dgi_jax.data import jsonl_format
 from dgi_jax.data import tokenizer as tokenizer_lib
 from dgi_jax.models.dgi import DGIModel
@@ -41,13 +42,13 @@ class TrainedRun(NamedTuple):
   config: ml_collections.ConfigDict
   model: DGIModel
   params: Any
-  run_data: train.RunData
+  run_data: run_setup.RunData
   step: Optional[int] = None  # The checkpoint the params come from.
   selected: str = ""  # Why that one: 'best', 'latest' or 'fallback' (the others failed).
 
 
 def _open(workdir) -> checkpointing.Checkpointer:
-  workdir = checkpointing.as_path(workdir)  # Local or gs://.
+  workdir = paths.as_path(workdir)  # Local or gs://.
   if not workdir.is_dir():
     raise WorkdirError(f"work directory {workdir} "
                        + ("is a file" if workdir.exists() else "does not exist"))
@@ -68,11 +69,12 @@ def _open(workdir) -> checkpointing.Checkpointer:
 LEGACY_VALUES = {
     "model": {"normalize_item_embedding": False, "decoder_inputs": "sum",
               "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
-              "encoder_spec": ""},
-    "optim": {"freeze_encoder_layers": 0},
+              "encoder_spec": "", "history_code_gradient": True},
+    "optim": {"freeze_encoder_layers": 0, "frozen": ()},
     "data": {"history_repr": "text"},
-    "train": {"history_refresh_every": 100},
+    "train": {"history_refresh_every": 100, "init_from_kmeans": False},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
+    "eval": {"validation_diagnostics": True},
 }
 
 
@@ -116,13 +118,18 @@ def newest_config(workdir) -> Tuple[int, ml_collections.ConfigDict]:
   """(step, config) of the newest checkpoint whose config and tokenizer read."""
   checkpointer = _open(workdir)
   try:
-    found, steps = checkpointer.newest_json_items(), checkpointer.all_steps()
+    return _newest_config(workdir, checkpointer)
   finally:
     checkpointer.close()
+
+
+def _newest_config(workdir, checkpointer: checkpointing.Checkpointer
+                   ) -> Tuple[int, ml_collections.ConfigDict]:
+  found = checkpointer.newest_json_items()
   if found is None:
     raise WorkdirError(f"no checkpoint in {checkpointing.checkpoint_dir(workdir)} is "
-                       f"readable (steps {sorted(steps)}: their config or tokenizer files "
-                       "are damaged)")
+                       f"readable (steps {sorted(checkpointer.all_steps())}: their config "
+                       "or tokenizer files are damaged)")
   return found[0], _checked_config(workdir, found[1]["config"])
 
 
@@ -134,36 +141,28 @@ def saved_config(workdir) -> Optional[ml_collections.ConfigDict]:
     return None
 
 
-def _candidates(workdir) -> List[Tuple[int, str]]:
+def _candidates(workdir, checkpointer: checkpointing.Checkpointer) -> List[Tuple[int, str]]:
   """(step, label) in the order to try: the best checkpoint if validation ran, else the
   latest; then the others newest first, labelled 'fallback'."""
-  _, config = newest_config(workdir)
-  best_metric = config.train.best_metric if config.train.eval_every > 0 else None
-  checkpointer = checkpointing.Checkpointer(workdir, best_metric=best_metric,
-                                            read_only=True)
-  try:
-    steps = sorted(checkpointer.all_steps(), reverse=True)
-    # None when no checkpoint carries validation metrics.
-    best = checkpointer.best_step() if best_metric else None
-  finally:
-    checkpointer.close()
+  _, config = _newest_config(workdir, checkpointer)
+  steps = sorted(checkpointer.all_steps(), reverse=True)
+  # None when no checkpoint carries validation metrics.
+  best = (checkpointer.best_step_by(config.train.best_metric)
+          if config.train.eval_every > 0 else None)
   first = (best, "best") if best is not None else (steps[0], "latest")
   return [first] + [(step, "fallback") for step in steps if step != first[0]]
 
 
-def select_step(workdir) -> Tuple[int, str]:
-  """(step, 'best' | 'latest'): the best checkpoint if validation ran, else the latest."""
-  return _candidates(workdir)[0]
-
-
-def _restore_params(workdir, model: DGIModel, config, step: int):
+def _restore_params(checkpointer: checkpointing.Checkpointer, model: DGIModel, config,
+                    step: int):
   """The params of `step` on this process's first device, checked against the model."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  shapes = jax.eval_shape(lambda: train.init_params(model, config, jax.random.PRNGKey(0)))
+  shapes = jax.eval_shape(lambda: run_setup.init_params(model, config,
+                                                        jax.random.PRNGKey(0)))
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           shapes)
   try:
-    return checkpointing.restore_params(workdir, abstract, step)
+    return checkpointer.restore_params(abstract, step)
   except checkpointing.CheckpointError as e:
     raise WorkdirError(f"checkpoint {step} does not fit the model its config describes: "
                        f"{e}") from None
@@ -180,15 +179,7 @@ def _read(what: str, fn: Callable[[], Any]) -> Any:
     raise _Unreadable(f"{what}: {reason}") from e
 
 
-def _json_items(workdir, step: int) -> Dict[str, Any]:
-  checkpointer = _open(workdir)
-  try:
-    return _read("config or tokenizer", lambda: checkpointer.read_json_items(step))
-  finally:
-    checkpointer.close()
-
-
-def _warn_if_dataset_changed(workdir, step: int, record, run_data: train.RunData) -> None:
+def _warn_if_dataset_changed(workdir, step: int, record, run_data: run_setup.RunData) -> None:
   """Evaluating on edited dataset files is allowed, but not without saying so."""
   where = checkpointing.checkpoint_dir(workdir)
   if resume_checks.check_dataset(record, run_data.dataset.version, step, where,
@@ -199,7 +190,8 @@ def _warn_if_dataset_changed(workdir, step: int, record, run_data: train.RunData
 
 
 def load_trained(workdir, step: Optional[int] = None) -> TrainedRun:
-  """Config, model, params and run data of a trained work directory.
+  """Config, model, params and run data of a trained work directory, read through one
+  open of its checkpoints.
 
   Args:
     workdir: The run's work directory.
@@ -210,37 +202,42 @@ def load_trained(workdir, step: Optional[int] = None) -> TrainedRun:
     WorkdirError: no directory, no checkpoint, none readable (or `step` unreadable), an
       incompatible config, or a dataset that can no longer be opened.
   """
-  candidates = [(step, "requested")] if step is not None else _candidates(workdir)
-  reasons = []
-  for candidate, selected in candidates:
-    try:
-      return _load_step(workdir, candidate)._replace(selected=selected)
-    except _Unreadable as e:
-      reasons.append(f"step {candidate}: {e}")
-      if step is None:
-        warnings.warn(f"checkpoint step {candidate} in "
-                      f"{checkpointing.checkpoint_dir(workdir)} is unreadable ({e}); "
-                      "trying the previous one")
+  checkpointer = _open(workdir)
+  try:
+    candidates = ([(step, "requested")] if step is not None
+                  else _candidates(workdir, checkpointer))
+    reasons = []
+    for candidate, selected in candidates:
+      try:
+        return _load_step(workdir, checkpointer, candidate)._replace(selected=selected)
+      except _Unreadable as e:
+        reasons.append(f"step {candidate}: {e}")
+        if step is None:
+          warnings.warn(f"checkpoint step {candidate} in "
+                        f"{checkpointing.checkpoint_dir(workdir)} is unreadable ({e}); "
+                        "trying the previous one")
+  finally:
+    checkpointer.close()
   raise WorkdirError(f"no readable checkpoint in {checkpointing.checkpoint_dir(workdir)}: "
                      + "; ".join(reasons))
 
 
-def _load_step(workdir, step: int) -> TrainedRun:
+def _load_step(workdir, checkpointer: checkpointing.Checkpointer, step: int) -> TrainedRun:
   """`load_trained` of one checkpoint; raises `_Unreadable` when a file of it is damaged."""
-  items = _json_items(workdir, step)
+  items = _read("config or tokenizer", lambda: checkpointer.read_json_items(step))
   config = _checked_config(workdir, items["config"])
   tokenizer_json = items["tokenizer"]
   try:
-    model = train.build_model(config)
+    model = run_setup.build_model(config)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise WorkdirError(f"{workdir}: the checkpoint's config does not describe a model "
                        f"this version can build: {e}") from None
-  params = _read("state", lambda: _restore_params(workdir, model, config, step))
+  params = _read("state", lambda: _restore_params(checkpointer, model, config, step))
   # The params were trained with the checkpoint's tokenizer: use it, whatever the data
   # directory or the pre-trained encoder's directory holds now.
   tokenizer = tokenizer_lib.tokenizer_from_json(tokenizer_json)
   try:
-    run_data = train.prepare_run_data(config, workdir, tokenizer=tokenizer)
+    run_data = run_setup.prepare_run_data(config, workdir, tokenizer=tokenizer)
   except (FileNotFoundError, jsonl_format.DatasetFormatError) as e:
     raise WorkdirError(f"{workdir}: cannot open the run's dataset: {e}") from None
   _warn_if_dataset_changed(workdir, step, items["run"], run_data)

@@ -4,12 +4,11 @@ Prints steps/s, examples/s and the achieved FLOP/s of the jitted (sharded) train
 FLOPs from XLA's cost analysis of the compiled step — and the utilisation against a
 2048^3 matmul measured in the same run.
 
-  python benchmarks/train_throughput.py [--config configs/default.py] [--steps 20]
+  python speed/train_throughput.py [--config configs/default.py] [--steps 20]
 """
 
 import argparse
 import pathlib
-import runpy
 import sys
 
 import jax
@@ -18,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from common import machine_description, matmul_peak_flops, time_calls  # noqa: E402
 
-from dgi_jax import optim, sharding, train, train_step  # noqa: E402
+from dgi_jax import config_files, optim, run_setup, sharding, train_step  # noqa: E402
 
 
 def random_batch(config, batch_size, rs):
@@ -32,11 +31,11 @@ def random_batch(config, batch_size, rs):
 
 def sharded_train_step(config):
   """Fresh params, their replicated train state, the jitted sharded step, the batch sharding."""
-  model = train.build_model(config)
+  model = run_setup.build_model(config)
   optimizer = optim.make_optimizer(config.optim, config.train.num_steps)
   mesh = sharding.make_mesh()
   rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  params = train.init_params(model, config, jax.random.PRNGKey(0), out_sharding=rep)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(0), out_sharding=rep)
   state = jax.device_put(train_step.create_train_state(params, optimizer), rep)
   step = jax.jit(train_step.make_train_step(model, optimizer, config, config.train.num_steps),
                  in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
@@ -48,7 +47,7 @@ def main():
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args()
-  config = runpy.run_path(args.config)["get_config"]()
+  config = config_files.load_file(args.config)
   batch_size = config.train.global_batch_size
 
   params, state, step, data = sharded_train_step(config)

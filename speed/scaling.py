@@ -16,7 +16,7 @@ same steps, so the share stays within [0, 1] when step times vary.)
 Simulated devices share this machine's cores, so more devices do not make a step faster:
 the figures measure the overhead of partitioning and of the collectives, not speed-up.
 
-  python benchmarks/scaling.py [--config configs/default.py] [--steps 20]
+  python speed/scaling.py [--config configs/default.py] [--steps 20]
 """
 
 import argparse
@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import re
-import runpy
 import socket
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(REPO_ROOT))
+
+from dgi_jax import config_files  # noqa: E402  (no JAX: safe before distributed init)
 
 LAYOUTS = ((1, 1), (1, 2), (1, 4), (1, 8), (2, 4))  # (processes, devices per process)
 PROFILED_STEPS = 5
@@ -72,7 +73,7 @@ def run_worker(args) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
-  config = runpy.run_path(args.config)["get_config"]()
+  config = config_files.load_file(args.config)
   global_batch = config.train.global_batch_size
   host_batch = sharding.host_batch_size(global_batch)
   _, state, step, data = sharded_train_step(config)
@@ -152,7 +153,7 @@ def main():
 
   from common import machine_description  # pylint: disable=g-import-not-at-top
   args.config = str(REPO_ROOT / args.config)  # Workers run from the repository root.
-  config = runpy.run_path(args.config)["get_config"]()
+  config = config_files.load_file(args.config)
   print(f"machine: {machine_description()} (in this process; each layout below starts "
         f"its own with the devices it names)")
   print(f"config: {os.path.relpath(args.config, REPO_ROOT)}  global batch: {config.train.global_batch_size}  "

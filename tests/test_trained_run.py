@@ -1,6 +1,6 @@
 """Saved configs read back from checkpoints: the upgrade of configs that predate a field."""
 
-from dgi_jax import workdir as workdir_lib
+from dgi_jax import trained_run
 from dgi_jax.models.config import ModelConfig
 from conftest import load_config
 
@@ -14,16 +14,16 @@ def _saved(config, drop=()):
 
 def test_fields_a_saved_config_predates_get_the_behaviour_it_was_trained_with():
   config = load_config("tiny")
-  dropped = [(s, f) for s, fields in workdir_lib.LEGACY_VALUES.items() for f in fields]
-  read = workdir_lib.config_from_json(_saved(config, dropped))
+  dropped = [(s, f) for s, fields in trained_run.LEGACY_VALUES.items() for f in fields]
+  read = trained_run.config_from_json(_saved(config, dropped))
   for section, field in dropped:
-    assert read[section][field] == workdir_lib.LEGACY_VALUES[section][field]
+    assert read[section][field] == trained_run.LEGACY_VALUES[section][field]
   model = ModelConfig.from_config(read)
   assert (model.decoder_inputs, model.normalize_item_embedding) == ("sum", False)
 
 
 def test_saved_fields_are_kept():
   config = load_config("tiny")
-  read = workdir_lib.config_from_json(_saved(config))
+  read = trained_run.config_from_json(_saved(config))
   assert read.to_dict() == config.to_dict()
   assert isinstance(read.model.codebook_sizes, tuple)

@@ -7,7 +7,7 @@ sequences/s, tokens/s, the fraction of the measured matmul peak the model's FLOP
 and the JAX / PyTorch speed ratio. BERT: the bundled all-MiniLM-L6-v2; T5: a
 t5-small-shaped random encoder (no T5 weights ship here).
 
-  python benchmarks/encoder_throughput.py [--batch 128] [--length 64] [--repeats 5]
+  python speed/encoder_throughput.py [--batch 128] [--length 64] [--repeats 5]
 """
 
 import argparse

@@ -1,0 +1,124 @@
+"""Evaluation diagnostics of a trained model: what its encoder and decoder do on their own.
+
+Beside the ranking metrics (`evaluate.py`), for each request of a split and each of its
+relevant items, in one jitted pass per batch (`diagnose`):
+  decoder  the teacher-forced cross-entropy of the relevant items' SIDs, per level, and the
+           entropy of those codes (what a request-blind decoder could get at best on level
+           1): their gap at level 1 is what the request tells the decoder about the first
+           code, which bounds how well the search can start.
+  encoder  the model's own encoder without the decoder: Hit/NDCG@10 of exact cosine top-K
+           over the catalogue (what the dense baseline does), and per level the share of
+           pairs whose request vector quantizes to the relevant item's SID prefix; they
+           tell whether joint training kept requests near their items.
+They take the model, its params and the index's arrays as arguments: serving (the
+`Retriever`) does not compute them.
+"""
+
+import functools
+from typing import Any, Dict
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgi_jax import metrics
+from dgi_jax.baselines import dense
+from dgi_jax.models import quantizer
+from dgi_jax.models.dgi import DGIModel
+
+DENSE_K = 10  # The encoder section reports Hit/NDCG@10 of the cosine ranking.
+
+
+@flax.struct.dataclass
+class Diagnostics:
+  """The diagnostics of a batch of B requests, each with R target items (SIDs of m codes)."""
+  dense_top_k: jax.Array  # [B, k] int32 items by cosine(request, item) alone, best first.
+  request_codes: jax.Array  # [B, m] int32 the SID the quantizer gives the request vector.
+  code_cross_entropy: jax.Array  # [B, R, m] float32 -log P(c_t | request, c_<t), nats.
+
+
+# The model is a static argument: a linen module is a hashable dataclass of its config,
+# so every evaluation of the same model shares one compilation per shape.
+@functools.partial(jax.jit, static_argnames=("model", "k"))
+def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax.Array,
+             target_sids: jax.Array, history=None, history_table=None, *,
+             k: int = DENSE_K) -> Diagnostics:
+  """The diagnostics of requests [B, Lq] (history [B, H] read through `history_table`
+  when the model reads history items), encoded once.
+
+  Args:
+    model: The DGI model.
+    params: Its parameters.
+    item_vectors: float32 [N, d] unit-length item embeddings (the index's).
+    query_tokens: int32 [B, Lq] request tokens.
+    target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
+    history: int32 [B, H] history item indices (-1 padded), or None.
+    history_table: the index's history table (`Retriever.history_table`), or None.
+    k: Items of the cosine ranking.
+
+  The cross-entropy is teacher-forced: the decoder reads the targets' hard codewords, as
+  in the search, and its softmax runs over the whole codebook (not the prefix tables), so
+  it measures the decoder, not the index. The request's own SID is that of z_q put on the
+  item embeddings' scale first (unit length when they are), as the decoder's residual
+  inputs do.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
+  z_q = (quantizer.l2_normalize(request.z_q) if model.cfg.normalize_item_embedding
+         else request.z_q)
+  batch, num_targets, num_levels = target_sids.shape
+  # One row per (request, target), request-major: [B * R, ...].
+  rep = lambda x: jnp.repeat(x, num_targets, axis=0)  # noqa: E731
+  z_q_rows, states, mask = rep(request.z_q), rep(request.states), rep(request.mask)
+  sids = target_sids.reshape(batch * num_targets, num_levels)
+  levels = []
+  for t in range(num_levels):
+    logits = apply(z_q_rows, states, mask, sids[:, :t],
+                   method=DGIModel.prefix_logits).astype(jnp.float32)
+    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits), sids[:, t:t + 1],
+                                       axis=-1)[:, 0])
+  return Diagnostics(
+      dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k),
+      request_codes=apply(z_q, method=DGIModel.hard_codes),
+      code_cross_entropy=jnp.stack(levels, axis=1).reshape(batch, num_targets, num_levels))
+
+
+def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
+                   codebook_sizes) -> Dict[str, Any]:
+  """How much the decoder learned about each code level of the relevant items.
+
+  Args:
+    cross_entropy: float [P, m] teacher-forced cross-entropy (nats) per pair and level.
+    target_sids: int [P, m] the pairs' item SIDs.
+    codebook_sizes: K_t per level.
+
+  Returns:
+    code_cross_entropy (mean per level), target_code_entropy (entropy of each level's
+    code among the pairs' items, nats: level 1's is the best cross-entropy without the
+    request) and level1_information (their gap at level 1, nats).
+  """
+  entropy = np.log(metrics.code_usage_perplexity(target_sids, codebook_sizes))
+  mean_ce = cross_entropy.mean(axis=0)
+  return {"code_cross_entropy": [float(x) for x in mean_ce],
+          "target_code_entropy": [float(x) for x in entropy],
+          "level1_information": float(entropy[0] - mean_ce[0])}
+
+
+def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
+                   prefix_agreement: np.ndarray) -> Dict[str, Any]:
+  """The trained encoder on its own (see the module doc, `encoder`).
+
+  Args:
+    dense_ranked: int [Q, DENSE_K] items ranked by cosine(request, item) alone.
+    relevant: int [Q, R] relevant item indices per request, padded with -1.
+    prefix_agreement: bool/int [P, m], per (request, relevant item) pair and level t,
+      whether the request's own SID agrees with the item's on levels 1..t.
+
+  Returns:
+    dense (hit@10, ndcg@10 of the exact cosine ranking) and sid_prefix_agreement (mean
+    per level).
+  """
+  means = metrics.retrieval_metrics(dense_ranked, relevant, (DENSE_K,), DENSE_K)
+  return {"dense": {name: float(means[f"{name}@{DENSE_K}"]) for name in ("hit", "ndcg")},
+          "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)]}
