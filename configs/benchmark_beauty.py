@@ -16,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_item_len = 32  # Title and category leaves.
     c.data.max_query_len = 64  # The three or four most recent titles.
     c.data.max_history = 20  # The leave-one-out protocol's history length (tokens cut first).
+    # The titles in the request text: measured best on this budget against reading all 20
+    # items as 'codes' or 'embedding' positions (docs/DESIGN.md, "History as items").
+    c.data.history_repr = "text"
     c.model.codebook_sizes = (256, 256, 256)  # TIGER's 3 x 256 on this dataset.
     c.train.kmeans_items = 12101  # The whole catalogue.
     c.train.num_steps = 1000
