@@ -13,19 +13,10 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402  (after the skip: nothing here is useful without torch)
 
 from dgi_jax.parity import compare, convert, torch_model, training  # noqa: E402
+from parity_fixtures import single_torch_thread  # noqa: E402,F401
 
 # One batch size throughout: op-by-op JAX compiles each primitive once per shape.
 BATCH = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-  # Tiny models gain nothing from intra-op threads, and on a small machine torch's
-  # OpenMP threads contend with XLA's pool (a 5 ms backward was measured at 0.4 s).
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 def _tiny():

@@ -18,9 +18,9 @@ import jax  # noqa: E402  (after the skip: nothing here is useful without torch)
 import jax.numpy as jnp  # noqa: E402
 
 from conftest import load_config  # noqa: E402
-from dgi_jax.models import pretrained  # noqa: E402
 from dgi_jax.models.dgi import DGIModel  # noqa: E402
 from dgi_jax.parity import compare, convert, torch_model, training  # noqa: E402
+from parity_fixtures import single_torch_thread, minilm_config  # noqa: E402,F401
 
 BATCH = 16
 HISTORY_EMBED_KEYS = {"history_embed.projection.weight", "history_embed.projection.bias",
@@ -32,15 +32,6 @@ HISTORY_EMBED_KEYS = {"history_embed.projection.weight", "history_embed.projecti
 TINY_T5 = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
                relative_attention_num_buckets=8, relative_attention_max_distance=20,
                dropout_rate=0.0, feed_forward_proj="gated-gelu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-  # As in test_parity.py: torch's OpenMP threads contend with XLA's pool on small hosts.
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 def _with_history(config, history_repr: str):
@@ -202,15 +193,6 @@ def test_history_batch_and_reference_inputs():
   model = torch_model.DGIReference(torch_model.ReferenceConfig.from_config(config))
   with pytest.raises(ValueError, match="history"):
     model(*compare.torch_batch(batch), 0.5)
-
-
-@pytest.fixture(scope="module")
-def minilm_config():
-  try:
-    directory = pretrained.bundled_minilm_dir()
-  except pretrained.PretrainedError as e:
-    pytest.skip(f"all-MiniLM-L6-v2 package not installed: {e}")
-  return compare.with_pretrained_encoder(load_config("tiny"), directory)
 
 
 @pytest.mark.parametrize("history_repr", ["codes", "embedding"])

@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 
 from conftest import load_config  # noqa: E402
-from dgi_jax.models import pretrained  # noqa: E402
 from dgi_jax.parity import compare, convert, torch_model, training  # noqa: E402
+from parity_fixtures import single_torch_thread, minilm_config  # noqa: E402,F401
 
 BATCH = 16
 # T5 v1.1 layout at toy size. Queries of 32 tokens reach distances beyond
@@ -32,24 +32,6 @@ TINY_T5 = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_hea
 # float32 reference's own distance from float64 (format_table's f32_floor); seeds 1 and
 # 2 pass everything with ~10x margin.
 T5_SEED = 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-  # As in test_parity.py: torch's OpenMP threads contend with XLA's pool on small hosts.
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def minilm_config():
-  try:
-    directory = pretrained.bundled_minilm_dir()
-  except pretrained.PretrainedError as e:
-    pytest.skip(f"all-MiniLM-L6-v2 package not installed: {e}")
-  return compare.with_pretrained_encoder(load_config("tiny"), directory)
 
 
 @pytest.fixture(scope="module")
