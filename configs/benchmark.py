@@ -27,6 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
     # embeddings, standing in for the paper's pre-trained T5 (0 = k-means on the random
     # encoder at step 0). The total stays train.num_steps.
     c.benchmark.encoder_warmup_fraction = 0.3
+    # Size the index to the catalogue (benchmark/runner.py, `index_for_catalogue`): K codes
+    # per level, K the power of two nearest 2 sqrt(N) (Beauty 256, SciFact 128, 50k items
+    # 512), and k-means over the whole catalogue (up to 100k items). This replaces
+    # model.codebook_sizes and train.kmeans_items; False keeps them as set.
+    c.benchmark.size_index_to_catalogue = True
     c.benchmark.bm25_k1 = 0.9  # BM25 term-frequency saturation (Anserini default).
     c.benchmark.bm25_b = 0.4  # BM25 length normalisation (Anserini default).
     # Options of the dataset's converter (dgi_jax/data/converters), e.g. max_valid_users.

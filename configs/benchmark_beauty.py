@@ -19,8 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
     # The titles in the request text: measured best on this budget against reading all 20
     # items as 'codes' or 'embedding' positions (docs/DESIGN.md, "History as items").
     c.data.history_repr = "text"
-    c.model.codebook_sizes = (256, 256, 256)  # TIGER's 3 x 256 on this dataset.
-    c.train.kmeans_items = 12101  # The whole catalogue.
     c.train.num_steps = 1000
     c.benchmark.converter_options = ml_collections.ConfigDict({"max_valid_users": 2000})
     c.benchmark.reference = ("TIGER (Rajput et al. 2023) on this split: R@5 .0454, N@5 "

@@ -17,8 +17,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_item_len = 96  # Title and the first sentences of the abstract.
     c.data.max_query_len = 32  # A claim; there is no history.
     c.data.max_history = 0
-    c.model.codebook_sizes = (128, 128, 128)
-    c.train.kmeans_items = 5183
     c.train.num_steps = 300
     c.benchmark.converter_options = ml_collections.ConfigDict(
         {"pseudo_queries_per_doc": 1})

@@ -167,6 +167,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64  # Requests per search call (fixed: one compilation).
   c.eval.item_batch_size = 512  # Items per embedding / quantization call when indexing.
   c.eval.bucket_cap = 0  # Items ranked per SID bucket (0 = all; caps search memory).
+  # Order of the beams' items: 'beam' (beam score, then cosine inside a SID bucket: the
+  # paper's), 'cosine' (cosine over the union of the beams' items) or 'blend' (beam score
+  # + cosine_weight * cosine). Each costs O(beam * bucket), not O(catalogue).
+  c.eval.ranking = "beam"
+  c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend'.
   c.eval.num_popularity_buckets = 5  # Equal-count buckets B0 (head) .. B4 (tail) [P].
   # Validation during training also computes the decoder and encoder diagnostics (one
   # extra jitted pass per batch; `dgi eval` always does): their level1_information and

@@ -26,6 +26,8 @@ NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "eval.bucket_cap")
 PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
+# Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
+RANKINGS = ("beam", "cosine", "blend")
 SYNTHETIC = "synthetic"
 
 
@@ -58,6 +60,9 @@ def check_values(config) -> None:
   if history_repr not in (None, "text") and not _value(config, "data.max_history"):
     raise ConfigError(f"data.history_repr={history_repr!r} reads history items but "
                       "data.max_history=0; give data.max_history >= 1")
+  ranking = _value(config, "eval.ranking")
+  if ranking is not None and ranking not in RANKINGS:
+    raise ConfigError(f"eval.ranking={ranking!r}: expected one of {RANKINGS}")
   dataset = _value(config, "data.dataset")
   if dataset is not None and dataset != SYNTHETIC and not epath.Path(dataset).is_dir():
     raise ConfigError(f"data.dataset={dataset!r}: no such directory (expected "

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from dgi_jax import index as index_lib
+from dgi_jax.config_checks import RANKINGS
 
 NEG_INF = float("-inf")
 
@@ -142,12 +143,19 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
 
 def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                query_emb: jax.Array, item_emb: jax.Array, k: int,
-               bucket_cap: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
-  """Top-k items per query, ranked by (beam score, cosine inside the SID bucket); jittable.
+               bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Top-k items per query among the items of the beams' SIDs; jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
   shapes are static: memory is O(batch * beam * cap * d) for the gathered item vectors,
-  with cap = `bucket_cap` or the index's largest bucket (no item dropped).
+  with cap = `bucket_cap` or the index's largest bucket (no item dropped). An item has
+  one SID, so the candidates are distinct. Their order (`ranking`):
+    'beam':   the paper's: beam score, then cosine inside a SID bucket;
+    'cosine': cosine z^_q . z^_item over the union of the beams' items (the beams only
+              choose the candidates);
+    'blend':  beam score + cosine_weight * cosine.
+  All three cost O(batch * beam * cap), independent of the catalogue size.
 
   Args:
     beams: output of `beam_search`.
@@ -156,6 +164,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     item_emb: [N, d] l2-normalised item embeddings z^_item.
     k: number of items to return (static).
     bucket_cap: static bucket width, 0 = the largest bucket.
+    ranking: 'beam', 'cosine' or 'blend' (static).
+    cosine_weight: the cosine's weight in 'blend' (static).
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -172,8 +182,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   scores = jnp.broadcast_to(beams.scores[..., None], items.shape)
   flat = lambda x: x.reshape(batch, beam * cap)
   items, present, scores, cosines = map(flat, (items, present, scores, cosines))
-  # Sort keys, last is primary: present first, then higher beam score, then higher cosine.
-  order = jnp.lexsort((-cosines, -jnp.where(present, scores, 0.0), ~present), axis=-1)
+  order = jnp.lexsort(_ranking_keys(ranking, cosine_weight, present, scores, cosines),
+                      axis=-1)
   take = lambda x: jnp.take_along_axis(x, order[:, :k], axis=1)
   items, present, scores, cosines = map(take, (items, present, scores, cosines))
   pad = k - items.shape[1]
@@ -184,3 +194,18 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   return (jnp.where(present, items, -1),
           jnp.where(present, scores, NEG_INF),
           jnp.where(present, cosines, NEG_INF))
+
+
+def _ranking_keys(ranking: str, cosine_weight: float, present, scores, cosines):
+  """lexsort keys (last is primary) of a ranking: present candidates first, then the
+  ranking's order, best first."""
+  scores = jnp.where(present, scores, 0.0)
+  if ranking == "beam":
+    keys = (-cosines, -scores)
+  elif ranking == "cosine":
+    keys = (-scores, -cosines)
+  elif ranking == "blend":
+    keys = (-cosines, -(scores + cosine_weight * cosines))
+  else:
+    raise ValueError(f"ranking={ranking!r}: expected one of {RANKINGS}")
+  return (*keys, ~present)

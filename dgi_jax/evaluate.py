@@ -98,7 +98,9 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
       parts.append(_batch_diagnostics(retriever, batch))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
-  report = dict(split=split, beam_size=beam_size, k=k)
+  report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking)
+  if retriever.ranking == "blend":
+    report["cosine_weight"] = retriever.cosine_weight
   report.update(ranking_report(ranked, relevant,
                                run_data.dataset.train_popularity,
                                int(config.eval.num_popularity_buckets)))
@@ -193,8 +195,12 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
 
 
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
-                     k: Optional[int] = None):
+                     k: Optional[int] = None, ranking: Optional[str] = None,
+                     cosine_weight: Optional[float] = None):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
+
+  `beam_size`, `k`, `ranking` and `cosine_weight` default to the checkpoint's `eval`
+  config.
 
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
@@ -205,6 +211,10 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
   step, which = trained.step, trained.selected
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
+  if ranking is not None:
+    retriever.ranking = ranking
+  if cosine_weight is not None:
+    retriever.cosine_weight = float(cosine_weight)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
   workdir = pathlib.Path(workdir)
@@ -239,13 +249,21 @@ def _fmt(x) -> str:
   return "  n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+def _ranking_name(report: Dict[str, Any]) -> str:
+  ranking = report["ranking"]
+  if ranking == "blend":
+    return f"beam score + {report['cosine_weight']:g} x cosine"
+  return {"beam": "beam score, then cosine", "cosine": "cosine"}[ranking]
+
+
 def format_report(report: Dict[str, Any]) -> str:
   """A plain-text table of a report for the terminal."""
   m = report["metrics"]
   ks = [k for k in metrics.DEFAULT_KS if f"hit@{k}" in m]
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
-            f"top {report['k']}; {report['timing']['seconds']:.1f} s "
+            f"top {report['k']} by {_ranking_name(report)}; "
+            f"{report['timing']['seconds']:.1f} s "
             f"({report['timing']['requests_per_sec']:.0f} requests/s)"),
            "",
            "metric " + "".join(f"{'@' + str(k):>8}" for k in ks)]

@@ -6,7 +6,8 @@ the inverted index SID -> items; the l2-normalised embeddings are cached for the
 re-rank inside a SID bucket.
 
 Online: `Retriever.search` encodes a batch of requests, runs the beam search over the
-SIDs that exist, and ranks the items of the returned SIDs by (beam score, cosine).
+SIDs that exist, and ranks the items of the returned SIDs (`eval.ranking`: by beam score
+then cosine, the paper's order, or by cosine, or a blend; `decoding.rank_items`).
 
 Items added after training (`add_items`) are embedded and quantized with the trained
 encoder and codebooks, without retraining; both index structures are rebuilt from the
@@ -59,12 +60,13 @@ def _embed_and_quantize(model: DGIModel, params, item_tokens: jax.Array):
   return z_base, apply(z_base, method=DGIModel.hard_codes)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap"))
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap",
+                                             "ranking", "cosine_weight"))
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             inverted: index_lib.InvertedIndex, item_emb: jax.Array,
             query_tokens: jax.Array, history, history_table, *, beam_size: int, k: int,
-            bucket_cap: int) -> SearchResult:
-  """Encode requests -> constrained beam search -> (beam score, cosine) ranking."""
+            bucket_cap: int, ranking: str, cosine_weight: float) -> SearchResult:
+  """Encode requests -> constrained beam search -> ranking of the beams' items."""
   apply = functools.partial(model.apply, {"params": params})
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
@@ -77,7 +79,8 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
   beams = decoding.beam_search(tokens_to_logits, query_tokens.shape[0], beam_size,
                                tables, model.cfg.codebook_sizes)
   items, beam_scores, cosines = decoding.rank_items(
-      beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap)
+      beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
+      ranking, cosine_weight)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -112,6 +115,8 @@ class Retriever:
     self._data_config = config.data
     self._item_batch_size = int(config.eval.item_batch_size)
     self._bucket_cap = int(config.eval.bucket_cap)
+    self.ranking = str(config.eval.ranking)
+    self.cosine_weight = float(config.eval.cosine_weight)
     self.item_ids: List[str] = []
     self.item_texts: List[str] = []
     self._index_of: Dict[str, int] = {}
@@ -214,12 +219,13 @@ class Retriever:
 
   def search(self, query_tokens, beam_size: int, k: int, history=None) -> SearchResult:
     """Top-k items of request tokens [B, Lq] and history item indices [B, H] (-1 padded,
-    oldest first; read unless the history is text). Jitted: one compilation per B and
-    index."""
+    oldest first; read unless the history is text), in `self.ranking`'s order. Jitted:
+    one compilation per B, index and ranking."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
                    *self.history_args(history), beam_size=int(beam_size), k=int(k),
-                   bucket_cap=self._bucket_cap)
+                   bucket_cap=self._bucket_cap, ranking=self.ranking,
+                   cosine_weight=self.cosine_weight)
 
   def tokenize_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
                       ) -> Tuple[np.ndarray, np.ndarray]:

@@ -86,6 +86,25 @@ def test_generative_methods_warm_up_the_encoder_then_kmeans(bench):
   assert not np.allclose(warmup.params["codebook_0"], main.params["codebook_0"])
 
 
+@pytest.mark.parametrize("num_items, size", [
+    (300, 32),  # 2 sqrt(300) = 34.6.
+    (5183, 128), (12101, 256),  # SciFact, Beauty: 144 and 220.
+    (50_000, 512), (10, 10),  # 447; and never more codes than items.
+    (10_000_000, 4096)])
+def test_index_sized_to_the_catalogue(num_items, size):
+  sized = runner.index_for_catalogue(num_items, 3)
+  assert sized["model.codebook_sizes"] == (size,) * 3
+  assert sized["train.kmeans_items"] == min(num_items, 100_000)
+
+
+def test_runs_use_the_index_sized_to_the_catalogue(bench):
+  # The tiny config's (8, 8, 8) codebooks and 300-item sample give way to the rule.
+  main = trained_run.load_trained(bench["workdir"] / "dgi" / "main")
+  assert tuple(main.config.model.codebook_sizes) == (32, 32, 32)
+  assert main.params["codebook_0"].shape[0] == 32
+  assert main.config.train.kmeans_items == 300
+
+
 def test_generative_result_equals_dgi_eval(bench):
   result = runner.read_result(bench["workdir"], "dgi")
   report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi" / "main", "test")

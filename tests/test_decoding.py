@@ -210,6 +210,46 @@ def test_rank_items_lexicographic_on_collisions():
   np.testing.assert_array_equal(items, [[4, 1]])
 
 
+@pytest.mark.parametrize("ranking, cosine_weight, expected", [
+    ("beam", 0.0, [4, 1, 3, 2, 0]),
+    # Over the union of both buckets: cos 1.0, .995, .980, .878, .362.
+    ("cosine", 0.0, [4, 1, 2, 0, 3]),
+    # beam score + 0.9 cos: 4: .40, 1: .396, 2: -.118, 3: -.174, 0: -.210 (item 2 passes
+    # item 3 once the weight exceeds .81, item 0 passes it above .97).
+    ("blend", 0.9, [4, 1, 2, 3, 0]),
+    ("blend", 0.0, [4, 1, 3, 2, 0]),  # Ties on the beam score fall back to the cosine.
+])
+def test_rank_items_orders(ranking, cosine_weight, expected):
+  # The catalogue of test_rank_items_lexicographic_on_collisions.
+  sids = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 0, 0]])
+  inverted = index.build_inverted_index(sids)
+  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
+  item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+  beams = decoding.BeamResult(
+      sequences=jnp.array([[[1, 1, 1], [0, 0, 0], [-1, -1, -1]]], jnp.int32),
+      scores=jnp.array([[-0.5, -1.0, -np.inf]], jnp.float32),
+      leaf_nodes=jnp.array([[1, 0, -1]], jnp.int32),
+      valid=jnp.array([[True, True, False]]))
+  rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7))
+  items, beam_scores, cosines = map(np.asarray, rank(
+      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 6, 0, ranking,
+      cosine_weight))
+  np.testing.assert_array_equal(items, [expected + [-1]])  # Item 5's SID: no beam.
+  np.testing.assert_allclose(cosines[0, :5], np.cos(angles[expected]), rtol=1e-6)
+  np.testing.assert_allclose(beam_scores[0, :5],
+                             [-0.5 if i in (1, 3, 4) else -1.0 for i in expected])
+
+
+def test_rank_items_refuses_unknown_ranking():
+  inverted = index.build_inverted_index(np.array([[0, 0, 0]]))
+  beams = decoding.BeamResult(sequences=jnp.zeros((1, 1, 3), jnp.int32),
+                              scores=jnp.zeros((1, 1)), leaf_nodes=jnp.zeros((1, 1), jnp.int32),
+                              valid=jnp.ones((1, 1), bool))
+  with pytest.raises(ValueError, match="ranking='popularity'"):
+    decoding.rank_items(beams, inverted, jnp.ones((1, 2)), jnp.ones((1, 2)), 1,
+                        ranking="popularity")
+
+
 def test_search_then_rank_end_to_end():
   sids = _toy_catalogue(num_items=60, seed=3)
   rng = np.random.default_rng(5)

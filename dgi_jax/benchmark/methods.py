@@ -6,6 +6,8 @@ with codebooks (two_stage, dgi*) first spend `benchmark.encoder_warmup_fraction`
 budget training the encoder alone (ENCODER_WARMUP), then k-means the codebooks over it.
 
   bm25                   bm25s over item texts; request = query + recent history titles.
+  zero_shot              the pre-trained encoder as it comes (model.pretrained), untrained:
+                         exact cosine top-K over the catalogue. Needs model.pretrained.
   dense                  the same encoder trained with in-batch InfoNCE only; exact cosine
                          top-K over the catalogue.
   two_stage              TIGER-like: stage 1 trains an item tower and an RQ quantizer
@@ -26,7 +28,8 @@ budget training the encoder alone (ENCODER_WARMUP), then k-means the codebooks o
 import dataclasses
 from typing import Dict, Tuple
 
-BM25, DENSE, GENERATIVE, TWO_STAGE = "bm25", "dense", "generative", "two_stage"
+BM25, ZERO_SHOT, DENSE, GENERATIVE, TWO_STAGE = ("bm25", "zero_shot", "dense", "generative",
+                                                 "two_stage")
 
 # Loss weights that switch every term off; methods turn on what they train with.
 _NO_LOSSES = {"loss.ntp_weight": 0.0, "loss.global_weight": 0.0, "loss.local_weight": 0.0,
@@ -40,7 +43,7 @@ class Method:
   Attributes:
     name: Identifier used on the command line and as the method's work directory.
     label: Name in the results table.
-    kind: How it trains and ranks: BM25, DENSE, GENERATIVE or TWO_STAGE.
+    kind: How it trains and ranks: BM25, ZERO_SHOT, DENSE, GENERATIVE or TWO_STAGE.
     overrides: Config overrides, 'section.field' -> value, applied to the benchmark config.
     stage2_overrides: TWO_STAGE only: overrides of the second stage on top of `overrides`.
   """
@@ -60,6 +63,7 @@ ENCODER_WARMUP = {**_NO_LOSSES, "loss.infonce_weight": 1.0, "train.kmeans_init":
 # TABLE_2 / TABLE_3 order.
 METHODS: Tuple[Method, ...] = (
     Method("bm25", "BM25 (bm25s)", BM25),
+    Method("zero_shot", "Pre-trained encoder, zero-shot (cosine)", ZERO_SHOT),
     Method("dgi", "DGI (full)", GENERATIVE),
     Method("two_stage", "Two-Stage (TIGER-like, dot heads)", TWO_STAGE,
            # Stage 1: every loss but NTP, at the benchmark's weights (InfoNCE included).
@@ -84,7 +88,7 @@ METHODS: Tuple[Method, ...] = (
 
 BY_NAME = {m.name: m for m in METHODS}
 # The two tables of results.md: the paper's Table 2 (methods) and Table 3 (ablations).
-TABLE_2 = ("bm25", "dense", "two_stage", "dgi_none", "dgi")
+TABLE_2 = ("bm25", "zero_shot", "dense", "two_stage", "dgi_none", "dgi")
 TABLE_3 = ("dgi", "dgi_ste", "dgi_untied", "dgi_ste_untied", "dgi_dot", "dgi_none")
 
 

@@ -73,6 +73,10 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines + [""]
 
 
+_RANKING_WORDS = {"beam": "beam score then cosine (the paper's order)",
+                  "cosine": "cosine over the beams' union", "blend": "beam score + cosine"}
+
+
 def _budget(config) -> str:
   m, t, b = config.model, config.train, config.benchmark
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
@@ -84,7 +88,8 @@ def _budget(config) -> str:
           f"{m.decoder_layers} layers, d_model {m.d_model}, codebooks "
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
-          f"tokens; beam {config.eval.beam_size}; test split evaluated on the final "
+          f"tokens; beam {config.eval.beam_size}, the beams' items ranked by "
+          f"{_RANKING_WORDS[config.eval.ranking]}; test split evaluated on the final "
           "checkpoint.")
 
 
