@@ -4,6 +4,8 @@ tokenizer and grain pipelines. Small sizes; the TFDS builds are shared per modul
 import collections
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -272,6 +274,34 @@ def test_failed_build_leaves_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------- tokenizer
+
+_TRAIN_IN_A_PROCESS = """
+import hashlib, json
+from dgi_jax.data import synthetic_catalogue, tokenizer
+texts = [item.text for item in synthetic_catalogue.make_synthetic_dataset(300, 10, 10).items]
+tok = tokenizer.Tokenizer.train(texts, vocab_size=600)
+print(hashlib.sha256(json.dumps(tok.to_json()).encode()).hexdigest(), tok.vocab_size)
+"""
+
+
+def test_tokenizer_training_is_the_same_in_every_process():
+  # Hugging Face's trainer alone learnt a different vocabulary in each of 4 of 4
+  # processes on these texts (its hash-map order breaks ties between merges).
+  runs = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_PROCESS], check=True,
+                         capture_output=True, text=True).stdout for _ in range(3)}
+  assert len(runs) == 1, runs
+  assert runs.pop().split()[1] == "600"
+
+
+def test_trained_tokenizer_has_only_its_own_special_tokens():
+  tok = tokenizer_lib.Tokenizer.train(["abc abd", "bcd #"] * 5, vocab_size=40)
+  # The '##x' tokens declared to fix their ids are ordinary vocabulary afterwards: text
+  # that spells one is split like any other.
+  added = tok._tok.get_added_tokens_decoder()  # pylint: disable=protected-access
+  assert sorted(t.content for t in added.values()) == ["[PAD]", "[SEP]", "[UNK]"]
+  assert "##b" in tok._tok.get_vocab()  # pylint: disable=protected-access
+  assert tok.tokens("abd ##b") == ["abd", "#", "#", "b"]
+
 
 def test_tokenizer_layout_and_save_load(tmp_path):
   tok = tokenizer_lib.Tokenizer.train(

@@ -48,6 +48,16 @@ from dgi_jax.data import records
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 PAD_ID, UNK_ID, SEP_ID = 0, 1, 2
 
+
+def _wordpiece_tokenizer(model: models.WordPiece) -> tokenizers.Tokenizer:
+  """A tokenizer of `model` with the normalisation and word splitting WordPiece learns on."""
+  tok = tokenizers.Tokenizer(model)
+  tok.normalizer = normalizers.Sequence(
+      [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+  return tok
+
 # `to_json` wraps each tokenizer as {"kind": ..., ...}; raw Hugging Face tokenizer JSON
 # (what checkpoints written before pretrained tokenizers hold) is the scratch kind.
 SCRATCH_KIND, PRETRAINED_KIND = "scratch_wordpiece", "pretrained"
@@ -223,17 +233,29 @@ class Tokenizer(RequestTokenizer):
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
-    """Trains WordPiece on `texts` (item texts and training queries)."""
-    tok = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                        special_tokens=[PAD, UNK, SEP],
-                                        show_progress=False)
+    """Trains WordPiece on `texts` (item texts and training queries).
+
+    Deterministic: the same texts give the same vocabulary in every process. Hugging
+    Face's trainer alone does not (huggingface/tokenizers#1794): it numbers the
+    continuing-subword tokens ('##e') in hash-map order, and those numbers break ties
+    between equally frequent merges, so two runs on one dataset learnt different
+    vocabularies and trained different models. Declared up front, in sorted order, those
+    tokens get fixed ids; the tokenizer returned holds them as ordinary vocabulary.
+    """
+    texts = list(texts)
+    tok = _wordpiece_tokenizer(models.WordPiece(unk_token=UNK))
+    continuing = sorted({char for text in texts
+                         for word, _ in tok.pre_tokenizer.pre_tokenize_str(
+                             tok.normalizer.normalize_str(text))
+                         for char in word[1:]})
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, UNK, SEP, *("##" + c for c in continuing)],
+        show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    return cls(tok)
+    plain = _wordpiece_tokenizer(models.WordPiece(tok.get_vocab(with_added_tokens=False),
+                                                  unk_token=UNK))
+    plain.add_special_tokens([PAD, UNK, SEP])
+    return cls(plain)
 
   @classmethod
   def load(cls, path: os.PathLike | str) -> "Tokenizer":
