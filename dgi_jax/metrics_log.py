@@ -1,18 +1,29 @@
-"""The metrics log of a run: one JSON object per line in `<workdir>/metrics.jsonl`.
+"""The metrics log of a run, and where its wall time went.
 
-Training writes it (`MetricsWriter`) and reports its training time from it
-(`train_seconds`); plots and tests read it (`read_metrics`).
+`<workdir>/metrics.jsonl` holds one JSON object per line: training writes it
+(`MetricsWriter`) and reports its training time from it (`train_seconds`); plots and
+tests read it (`read_metrics`).
+
+`<workdir>/train_timing.json` holds the wall-time breakdown of the latest `dgi train`
+session that ran steps (`PhaseTimer`, `write_timing`, `read_timing`, `format_timing`):
+data preparation, initialisation, k-means, compilation, steps, validation, checkpoints.
+It is a file of its own because every reader of metrics.jsonl expects one line per
+logged step and kind.
 """
 
+import contextlib
 import json
 import pathlib
-from typing import Any, Dict, Iterable, List, Optional
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import jax
+import numpy as np
 
 from dgi_jax import atomic_write, paths
 
 METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "train_timing.json"
 
 
 class MetricsWriter:
@@ -108,3 +119,126 @@ def train_seconds(records: Iterable[Dict[str, Any]]) -> float:
     seconds += (record["step"] - previous) / record["steps_per_sec"]
     previous = record["step"]
   return seconds
+
+
+# ---------------------------------------------------------------------------- timing
+
+# The phases of a training session, in the order they happen (`PhaseTimer.breakdown`).
+#   data             dataset build or load, tokenizer, catalogue tokenisation, iterator.
+#   init             model and optimizer set-up, parameter init or checkpoint restore,
+#                    pre-trained weights, history table, the disk-space check.
+#   kmeans           k-means initialisation of the codebooks (item embedding included).
+#   compile          the first step's wall time minus a typical (median) later step:
+#                    tracing and XLA compilation of the train step.
+#   steps            the other train-step time (dispatch to the metrics' arrival).
+#   input            reading, tokenising and placing the next batch.
+#   history_refresh  recomputing the history table (history_repr codes / embedding).
+#   validation       `evaluate_fn` passes (indexing and search, their compilation too).
+#   checkpoint       saves, and the wait for the last asynchronous save to finish.
+# `other` is the rest of `total` (config checks, the run lock, logging, progress bar).
+PHASES = ("data", "init", "kmeans", "compile", "steps", "input", "history_refresh",
+          "validation", "checkpoint")
+
+
+class PhaseTimer:
+  """Wall seconds (time.perf_counter) per phase of one training session.
+
+  `with timer.phase(name):` adds the block's time to `name`; a phase entered inside
+  another pauses the outer one, so phases never count the same second twice and add up
+  to at most the session's total.
+  """
+
+  def __init__(self):
+    self._start = time.perf_counter()
+    self.seconds = dict.fromkeys(PHASES, 0.0)
+    self.step_seconds: List[float] = []  # Every train step's own wall time, in order.
+    self._stack: List[str] = []
+    self._since = self._start
+
+  def _credit(self) -> None:
+    """Adds the time since the last switch to the running (innermost) phase."""
+    now = time.perf_counter()
+    if self._stack:
+      self.seconds[self._stack[-1]] += now - self._since
+    self._since = now
+
+  @contextlib.contextmanager
+  def phase(self, name: str) -> Iterator[None]:
+    if name not in self.seconds:
+      raise ValueError(f"unknown phase {name!r}; expected one of {PHASES}")
+    self._credit()
+    self._stack.append(name)
+    try:
+      yield
+    finally:
+      self._credit()
+      self._stack.pop()
+
+  @contextlib.contextmanager
+  def step(self) -> Iterator[None]:
+    """One train step: its time goes to `steps` and into `step_seconds`."""
+    start = time.perf_counter()
+    with self.phase("steps"):
+      yield
+    self.step_seconds.append(time.perf_counter() - start)
+
+  def breakdown(self) -> Dict[str, Any]:
+    """{"steps_run", "seconds": {phase: s, ..., "other": s, "total": s}}.
+
+    Compilation is the first step's time above a typical step (the median of the
+    others), and `steps` the rest of the step time (every step at its typical cost);
+    with a single step that step is all counted as compilation.
+    """
+    self._credit()
+    seconds = dict(self.seconds)
+    if self.step_seconds:
+      typical = float(np.median(self.step_seconds[1:])) if len(self.step_seconds) > 1 else 0.0
+      seconds["compile"] = max(0.0, self.step_seconds[0] - typical)
+      seconds["steps"] = max(0.0, seconds["steps"] - seconds["compile"])
+    total = time.perf_counter() - self._start
+    seconds["other"] = max(0.0, total - sum(seconds.values()))
+    seconds["total"] = total
+    return {"steps_run": len(self.step_seconds), "seconds": seconds}
+
+
+def write_timing(workdir, timing: Dict[str, Any]) -> None:
+  """Writes `timing` to `<workdir>/train_timing.json` (process 0; replaces the file)."""
+  if jax.process_index() != 0:
+    return
+  path = paths.as_path(workdir) / TIMING_FILE
+  text = json.dumps(timing, indent=2) + "\n"
+  if paths.is_uri(path):
+    path.write_text(text)  # An object upload is atomic by itself.
+  else:
+    atomic_write.write_text(path, text)
+
+
+def read_timing(workdir) -> Optional[Dict[str, Any]]:
+  """The latest session's `train_timing.json`; None when there is none."""
+  path = paths.as_path(workdir) / TIMING_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+_LABELS = {"kmeans": "k-means", "history_refresh": "history refresh",
+           "checkpoint": "checkpoints"}
+
+
+def format_timing(timing: Dict[str, Any]) -> str:
+  """A few lines for the terminal: the total and each phase that took time, with its
+  share."""
+  seconds, steps = timing["seconds"], timing["steps_run"]
+  total = seconds["total"]
+
+  def part(name):
+    label = _LABELS.get(name, name)
+    share = 100 * seconds[name] / total if total > 0 else 0.0
+    text = f"{label} {seconds[name]:.1f} s ({share:.0f}%"
+    if name == "steps" and steps:
+      text += f", {1e3 * seconds[name] / steps:.0f} ms/step"
+    return text + ")"
+
+  shown = [name for name in PHASES + ("other",) if seconds[name] >= 0.05 or name == "steps"]
+  half = (len(shown) + 1) // 2
+  return "\n".join([f"wall time {total:.1f} s, {steps} steps (written to {TIMING_FILE}):",
+                     "  " + ", ".join(part(n) for n in shown[:half]),
+                     "  " + ", ".join(part(n) for n in shown[half:])])

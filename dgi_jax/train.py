@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
@@ -35,6 +35,9 @@ class TrainResult:
   step: int  # The run's step when the loop ended (its last checkpoint).
   metrics: Dict[str, float]  # The last logged window of train metrics; {} if no step ran.
   train_seconds: float  # In train steps, the earlier sessions of a resumed run included.
+  # This session's wall-time breakdown (`metrics_log.PhaseTimer.breakdown`): steps_run and
+  # seconds per phase, other and total.
+  timing: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _log(message: str) -> None:
@@ -70,21 +73,23 @@ def _abstract_state(model, optimizer, config, rng, state_sharding_of, num_items:
 
 
 def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abstract_state,
-                   replicated):
+                   replicated, timer: metrics_log.PhaseTimer):
   """A new run's state: `init_from` params (codebooks optionally re-initialised by k-means
   over the loaded encoder's item embeddings), or fresh params -- the encoder's from
-  `model.pretrained` when set -- with k-means codebooks."""
+  `model.pretrained` when set -- with k-means codebooks (timed as `kmeans`)."""
   params = run_setup.init_params(model, config, init_rng, out_sharding=replicated)
   if config.model.pretrained and not config.train.init_from:
     params = encoders.load_pretrained_params(params, model.cfg, config.model.pretrained)
   if config.train.init_from:
     params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
     if config.train.init_from_kmeans:
+      with timer.phase("kmeans"):
+        params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
+                                                 config, kmeans_rng)
+  elif config.train.kmeans_init:
+    with timer.phase("kmeans"):
       params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
                                                config, kmeans_rng)
-  elif config.train.kmeans_init:
-    params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
-                                             config, kmeans_rng)
   table = (run_setup.history_table(model, params, run_data.catalogue_tokens,
                                    int(config.eval.item_batch_size))
            if model.cfg.history_items else None)
@@ -137,7 +142,9 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
       longer. The schedules always follow `train.num_steps`.
     allow_dataset_change: resume although the dataset differs from the checkpoint's.
   Returns:
-    The step reached, the last metrics window and the training time.
+    The step reached, the last metrics window, the training time and this session's
+    wall-time breakdown (also written to `<workdir>/train_timing.json` and printed when
+    steps ran).
   Raises:
     errors.UserError: before anything is trained: a config value no run can use
       (`config_checks`), another process training in `workdir` (`run_lock`), a
@@ -145,6 +152,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
       checkpoints stay where they are).
     NonFiniteLossError: a loss became NaN/inf; names the step and the last good checkpoint.
   """
+  timer = metrics_log.PhaseTimer()
   config_checks.check_values(config)
   config_checks.check_devices(config, jax.device_count())
   workdir = paths.as_path(workdir)
@@ -152,7 +160,7 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
     raise errors.UserError(f"work directory {workdir} is a file, not a directory")
   workdir.mkdir(parents=True, exist_ok=True)
   with run_lock.hold(workdir, enabled=jax.process_index() == 0):
-    return _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change)
+    return _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change, timer)
 
 
 def _resume_check(config, workdir, dataset_version: Optional[str] = None,
@@ -199,59 +207,64 @@ def _checked_run_data(config, workdir, checkpointer) -> run_setup.RunData:
   return run_data
 
 
-def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change
-           ) -> TrainResult:
+def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
+           timer: metrics_log.PhaseTimer) -> TrainResult:
   """`train_and_evaluate` in a locked work directory."""
   config = encoders.resolve_pretrained(config)
   eval_enabled = evaluate_fn is not None and config.train.eval_every > 0
   with contextlib.closing(checkpointing.Checkpointer(
       workdir, best_metric=config.train.best_metric if eval_enabled else None)
                          ) as checkpointer:
-    run_data = _checked_run_data(config, workdir, checkpointer)
-    model = run_setup.build_model(config)
-    total_steps = config.train.num_steps
-    optimizer = optim.make_optimizer(config.optim, total_steps)
-    mesh = sharding.make_mesh()
-    replicated = sharding.replicated(mesh)
+    with timer.phase("data"):
+      run_data = _checked_run_data(config, workdir, checkpointer)
+      data_iterator = pipeline.make_train_iterator(
+          run_data.dataset, run_data.tokenizer, config.data,
+          sharding.host_batch_size(config.train.global_batch_size),
+          config.data.shuffle_seed, jax.process_index(), jax.process_count(),
+          catalogue_tokens=run_data.catalogue_tokens)
+    with timer.phase("init"):  # k-means, inside, is timed apart.
+      model = run_setup.build_model(config)
+      total_steps = config.train.num_steps
+      optimizer = optim.make_optimizer(config.optim, total_steps)
+      mesh = sharding.make_mesh()
+      replicated = sharding.replicated(mesh)
 
-    init_rng, kmeans_rng, run_rng = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
-    abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated,
-                                     run_data.dataset.num_items)
-    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-    abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype, sharding=replicated)
+      init_rng, kmeans_rng, run_rng = jax.random.split(
+          jax.random.PRNGKey(config.train.seed), 3)
+      abstract_state = _abstract_state(model, optimizer, config, init_rng, replicated,
+                                       run_data.dataset.num_items)
+      state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+      abstract_rng = jax.ShapeDtypeStruct(run_rng.shape, run_rng.dtype,
+                                          sharding=replicated)
 
-    data_iterator = pipeline.make_train_iterator(
-        run_data.dataset, run_data.tokenizer, config.data,
-        sharding.host_batch_size(config.train.global_batch_size), config.data.shuffle_seed,
-        jax.process_index(), jax.process_count(), catalogue_tokens=run_data.catalogue_tokens)
+      restored = checkpointer.restore_latest_good(
+          abstract_state, abstract_rng, data_iterator,
+          check=_resume_check(config, workdir, run_data.dataset.version,
+                              allow_dataset_change))
+      if restored is not None:
+        state, run_rng, step = restored
+        if step > total_steps:
+          raise errors.ConfigError(
+              f"train.num_steps={total_steps} is below step {step} of the checkpoint in "
+              f"{checkpointing.checkpoint_dir(workdir)}; give train.num_steps >= {step}")
+        _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
+      else:
+        state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
+                               abstract_state, replicated, timer)
+        run_rng = jax.device_put(run_rng, replicated)
 
-    restored = checkpointer.restore_latest_good(
-        abstract_state, abstract_rng, data_iterator,
-        check=_resume_check(config, workdir, run_data.dataset.version, allow_dataset_change))
-    if restored is not None:
-      state, run_rng, step = restored
-      if step > total_steps:
-        raise errors.ConfigError(
-            f"train.num_steps={total_steps} is below step {step} of the checkpoint in "
-            f"{checkpointing.checkpoint_dir(workdir)}; give train.num_steps >= {step}")
-      _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
-    else:
-      state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
-                             abstract_state, replicated)
-      run_rng = jax.device_put(run_rng, replicated)
-
-    tokenizer_json = run_data.tokenizer.to_json()
-    checkpointer.check_space(state, tokenizer_json)
-    step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
-                                       state_sharding)
-    pmapped = config.train.parallelism == "pmap"
-    if pmapped:
-      state = sharding.replicate_for_pmap(state)
-    on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
-    put = (sharding.replicate_for_pmap if pmapped
-           else functools.partial(jax.device_put, device=replicated))
-    refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
-                     else 0)
+      tokenizer_json = run_data.tokenizer.to_json()
+      checkpointer.check_space(state, tokenizer_json)
+      step_fn, to_device = _compile_step(model, optimizer, config, total_steps, mesh,
+                                         state_sharding)
+      pmapped = config.train.parallelism == "pmap"
+      if pmapped:
+        state = sharding.replicate_for_pmap(state)
+      on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
+      put = (sharding.replicate_for_pmap if pmapped
+             else functools.partial(jax.device_put, device=replicated))
+      refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
+                       else 0)
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -267,8 +280,11 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change
                    disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \
          preemption.PreemptionGuard() as guard:
       for step in range(first_step, last_step):
-        state, metrics = step_fn(state, to_device(next(data_iterator)), run_rng)
-        metrics = jax.device_get(on_host(metrics))
+        with timer.phase("input"):
+          batch = to_device(next(data_iterator))
+        with timer.step():  # Until the metrics arrive: the step has then run.
+          state, metrics = step_fn(state, batch, run_rng)
+          metrics = jax.device_get(on_host(metrics))
         done = step + 1
         if not metrics["finite"]:
           raise NonFiniteLossError(_non_finite_message(done, metrics, last_good_step,
@@ -278,7 +294,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change
         if refresh_every and done % refresh_every == 0:
           # Before the checkpoint of this step, which then holds the table the next steps
           # read: a resumed run reads the same table as an uninterrupted one.
-          state = _refresh_history_table(model, state, run_data, config, on_host, put)
+          with timer.phase("history_refresh"):
+            state = _refresh_history_table(model, state, run_data, config, on_host, put)
         preempted = guard.should_stop(done)
         # A stopped run logs its last steps too: the summary and the log end where it did.
         if done % config.train.log_every == 0 or done == last_step or preempted:
@@ -288,14 +305,23 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change
                                steps_s=f"{summary['steps_per_sec']:.2f}")
         eval_metrics = None
         if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
-          eval_metrics = evaluate_fn(on_host(state).params, run_data)
+          with timer.phase("validation"):
+            eval_metrics = evaluate_fn(on_host(state).params, run_data)
           writer.write(done, eval_metrics, kind="valid")
         if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
-          checkpointer.save(done, on_host(state), run_rng, data_iterator, config_json,
-                            tokenizer_json, eval_metrics, run_record=run_record)
+          with timer.phase("checkpoint"):
+            checkpointer.save(done, on_host(state), run_rng, data_iterator, config_json,
+                              tokenizer_json, eval_metrics, run_record=run_record)
           last_good_step = done
         if preempted:
           _log(f"{guard.reason}: saved step {done}; rerun the same command to resume")
           break
+    with timer.phase("checkpoint"):
+      checkpointer.wait()  # The last save is asynchronous; closing would wait for it too.
+    timing = timer.breakdown()
+    if timing["steps_run"]:  # A session that trained nothing keeps the last breakdown.
+      metrics_log.write_timing(workdir, dict(timing, first_step=first_step, step=done))
+      _log(metrics_log.format_timing(timing))
     return TrainResult(step=done, metrics=summary,
-                       train_seconds=metrics_log.train_seconds(writer.records()))
+                       train_seconds=metrics_log.train_seconds(writer.records()),
+                       timing=timing)

@@ -1,0 +1,313 @@
+"""Serving latency of the real model: `Retriever.search` vs exact dense top-K, by catalogue size.
+
+What a deployment runs, timed end to end on tokenized requests: request encoding +
+constrained beam search + (beam score, cosine) ranking, i.e. `retrieval.Retriever.search`
+(one jitted call). Beside it, in the same process and on the same requests, exact dense
+retrieval with the same encoder: encode the request, cosine of z^_q with all N item
+vectors, top-K. Two parts of the search are also timed alone to show where the time goes:
+the request encoder, and encoding + beam search without the ranking.
+
+Sizes: the catalogue's own ("native"), and synthetic catalogues (default 10k, 100k, 1M
+items) of random SIDs drawn within the codebook sizes and random unit item vectors, indexed
+with `dgi_jax.index` as the Retriever indexes (the native Retriever with its index
+swapped). Requests are the test split's, tokenized as evaluation tokenizes them (history
+item indices are taken modulo N at synthetic sizes).
+
+Reported per size: requests/s at each batch size (median of repeated batches) and
+single-request p50 / p99 latency (batch 1). Each function is called once per shape before
+timing (compilation is excluded) and every timed call blocks on its device results
+(`jax.block_until_ready`). Then the time per request at the largest size over the
+smallest synthetic one.
+
+  python speed/serve_latency.py --workdir runs/mine            # a trained run (read only)
+  python speed/serve_latency.py --config configs/tiny.py       # fresh params, trains nothing
+
+`speed/search_latency.py` times the search algorithm alone (a toy MLP decoder, no
+encoder) to show how it scales; this script times the deployed path.
+
+Without --workdir the params are freshly initialised (nothing is trained): the ranking
+quality is meaningless, the cost is the same. The config's dataset (the synthetic one by
+default) and tokenizer are prepared in a temporary directory unless --tfds_dir is given.
+"""
+
+import argparse
+import copy
+import functools
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from common import machine_description  # noqa: E402
+
+from dgi_jax import config_files, decoding, index, retrieval, run_setup  # noqa: E402
+from dgi_jax import trained_run  # noqa: E402
+from dgi_jax.data import pipeline  # noqa: E402
+from dgi_jax.models import encoders, quantizer  # noqa: E402
+from dgi_jax.models.dgi import DGIModel  # noqa: E402
+
+
+# ------------------------------------------------------------------ the timed functions
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(model: DGIModel, params, query_tokens, history, history_table):
+  """The request encoder alone (states and z_q, as the search computes them)."""
+  return model.apply({"params": params}, query_tokens, history, history_table,
+                     method=DGIModel.encode_requests)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size"))
+def _encode_and_beam(model: DGIModel, params, tables, query_tokens, history, history_table,
+                     *, beam_size: int):
+  """`retrieval._search` without the ranking: encoding + constrained beam search."""
+  apply = functools.partial(model.apply, {"params": params})
+  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
+  rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
+  states, z_q, mask = rep(request.states), rep(request.z_q), rep(request.mask)
+  fn = lambda level, prefix: apply(z_q, states, mask, prefix,  # noqa: E731
+                                   method=DGIModel.prefix_logits)
+  return decoding.beam_search(fn, query_tokens.shape[0], beam_size, tables,
+                              model.cfg.codebook_sizes)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "k"))
+def _dense(model: DGIModel, params, item_emb, query_tokens, history, history_table, *, k: int):
+  """Exact dense retrieval with the same encoder: top-k cosine of z^_q with every item."""
+  request = model.apply({"params": params}, query_tokens, history, history_table,
+                        method=DGIModel.encode_requests)
+  return jax.lax.top_k(quantizer.l2_normalize(request.z_q) @ item_emb.T, k)
+
+
+# ------------------------------------------------------------------ set-up
+def load(args, scratch):
+  """(model, params, run_data, config, description) of --workdir or --config (whose data
+  goes to `scratch` without --tfds_dir)."""
+  if args.workdir:
+    trained = trained_run.load_trained(args.workdir)
+    return (trained.model, trained.params, trained.run_data, trained.config,
+            f"trained run {args.workdir} (checkpoint {trained.step}, {trained.selected})")
+  config = encoders.resolve_pretrained(config_files.load_file(args.config))
+  if args.tfds_dir:
+    with config.unlocked():
+      config.data.tfds_dir = args.tfds_dir
+  run_data = run_setup.prepare_run_data(config, scratch)
+  model = run_setup.build_model(config)
+  params = run_setup.init_params(model, config, jax.random.PRNGKey(0))
+  return (model, params, run_data, config,
+          f"{args.config} with freshly initialised params (untrained: the ranking quality "
+          "is meaningless here, the cost is what a trained model of this shape costs)")
+
+
+def request_pool(run_data, config, size: int):
+  """(query tokens int32 [R, Lq], history int32 [R, H]) of up to `size` test requests,
+  tiled to `size` rows when the split is smaller."""
+  tokens, history = [], []
+  for batch in pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
+                                     "test", 256, catalogue_tokens=run_data.catalogue_tokens):
+    tokens.append(batch["query_tokens"][batch["mask"]])
+    history.append(batch["history"][batch["mask"]])
+    if sum(len(t) for t in tokens) >= size:
+      break
+  tokens, history = np.concatenate(tokens), np.concatenate(history)
+  reps = -(-size // len(tokens))
+  return (np.tile(tokens, (reps, 1))[:size].astype(np.int32),
+          np.tile(history, (reps, 1))[:size].astype(np.int32))
+
+
+def synthetic_retriever(native: retrieval.Retriever, n: int, rng: np.random.Generator):
+  """A shallow copy of `native` whose index holds `n` random SIDs (within the codebook
+  sizes) and random unit item vectors, built as `Retriever._append` builds it."""
+  cfg = native.model.cfg
+  sids = np.stack([rng.integers(0, k, n) for k in cfg.codebook_sizes], axis=1).astype(np.int32)
+  emb = rng.standard_normal((n, cfg.d_model), dtype=np.float32)
+  emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+  r = copy.copy(native)
+  r.sids, r.item_embeddings = sids, emb
+  r.tables = index.build_prefix_tables(sids, cfg.codebook_sizes)
+  r.inverted_index = index.build_inverted_index(sids)
+  r.stats = index.collision_stats(sids, cfg.codebook_sizes)
+  device = jax.local_devices()[0]
+  r._device_embeddings = jax.device_put(emb, device)  # pylint: disable=protected-access
+  r._device_history_table = (  # pylint: disable=protected-access
+      jax.device_put(sids if cfg.history_repr == "codes" else emb, device)
+      if cfg.history_items else None)
+  return r
+
+
+# ------------------------------------------------------------------ timing
+def time_batches(fn, batches, reps: int) -> np.ndarray:
+  """Seconds per call of `fn(*batch)` over `reps` calls cycling through `batches`, after
+  one untimed call per batch shape (compilation)."""
+  jax.block_until_ready(fn(*batches[0]))
+  times = np.empty(reps)
+  for i in range(reps):
+    args = batches[i % len(batches)]
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times[i] = time.perf_counter() - start
+  return times
+
+
+def measure(methods, tokens, history, batch_sizes, reps_batched, reps_single):
+  """{method: {"rps": {b: requests/s}, "p50_ms", "p99_ms"}} over the request pool."""
+  out = {}
+  for name, fn in methods.items():
+    row = {"rps": {}}
+    for b in batch_sizes:
+      batches = [(tokens[i:i + b], history[i:i + b])
+                 for i in range(0, len(tokens) - b + 1, b)]
+      row["rps"][b] = b / np.median(time_batches(fn, batches, reps_batched))
+    singles = [(tokens[i:i + 1], history[i:i + 1]) for i in range(min(len(tokens), 512))]
+    single = time_batches(fn, singles, reps_single)
+    row["p50_ms"], row["p99_ms"] = 1e3 * np.percentile(single, [50, 99])
+    out[name] = row
+  return out
+
+
+def methods_of(r: retrieval.Retriever, beam: int, k: int, parts: bool):
+  """The timed callables `(tokens, history) -> device arrays` at retriever `r`'s index."""
+  methods = {
+      "search": lambda t, h: r.search(t, beam, k, h),
+      "dense": lambda t, h: _dense(r.model, r.params, r.device_item_embeddings,
+                                   jnp.asarray(t), *r.history_args(h), k=k),
+  }
+  if parts:
+    methods["encode"] = lambda t, h: _encode(r.model, r.params, jnp.asarray(t),
+                                             *r.history_args(h))
+    methods["encode+beam"] = lambda t, h: _encode_and_beam(
+        r.model, r.params, r.tables, jnp.asarray(t), *r.history_args(h), beam_size=beam)
+  return methods
+
+
+def xla_flops_per_request(r: retrieval.Retriever, tokens, history, beam: int, k: int):
+  """{part: XLA's estimated FLOPs per request} of the encoder, encoder + beam search and
+  dense retrieval at batch len(tokens) (compiled, not run)."""
+  t, extra = jnp.asarray(tokens), r.history_args(history)
+  lowered = {
+      "encode": _encode.lower(r.model, r.params, t, *extra),
+      "encode+beam": _encode_and_beam.lower(r.model, r.params, r.tables, t, *extra,
+                                            beam_size=beam),
+      "dense": _dense.lower(r.model, r.params, r.device_item_embeddings, t, *extra, k=k),
+  }
+  out = {}
+  for name, low in lowered.items():
+    cost = low.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out[name] = float((cost or {}).get("flops", float("nan"))) / len(tokens)
+  return out
+
+
+def print_rows(label, stats, results, batch_sizes):
+  print(f"{label}: {stats['num_items']:,d} items, {stats['num_distinct_sids']:,d} distinct "
+        f"SIDs, largest bucket {stats['max_bucket_size']:,d}", flush=True)
+  for name, row in results.items():
+    rps = "  ".join(f"{row['rps'][b]:>9,.0f} req/s (batch {b})" for b in batch_sizes)
+    print(f"  {name:<12}{rps}   p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms "
+          "(batch 1)", flush=True)
+
+
+def run(args, scratch):
+  start = time.perf_counter()
+  model, params, run_data, config, what = load(args, scratch)
+  batch_sizes = [int(b) for b in args.batches.split(",")]
+  bucket_cap = config.eval.bucket_cap if args.bucket_cap is None else args.bucket_cap
+  if args.bucket_cap is not None:
+    with config.unlocked():
+      config.eval.bucket_cap = args.bucket_cap
+  native = retrieval.Retriever(model, params, run_data, config)
+  cfg = model.cfg
+  tokens, history = request_pool(run_data, config, max(512, max(batch_sizes)))
+  print(f"machine: {machine_description()}; load average "
+        f"{os.getloadavg()[0]:.1f} (other processes inflate p99)")
+  print(f"model: {what}")
+  print(f"d={cfg.d_model}, encoder {cfg.encoder_layers} / decoder {cfg.decoder_layers} "
+        f"layers, codebooks {tuple(cfg.codebook_sizes)}, requests of {tokens.shape[1]} "
+        f"tokens (+ {history.shape[1]} history items as "
+        f"{'text' if not cfg.history_items else cfg.history_repr}); beam {args.beam}, "
+        f"top {args.k}, bucket_cap {bucket_cap or 'none'}; "
+        f"set-up {time.perf_counter() - start:.0f} s", flush=True)
+  pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
+  real = (f"request positions, mean over requests: {np.mean(np.sum(tokens != pad_id, 1)):.1f}"
+          f" real tokens of {tokens.shape[1]}")
+  if cfg.history_items:
+    real += f", {np.mean(np.sum(history >= 0, 1)):.1f} history items of {history.shape[1]}"
+  print(real + " (every request is encoded, and cross-attended, at the full width)")
+  flops = xla_flops_per_request(native, tokens[:64], history[:64], args.beam, args.k)
+  memory = tokens.shape[1] + (history.shape[1] if cfg.history_items else 0)
+  # flax attention projects its keys and values inside every call, so the decoder projects
+  # the request's states again for every beam (XLA shares them across the levels: one
+  # projection per beam and layer, which the FLOPs at beam 1 and 10 agree with).
+  kv = 2 * args.beam * cfg.decoder_layers * memory * 2 * cfg.d_model**2
+  beam_part = flops["encode+beam"] - flops["encode"]
+  print(f"XLA FLOPs per request (batch 64, native index): encode {flops['encode'] / 1e6:.1f} M,"
+        f" beam search {beam_part / 1e6:.1f} M, dense top-K {flops['dense'] / 1e6:.1f} M "
+        f"(encode included). Of the beam search, ~{kv / 1e6:.1f} M "
+        f"({100 * kv / beam_part:.0f}%) are the decoder's cross-attention key/value "
+        f"projections of the {memory} request states, computed once per beam "
+        f"({args.beam}x the once per request they need)\n", flush=True)
+  rng = np.random.default_rng(0)
+  results = {}
+  for size in args.sizes.split(","):
+    big = size != "native" and int(size) >= 1_000_000
+    reps = (args.reps_big if big else args.reps)
+    if size == "native":
+      r, n = native, native.num_items
+    else:
+      n = int(size)
+      r = synthetic_retriever(native, n, rng)
+    h = np.where(history >= 0, history % n, -1).astype(np.int32)
+    results[n] = measure(methods_of(r, args.beam, args.k, parts=not args.no_parts),
+                         tokens, h, batch_sizes, *reps)
+    print_rows("native catalogue" if size == "native" else "synthetic", r.stats,
+               results[n], batch_sizes)
+    del r
+  synthetic = sorted(int(s) for s in args.sizes.split(",") if s != "native")
+  if len(synthetic) > 1:
+    lo, hi = synthetic[0], synthetic[-1]
+    print(f"\ntime per request at N={hi:,d} / N={lo:,d} (1.00 = independent of N)")
+    for name in results[lo]:
+      a, b = results[lo][name], results[hi][name]
+      batched = "  ".join(f"batch {s}: {a['rps'][s] / b['rps'][s]:5.2f}x" for s in batch_sizes)
+      print(f"  {name:<12}{batched}   batch 1 p50: {b['p50_ms'] / a['p50_ms']:5.2f}x")
+  print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a trained run's work directory (read only)")
+  source.add_argument("--config", help="a config file: fresh params, nothing trained")
+  parser.add_argument("--tfds_dir", help="with --config: where the dataset is prepared "
+                      "(default: a temporary directory, removed at the end)")
+  parser.add_argument("--sizes", default="native,10000,100000,1000000",
+                      help="catalogue sizes; 'native' is the run's own catalogue")
+  parser.add_argument("--beam", type=int, default=10)
+  parser.add_argument("--k", type=int, default=10, help="items returned per request")
+  parser.add_argument("--batches", default="64,256", help="batch sizes for requests/s")
+  parser.add_argument("--bucket_cap", type=int, default=None,
+                      help="override eval.bucket_cap (items ranked per SID; 0 = all)")
+  parser.add_argument("--reps", type=int, nargs=2, default=(5, 100),
+                      metavar=("BATCHED", "SINGLE"), help="timed calls below 1M items")
+  parser.add_argument("--reps_big", type=int, nargs=2, default=(3, 100),
+                      metavar=("BATCHED", "SINGLE"), help="timed calls at 1M items and up")
+  parser.add_argument("--no_parts", action="store_true",
+                      help="skip timing the encoder and encoder + beam search alone")
+  tfds.disable_progress_bar()
+  # Without --workdir the config's dataset is prepared here (only that, then removed).
+  scratch = tempfile.mkdtemp(prefix="serve_latency_")
+  try:
+    run(parser.parse_args(), scratch)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
