@@ -161,7 +161,10 @@ class Checkpointer:
 
   def __init__(self, workdir, best_metric: Optional[str] = None, best_mode: str = "max",
                read_only: bool = False):
+    """Opens `<workdir>/checkpoints`; `read_only` neither creates it nor saves or moves
+    anything there."""
     self._workdir = paths.as_path(workdir)
+    self._read_only = read_only
     # Two latest, so a corrupted newest checkpoint still leaves one to resume from.
     policies = [checkpoint_managers.LatestN(KEEP_LATEST)]
     best_fn = None
@@ -170,8 +173,12 @@ class Checkpointer:
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
           keep_checkpoints_without_metrics=False))
+    # Read-only is enforced here (`save` and `_quarantine` refuse), not with Orbax's
+    # CheckpointManagerOptions.read_only, which logs two warnings at every open (and made
+    # `dgi eval` silence absl logging). A manager that does not create the directory and
+    # is never asked to save writes nothing: it deletes only after a save.
     options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn, best_mode=best_mode, read_only=read_only, create=not read_only,
+        best_fn=best_fn, best_mode=best_mode, create=not read_only,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
     self._make_manager = lambda: ocp.CheckpointManager(  # noqa: E731
         checkpoint_dir(self._workdir), options=options,
@@ -206,6 +213,7 @@ class Checkpointer:
            tokenizer_json: Dict, metrics: Optional[Dict[str, float]] = None,
            run_record: Optional[Dict] = None) -> None:
     """Starts an asynchronous save of everything at `step` (call `wait` before relying on it)."""
+    self._check_writable(f"save step {step}")
     self.check_space(state, tokenizer_json, step)
     items = dict(state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
                  config=ocp.args.JsonSave(config_json),
@@ -215,6 +223,11 @@ class Checkpointer:
     if data_iterator is not None:
       items["data_iterator"] = IteratorSave(data_iterator)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def _check_writable(self, what: str) -> None:
+    if self._read_only:
+      raise RuntimeError(f"cannot {what}: {checkpoint_dir(self._workdir)} was opened "
+                         "read-only")
 
   def check_space(self, state: Any, tokenizer_json: Dict, step: Optional[int] = None) -> None:
     """Raises DiskFullError when the disk has no room for a checkpoint of `state`.
@@ -386,6 +399,7 @@ class Checkpointer:
     return None
 
   def _quarantine(self, step: int) -> None:
+    self._check_writable(f"move step {step} aside")
     self._manager.close()
     if jax.process_index() == 0:
       target = self._workdir / QUARANTINE_SUBDIR

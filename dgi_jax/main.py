@@ -158,12 +158,7 @@ def _resume_config(config, args):
   if FLAGS["config"].present:
     return config
   from dgi_jax import trained_run  # pylint: disable=g-import-not-at-top
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax warns when it opens checkpoints read-only.
-  try:
-    saved = trained_run.saved_config(FLAGS.workdir)
-  finally:
-    logging.set_verbosity(verbosity)
+  saved = trained_run.saved_config(FLAGS.workdir)
   if saved is None:
     return config if config is not None else _loaded_config(args)  # Its error names the file.
   print(f"using the config saved in {FLAGS.workdir}'s checkpoints (no --config given)")
@@ -256,8 +251,6 @@ def _index() -> None:
 
 def _serve(argv, command: str) -> int:
   """eval / search / index."""
-  # Orbax warns when it opens checkpoints read-only.
-  logging.set_verbosity(logging.ERROR)
   if FLAGS["config"].present or FLAGS["config"].override_values:
     raise app.UsageError(f"dgi {command} takes its config from the checkpoint; drop "
                          "--config")
@@ -483,7 +476,9 @@ def _start(command: str, args) -> None:
     _define_config_flag()
   except Exception as e:  # pylint: disable=broad-except
     sys.exit(_fail(command, _config_error(e, args)))
-  # Orbax and TFDS log every save and read at INFO through absl.
+  # Still needed: Orbax logs every save, read and manager it creates at INFO through absl,
+  # and TFDS its builds (its warnings too: `_LibraryChatter`). Orbax's read-only opens no
+  # longer warn (`checkpointing.Checkpointer`), so serving keeps WARNING as training does.
   logging.set_verbosity(logging.WARNING)
   absl_logger = logging.get_absl_logger()
   if not any(isinstance(f, _LibraryChatter) for f in absl_logger.filters):

@@ -69,12 +69,13 @@ def _open(workdir) -> checkpointing.Checkpointer:
 LEGACY_VALUES = {
     "model": {"normalize_item_embedding": False, "decoder_inputs": "sum",
               "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
-              "encoder_spec": "", "history_code_gradient": True},
+              "encoder_spec": "", "history_code_gradient": True,
+              "separate_item_encoder": False},
     "optim": {"freeze_encoder_layers": 0, "frozen": ()},
     "data": {"history_repr": "text"},
     "train": {"history_refresh_every": 100, "init_from_kmeans": False},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
-    "eval": {"validation_diagnostics": True},
+    "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0},
 }
 
 

@@ -1,7 +1,9 @@
-"""A tiny trained work directory shared by the CLI tests, and `dgi` run in-process.
+"""A tiny trained work directory shared by the tests, and `dgi` run in-process.
 
-`tiny_run` trains once per session (20 steps, checkpoints 10 and 20, TFDS files outside
-the work directory); tests that change a work directory take a copy (`run_copy`).
+`tiny_run` trains once per session (configs/tiny.py: 20 steps, checkpoints 10 and 20,
+validation at both, TFDS files outside the work directory); tests that change a work
+directory take a copy (`run_copy`). Its best checkpoint by validation hit@10 is the
+latest, step 20 (by a wide margin), so the serving commands try step 20 first, then 10.
 `dgi(...)` runs `dgi_jax.main.main()` in this process, which spares each case the
 seconds of importing JAX in a subprocess; signal and lock tests use subprocesses.
 """
@@ -18,13 +20,15 @@ import types
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from dgi_jax import run_lock, train
+from dgi_jax import evaluate, run_lock, train
 from dgi_jax import main as main_lib
 
 STEPS = 20
 
 
 def tiny_config(tfds_dir, **train_fields):
+  """configs/tiny.py with its TFDS files under `tfds_dir` (20 steps, a checkpoint every 10,
+  a metrics line every 5), then `train_fields`."""
   config = load_config("tiny")
   with config.unlocked():
     config.data.tfds_dir = str(tfds_dir)
@@ -35,10 +39,12 @@ def tiny_config(tfds_dir, **train_fields):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-  """A finished tiny run: .workdir (checkpoints 10, 20), .tfds_dir, .config."""
+  """A finished tiny run: .workdir (checkpoints 10, 20, validated at both), .tfds_dir,
+  .config (with which it trained, `dgi train`'s validation included)."""
   root = tmp_path_factory.mktemp("tiny_run")
-  config = tiny_config(root / "tfds")
-  train.train_and_evaluate(config, root / "run")
+  config = tiny_config(root / "tfds", eval_every=10)
+  train.train_and_evaluate(config, root / "run",
+                           evaluate_fn=evaluate.make_validation_fn(config))
   return types.SimpleNamespace(workdir=root / "run", tfds_dir=root / "tfds", config=config)
 
 

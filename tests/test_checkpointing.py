@@ -8,6 +8,7 @@ renaming the 1-process ones. Real 1x8 <-> 2x4 restores run in test_multihost.py.
 """
 
 import json
+import logging
 import shutil
 import warnings
 
@@ -128,3 +129,22 @@ def test_incomplete_iterator_files_are_quarantined(tmp_path, monkeypatch):
     with pytest.raises(checkpointing.CheckpointError, match="could be restored"):
       _restore(tmp_path)
   assert any((tmp_path / checkpointing.QUARANTINE_SUBDIR).glob(f"{STEP}.*"))
+
+
+def test_read_only_open_writes_nothing_logs_no_warning_and_refuses_saves(tmp_path, caplog):
+  _save(tmp_path)
+  files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+  # Orbax's own read-only mode warns at every open (which `dgi eval` would print).
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    checkpointer = checkpointing.Checkpointer(tmp_path, read_only=True)
+    try:
+      assert checkpointer.all_steps() == [STEP]
+      assert checkpointer.read_json_items(STEP)["config"] == {"config": 1}
+      with pytest.raises(RuntimeError, match="opened read-only"):
+        checkpointer.save(STEP + 1, {"w": jnp.zeros((2, 3))}, jax.random.PRNGKey(0), None,
+                          {"config": 1}, {"tokenizer": 1})
+    finally:
+      checkpointer.close()
+    checkpointing.Checkpointer(tmp_path / "none", read_only=True).close()
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == files

@@ -1,7 +1,8 @@
-"""The serving commands of the `dgi` CLI on a tiny trained work directory."""
+"""The serving commands of the `dgi` CLI on the session's tiny trained work directory
+(`tiny_run`, validated, so `dgi eval` picks the best checkpoint by hit@10); the commands
+that write there (`dgi eval`'s report and plots) run on a copy (`run_copy`)."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -9,9 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dgi_jax import checkpointing, evaluate, train
+from dgi_jax import checkpointing
 from dgi_jax import trained_run
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,23 +22,7 @@ def _dgi(*args):
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny run with validation (so the best checkpoint is picked by hit@10)."""
-  root = tmp_path_factory.mktemp("cli")
-  config = load_config("tiny")
-  with config.unlocked():
-    config.data.tfds_dir = str(root / "tfds")
-    config.train.num_steps = 10
-    config.train.checkpoint_every = 5
-    config.train.eval_every = 5
-    config.train.log_every = 5
-  train.train_and_evaluate(config, root / "run",
-                           evaluate_fn=evaluate.make_validation_fn(config))
-  return root / "run"
-
-
-def test_eval_opens_the_checkpoints_once(run_dir, dgi, monkeypatch):
+def test_eval_opens_the_checkpoints_once(run_copy, dgi, monkeypatch):
   # Config, tokenizer, the best step (by validation hit@10) and params: one open.
   opened = []
   real_init = ocp.CheckpointManager.__init__
@@ -46,22 +31,22 @@ def test_eval_opens_the_checkpoints_once(run_dir, dgi, monkeypatch):
     opened.append(args[0] if args else kwargs["directory"])
     real_init(self, *args, **kwargs)
   monkeypatch.setattr(ocp.CheckpointManager, "__init__", counting_init)
-  code, _, err = dgi("eval", "--workdir", run_dir, "--split", "test")
+  code, _, err = dgi("eval", "--workdir", run_copy, "--split", "test")
   assert code == 0, err
   assert len(opened) == 1, opened
 
 
-def test_eval_writes_report_and_plots(run_dir):
-  proc = _dgi("eval", "--workdir", run_dir, "--split", "test")
+def test_eval_writes_report_and_plots(run_copy):
+  proc = _dgi("eval", "--workdir", run_copy, "--split", "test")
   assert proc.returncode == 0, proc.stderr
   assert "hit" in proc.stdout and "B4" in proc.stdout and "unseen" in proc.stdout
-  report = json.loads((run_dir / "eval_test.json").read_text())
+  report = json.loads((run_copy / "eval_test.json").read_text())
   for name, value in report["metrics"].items():
     assert 0.0 <= value <= 1.0, name
   assert {"hit@1", "hit@5", "hit@10", "hit@20", "ndcg@10", "mrr@20",
           "recall@20"} <= set(report["metrics"])
   # Every (request, relevant item) pair lands in exactly one popularity bucket.
-  trained = trained_run.load_trained(run_dir)
+  trained = trained_run.load_trained(run_copy)
   dataset = trained.run_data.dataset
   rows = dataset.source("test").__getitems__(list(range(dataset.num_examples("test"))))
   relevant = np.concatenate([np.asarray(r["relevant"]).reshape(-1) for r in rows])
@@ -72,7 +57,7 @@ def test_eval_writes_report_and_plots(run_dir):
       (dataset.train_popularity[relevant] == 0).sum())
   assert all(b["hit@10"] is None or 0 <= b["hit@10"] <= 1 for b in buckets)
   # The best checkpoint by validation hit@10 was evaluated.
-  valid = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  valid = [json.loads(l) for l in (run_copy / "metrics.jsonl").read_text().splitlines()]
   best = max(r["hit@10"] for r in valid if r["kind"] == "valid")
   chosen = report["checkpoint"]
   assert chosen["selected"] == "best"
@@ -80,13 +65,13 @@ def test_eval_writes_report_and_plots(run_dir):
           if r["kind"] == "valid" and r["step"] == chosen["step"]] == [best]
   for name in ("popularity_buckets_test.png", "training_curves.png",
                "grad_norm_item_encoder.png"):
-    assert (run_dir / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
+    assert (run_copy / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
 
 
-def test_search_prints_top_k(run_dir):
-  trained = trained_run.load_trained(run_dir)
+def test_search_prints_top_k(tiny_run):
+  trained = trained_run.load_trained(tiny_run.workdir)
   history = ",".join(trained.run_data.dataset.item_ids[:2])
-  proc = _dgi("search", "--workdir", run_dir, "--history", history, "--k", 3,
+  proc = _dgi("search", "--workdir", tiny_run.workdir, "--history", history, "--k", 3,
               "lavender face cream")
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.strip().splitlines()
@@ -108,21 +93,19 @@ def test_clear_error_without_checkpoint(tmp_path, make):
 
 # Orbax leaves the reads of a failed (shape-mismatched) restore un-awaited.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_incompatible_checkpoint_config_is_reported(run_dir, tmp_path):
-  copy = tmp_path / "run"
-  shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tfds"))
-  for step_dir in checkpointing.checkpoint_dir(copy).iterdir():
+def test_incompatible_checkpoint_config_is_reported(run_copy):
+  for step_dir in checkpointing.checkpoint_dir(run_copy).iterdir():
     path = step_dir / "config" / "metadata"
     config = json.loads(path.read_text())
     config["model"]["d_model"] = 48  # Params were trained at 32.
     path.write_text(json.dumps(config))
   with pytest.raises(trained_run.WorkdirError, match="does not fit the model"):
-    trained_run.load_trained(copy)
-  for step_dir in checkpointing.checkpoint_dir(copy).iterdir():
+    trained_run.load_trained(run_copy)
+  for step_dir in checkpointing.checkpoint_dir(run_copy).iterdir():
     path = step_dir / "config" / "metadata"
     config = json.loads(path.read_text())
     del config["eval"]
     path.write_text(json.dumps(config))
-  proc = _dgi("search", "--workdir", copy, "cream")
+  proc = _dgi("search", "--workdir", run_copy, "cream")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "lacks the section(s) eval" in proc.stderr

@@ -14,6 +14,7 @@ from dgi_jax.models import history as history_lib
 from dgi_jax.models.dgi import DGIModel
 from conftest import load_config
 from model_fixtures import small_model
+from run_fixtures import tiny_config
 
 NUM_ITEMS = 30
 MAX_HISTORY = 20
@@ -161,17 +162,11 @@ def test_recent_history_keeps_the_newest_items():
 
 
 # ---------------------------------------------------------------- trained runs
-def _config(tfds_dir, history_repr, **train_overrides):
-  config = load_config("tiny")
+def _config(tfds_dir, history_repr):
+  config = tiny_config(tfds_dir, num_steps=12, checkpoint_every=6, log_every=3,
+                       history_refresh_every=4)
   with config.unlocked():
-    config.data.tfds_dir = tfds_dir
     config.data.history_repr = history_repr
-    config.train.num_steps = 12
-    config.train.checkpoint_every = 6
-    config.train.log_every = 3
-    config.train.history_refresh_every = 4
-    for k, v in train_overrides.items():
-      config.train[k] = v
   return config
 
 

@@ -3,11 +3,18 @@
 import math
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from conftest import load_config
 from dgi_jax import losses
+
+
+def _loss_config(**fields):
+  """The default config's loss section with `fields` set."""
+  config = load_config("default").loss
+  config.update(fields)
+  return config
 
 
 def test_ntp_loss_hand_computed():
@@ -69,10 +76,9 @@ def test_diversity_loss_is_negative_entropy_of_mean_usage():
     ("clean", 0.0, "usage"), ("gumbel", 0.0, "probs"), ("gumbel", 2.0, "probs"),
     ("clean", 2.0, "scores")])
 def test_diversity_term_reads_the_configured_usage(div_probs, temperature, key):
-  cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=1.0, local_weight=1.0,
-                                       infonce_weight=1.0, div_weight=1.0, beta=0.25,
-                                       infonce_temperature=0.1, div_eps=1e-10,
-                                       div_probs=div_probs, div_temperature=temperature))
+  cfg = _loss_config(ntp_weight=1.0, global_weight=1.0, local_weight=1.0, infonce_weight=1.0,
+                     div_weight=1.0, beta=0.25, infonce_temperature=0.1, div_eps=1e-10,
+                     div_probs=div_probs, div_temperature=temperature)
   rs = np.random.RandomState(1)
   b, d, k = 4, 3, 5
   outputs = dict(logits=[jnp.asarray(rs.randn(b, k))], codes=[jnp.asarray(rs.randint(0, k, b))],
@@ -93,16 +99,15 @@ def test_diversity_term_reads_the_configured_usage(div_probs, temperature, key):
 
 
 def test_unknown_div_probs_is_an_error():
-  cfg = ml_collections.ConfigDict(dict(div_probs="hard", div_temperature=1.0))
+  cfg = _loss_config(div_probs="hard", div_temperature=1.0)
   with pytest.raises(ValueError, match="div_probs"):
     losses.diversity_assignments({}, cfg)
 
 
 def test_total_is_weighted_sum():
-  cfg = ml_collections.ConfigDict(dict(ntp_weight=1.0, global_weight=2.0, local_weight=0.5,
-                                       infonce_weight=0.0, div_weight=3.0, beta=0.25,
-                                       infonce_temperature=0.1, div_eps=1e-10,
-                                       div_probs="gumbel", div_temperature=0.0))
+  cfg = _loss_config(ntp_weight=1.0, global_weight=2.0, local_weight=0.5, infonce_weight=0.0,
+                     div_weight=3.0, beta=0.25, infonce_temperature=0.1, div_eps=1e-10,
+                     div_probs="gumbel", div_temperature=0.0)
   rs = np.random.RandomState(0)
   b, d = 4, 3
   outputs = dict(logits=[jnp.asarray(rs.randn(b, 5))], codes=[jnp.asarray(rs.randint(0, 5, b))],

@@ -7,24 +7,12 @@ import numpy as np
 import pytest
 
 from dgi_jax import checkpointing, run_setup, train
-from conftest import load_config
+from run_fixtures import tiny_config
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _config(tfds_dir, **train_overrides):
-  config = load_config("tiny")
-  with config.unlocked():
-    config.data.tfds_dir = tfds_dir
-    config.train.num_steps = 12
-    config.train.checkpoint_every = 6
-    config.train.log_every = 3
-    for k, v in train_overrides.items():
-      config.train[k] = v
-  return config
+def tfds_dir(tiny_run):
+  return tiny_run.tfds_dir  # The synthetic dataset of the session's tiny run.
 
 
 def _final_params(workdir):
@@ -34,25 +22,26 @@ def _final_params(workdir):
   return params, step
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tfds_dir, tmp_path):
-  config = _config(tfds_dir)
-  train.train_and_evaluate(config, tmp_path / "straight")
-  train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=6)
-  assert checkpointing.Checkpointer(tmp_path / "resumed", read_only=True).latest_step() == 6
-  train.train_and_evaluate(config, tmp_path / "resumed")
-  straight, step_a = _final_params(tmp_path / "straight")
-  resumed, step_b = _final_params(tmp_path / "resumed")
-  assert step_a == step_b == 12
+def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tiny_run, tmp_path):
+  # The uninterrupted run is the session's tiny run, which also validated at steps 10
+  # and 20: validation reads the params and must not change the training either.
+  train.train_and_evaluate(tiny_run.config, tmp_path, stop_at_step=10)
+  assert _final_params(tmp_path)[1] == 10
+  train.train_and_evaluate(tiny_run.config, tmp_path)
+  straight, step_a = _final_params(tiny_run.workdir)
+  resumed, step_b = _final_params(tmp_path)
+  assert step_a == step_b == 20
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   # The metric lines of the resumed run continue the same loss trace.
   def losses(path):
-    return {r["step"]: r["total"] for r in map(json.loads, open(path / "metrics.jsonl"))}
-  assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    return {r["step"]: r["total"] for r in map(json.loads, open(path / "metrics.jsonl"))
+            if r["kind"] == "train"}
+  assert losses(tiny_run.workdir) == losses(tmp_path)
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
-  config = _config(tfds_dir, num_steps=40, checkpoint_every=1)
+  config = tiny_config(tfds_dir, num_steps=40, checkpoint_every=1)
   with config.unlocked():
     config.optim.backbone_lr = 1e30
     config.optim.quantizer_lr = 1e30
@@ -68,7 +57,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tfds_dir
 
 
 def test_metrics_file_and_kmeans_initialised_codebooks(tfds_dir, tmp_path):
-  config = _config(tfds_dir, num_steps=3, log_every=1, checkpoint_every=3)
+  config = tiny_config(tfds_dir, num_steps=3, log_every=1, checkpoint_every=3)
   train.train_and_evaluate(config, tmp_path)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [1, 2, 3]
@@ -79,15 +68,13 @@ def test_metrics_file_and_kmeans_initialised_codebooks(tfds_dir, tmp_path):
   assert lines[-1]["tau"] == pytest.approx(0.1, rel=1e-5)
 
 
-def _init_from_source_run(tfds_dir, tmp_path, **train_overrides):
-  """Trains a 3-step source run, then a 1-step target run initialised from it at learning
-  rate 0 (so the target's params are what initialisation gave it); returns both params
-  and the target's config."""
-  config = _config(tfds_dir, num_steps=3, checkpoint_every=3)
-  train.train_and_evaluate(config, tmp_path / "source")
-  source, _ = _final_params(tmp_path / "source")
-  config = _config(tfds_dir, num_steps=1, checkpoint_every=1,
-                   init_from=str(tmp_path / "source"), **train_overrides)
+def _init_from_source_run(source_run, tmp_path, **train_overrides):
+  """A 1-step target run initialised from `source_run` (the session's tiny run) at
+  learning rate 0 (so the target's params are what initialisation gave it); returns the
+  source's and the target's params and the target's config."""
+  source, _ = _final_params(source_run.workdir)
+  config = tiny_config(source_run.tfds_dir, num_steps=1, checkpoint_every=1,
+                       init_from=str(source_run.workdir), **train_overrides)
   with config.unlocked():
     config.optim.backbone_lr = 0.0
     config.optim.quantizer_lr = 0.0
@@ -96,14 +83,14 @@ def _init_from_source_run(tfds_dir, tmp_path, **train_overrides):
   return source, target, config
 
 
-def test_init_from_copies_params_of_another_run(tfds_dir, tmp_path):
-  source, target, _ = _init_from_source_run(tfds_dir, tmp_path)
+def test_init_from_copies_params_of_another_run(tiny_run, tmp_path):
+  source, target, _ = _init_from_source_run(tiny_run, tmp_path)
   for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(target)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_init_from_kmeans_keeps_the_encoder_and_reclusters_codebooks(tfds_dir, tmp_path):
-  source, target, config = _init_from_source_run(tfds_dir, tmp_path, init_from_kmeans=True)
+def test_init_from_kmeans_keeps_the_encoder_and_reclusters_codebooks(tiny_run, tmp_path):
+  source, target, config = _init_from_source_run(tiny_run, tmp_path, init_from_kmeans=True)
   # Known answer: k-means (the run's own k-means rng) over the loaded encoder's embeddings.
   model = run_setup.build_model(config)
   run_data = run_setup.prepare_run_data(config, tmp_path / "target")

@@ -19,7 +19,8 @@ def test_fields_a_saved_config_predates_get_the_behaviour_it_was_trained_with():
   for section, field in dropped:
     assert read[section][field] == trained_run.LEGACY_VALUES[section][field]
   model = ModelConfig.from_config(read)
-  assert (model.decoder_inputs, model.normalize_item_embedding) == ("sum", False)
+  assert (model.decoder_inputs, model.normalize_item_embedding,
+          model.separate_item_encoder) == ("sum", False, False)
 
 
 def test_saved_fields_are_kept():

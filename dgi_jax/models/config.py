@@ -98,14 +98,14 @@ class ModelConfig:
     A pre-trained encoder's architecture comes from `model.encoder_spec`, which
     `encoders.resolve_pretrained` fills in from `model.pretrained` before training.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for field in ("vocab_size", "max_len", "encoder_spec", "history_repr", "max_history"):
-      del defaults[field]
-    # Fields a hand-built config leaves out take their defaults; configs read back from
-    # checkpoints written before a field existed were upgraded by `trained_run.read_config`.
-    kwargs = {k: config.model.get(k, default) for k, default in defaults.items()}
+    # Every config has every field: configs/default.py defines them all, and configs read
+    # back from checkpoints written before a field existed were upgraded by
+    # `trained_run.config_from_json` (its LEGACY_VALUES).
+    apart = ("vocab_size", "max_len", "encoder_spec", "history_repr", "max_history")  # Below.
+    kwargs = {f.name: config.model[f.name] for f in dataclasses.fields(cls)
+              if f.name not in apart}
     kwargs["codebook_sizes"] = tuple(int(k) for k in kwargs["codebook_sizes"])
-    spec_json = config.model.get("encoder_spec", "")
+    spec_json = config.model.encoder_spec
     spec = EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None
     if kwargs["encoder"] != "scratch" and spec is None:
       raise ValueError(f"model.encoder={kwargs['encoder']!r}: the encoder's architecture "
@@ -116,5 +116,5 @@ class ModelConfig:
                        f"pre-trained encoder's {spec.max_positions} positions")
     return cls(vocab_size=spec.vocab_size if spec else config.data.vocab_size,
                max_len=max_len, encoder_spec=spec,
-               history_repr=config.data.get("history_repr", "text"),
+               history_repr=config.data.history_repr,
                max_history=int(config.data.max_history), **kwargs)
