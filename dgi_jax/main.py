@@ -43,7 +43,7 @@ COMMAND_FLAGS = {
     "train": ("config", "workdir", "allow_dataset_change", "coordinator_address",
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
-    "eval": ("workdir", "split", "beam", "k"),
+    "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -54,7 +54,8 @@ COMMAND_USAGE = {
               "--config a work directory with checkpoints resumes with its own config."),
     "parity": ("dgi parity [--config CONFIG] [--torch_checkpoint FILE]",
                "Compares the JAX model with the PyTorch reference."),
-    "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K]",
+    "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
+             "[--ranking beam|cosine|blend] [--cosine_weight W]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -77,6 +78,12 @@ flags.DEFINE_integer("beam", None, "eval, search: beam size (default: the checkp
                      "config.eval.beam_size).")
 flags.DEFINE_integer("k", None, "eval: items ranked per request (default config.eval.k); "
                      "search: items shown (default 10).")
+flags.DEFINE_enum("ranking", None, list(config_checks.RANKINGS),
+                  "eval: order of the beams' items: 'beam' (beam score, then cosine: the "
+                  "paper's), 'cosine' (over the beams' union) or 'blend' (default: the "
+                  "checkpoint's config.eval.ranking).")
+flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight with --ranking blend "
+                   "(default config.eval.cosine_weight).")
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
@@ -205,8 +212,8 @@ def _parity(config) -> int:
 
 def _eval() -> None:
   from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
-  report, step, which, paths = evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.split,
-                                                         FLAGS.beam, FLAGS.k)
+  report, step, which, paths = evaluate.evaluate_workdir(
+      FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight)
   print(f"checkpoint: step {step} ({which})")
   print(evaluate.format_report(report))
   print("wrote " + ", ".join(str(p) for p in paths))

@@ -68,6 +68,17 @@ def test_eval_writes_report_and_plots(run_copy):
     assert (run_copy / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
 
 
+def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
+  code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "blend",
+                       "--cosine_weight", "2.5")
+  assert code == 0, err
+  assert "by beam score + 2.5 x cosine" in out
+  report = json.loads((run_copy / "eval_test.json").read_text())
+  assert (report["ranking"], report["cosine_weight"]) == ("blend", 2.5)
+  code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
+  assert code == 1 and "--ranking" in err and "popularity" in err
+
+
 def test_search_prints_top_k(tiny_run):
   trained = trained_run.load_trained(tiny_run.workdir)
   history = ",".join(trained.run_data.dataset.item_ids[:2])
