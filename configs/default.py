@@ -172,6 +172,10 @@ def get_config() -> ml_collections.ConfigDict:
   # + cosine_weight * cosine). Each costs O(beam * bucket), not O(catalogue).
   c.eval.ranking = "beam"
   c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend'.
+  # Leave the request's history items (its data.max_history most recent) out of every
+  # ranking: a recommender does not propose what the user just had. Off: the published
+  # protocols (TIGER's Beauty split) rank the whole catalogue.
+  c.eval.exclude_history = False
   c.eval.num_popularity_buckets = 5  # Equal-count buckets B0 (head) .. B4 (tail) [P].
   # Validation during training also computes the decoder and encoder diagnostics (one
   # extra jitted pass per batch; `dgi eval` always does): their level1_information and

@@ -75,7 +75,8 @@ LEGACY_VALUES = {
     "data": {"history_repr": "text"},
     "train": {"history_refresh_every": 100, "init_from_kmeans": False},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
-    "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0},
+    "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
+             "exclude_history": False},
 }
 
 

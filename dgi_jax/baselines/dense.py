@@ -6,6 +6,7 @@ isolates what the generative index adds on top of the same encoder and data.
 """
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,24 +21,33 @@ from dgi_jax.models.quantizer import l2_normalize
 # The model is a static argument: a linen module is a hashable dataclass of its config.
 @functools.partial(jax.jit, static_argnames=("model", "k"))
 def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, history=None,
-                 history_table=None, *, k: int):
+                 history_table=None, exclude=None, *, k: int):
   """Item indices [B, k] of the k unit-length `item_vectors` [N, d] closest in cosine to
   the requests [B, Lq] (with history [B, H] read through `history_table` when the model
-  reads history items), best first."""
+  reads history items), best first, without the items of `exclude` ([B, E], -1 padded)."""
   z_q = model.apply({"params": params}, query_tokens, history, history_table,
                     method=DGIModel.encode_requests).z_q
-  return cosine_ranking(z_q, item_vectors, k)
+  return cosine_ranking(z_q, item_vectors, k, exclude)
 
 
-def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int) -> jax.Array:
+def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int,
+                   exclude: Optional[jax.Array] = None) -> jax.Array:
   """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine to the
-  request vectors `z_q` [B, d], best first."""
-  return jax.lax.top_k(l2_normalize(z_q) @ item_vectors.T, k)[1]
+  request vectors `z_q` [B, d], best first; items of `exclude` (int [B, E], -1 padded)
+  are left out."""
+  scores = l2_normalize(z_q) @ item_vectors.T
+  if exclude is not None:
+    num_items = item_vectors.shape[0]  # Padding points past the end and is dropped.
+    rows = jnp.arange(scores.shape[0])[:, None]
+    scores = scores.at[rows, jnp.where(exclude >= 0, exclude, num_items)].set(
+        -jnp.inf, mode="drop")
+  return jax.lax.top_k(scores, k)[1]
 
 
 def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
                    k: int):
-  """Ranks the catalogue for every request of `split` by cosine(z_q, z_base).
+  """Ranks the catalogue for every request of `split` by cosine(z_q, z_base); without the
+  request's history items when `config.eval.exclude_history`.
 
   Returns:
     (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
@@ -54,8 +64,9 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
                                      split, int(config.eval.batch_size),
                                      catalogue_tokens=run_data.catalogue_tokens):
     history = jnp.asarray(batch["history"]) if table is not None else None
+    exclude = jnp.asarray(batch["history"]) if config.eval.exclude_history else None
     top = cosine_top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]),
-                       history, table, k=k)
+                       history, table, exclude, k=k)
     ranked.append(np.asarray(top)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
   return np.concatenate(ranked).astype(np.int32), np.concatenate(relevant)

@@ -77,6 +77,19 @@ _RANKING_WORDS = {"beam": "beam score then cosine (the paper's order)",
                   "cosine": "cosine over the beams' union", "blend": "beam score + cosine"}
 
 
+def _encoder_words(config) -> str:
+  """The encoder and the model width: scratch layers and d_model, or the pre-trained
+  checkpoint (whose width every part of the model takes) and its frozen layers."""
+  m = config.model
+  if m.encoder == "scratch":
+    return f"encoder {m.encoder_layers} + decoder {m.decoder_layers} layers, d_model {m.d_model}"
+  checkpoint = "/".join(pathlib.PurePath(m.pretrained).parts[-2:])
+  frozen = int(config.optim.freeze_encoder_layers)
+  return (f"pre-trained {m.encoder} encoder .../{checkpoint}"
+          + (f" ({frozen} lower layers frozen)" if frozen else "")
+          + f" + decoder {m.decoder_layers} layers at its width")
+
+
 def _budget(config) -> str:
   m, t, b = config.model, config.train, config.benchmark
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
@@ -84,8 +97,7 @@ def _budget(config) -> str:
            "initialises the codebooks, then " if warmup else "")
   return (f"{t.num_steps} steps x global batch {t.global_batch_size} for every trained "
           f"method ({split}Two-Stage spends {b.two_stage_stage1_fraction:.0%} on the "
-          f"quantizer and the rest on the retriever); encoder {m.encoder_layers} + decoder "
-          f"{m.decoder_layers} layers, d_model {m.d_model}, codebooks "
+          f"quantizer and the rest on the retriever); {_encoder_words(config)}, codebooks "
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
           f"tokens; beam {config.eval.beam_size}, the beams' items ranked by "

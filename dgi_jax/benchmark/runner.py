@@ -34,7 +34,7 @@ from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
 from dgi_jax.benchmark import report as report_lib
 from dgi_jax.benchmark.machine import machine_description
-from dgi_jax.data import converters, jsonl_format, pipeline
+from dgi_jax.data import converters, jsonl_format, pipeline, records
 from dgi_jax.models import encoders
 
 RESULT_FILE = "result.json"
@@ -146,6 +146,17 @@ def _ranked_report(ranked, relevant, run_data, config, seconds) -> Dict[str, Any
   return report
 
 
+def _without_items(ranked: np.ndarray, excluded, k: int) -> np.ndarray:
+  """The first k entries of each row of `ranked` [Q, K] not in its `excluded` items,
+  -1 padded."""
+  out = np.full((len(ranked), k), -1, np.int32)
+  for row, (items, drop) in enumerate(zip(ranked, excluded)):
+    drop = set(np.asarray(drop).tolist())
+    kept = [i for i in items.tolist() if i >= 0 and i not in drop][:k]
+    out[row, :len(kept)] = kept
+  return out
+
+
 def _bm25_report(config, workdir) -> Dict[str, Any]:
   run_data = run_setup.prepare_run_data(config, workdir)
   dataset = run_data.dataset
@@ -153,16 +164,20 @@ def _bm25_report(config, workdir) -> Dict[str, Any]:
   requests = pipeline.read_requests(dataset, SPLIT)
   texts = [bm25.request_text(query, dataset.history_texts(history), config.data.max_history)
            for query, history in zip(requests["query"], requests["history"])]
-  ranked = bm25.bm25_rankings(dataset.item_texts, texts, int(config.eval.k),
+  k, max_history = int(config.eval.k), int(config.data.max_history)
+  exclude = config.eval.exclude_history
+  ranked = bm25.bm25_rankings(dataset.item_texts, texts, k + max_history * exclude,
                               k1=float(config.benchmark.bm25_k1),
                               b=float(config.benchmark.bm25_b))
+  if exclude:
+    ranked = _without_items(ranked, [records.recent_history(h, max_history)
+                                     for h in requests["history"]], k)
   return _ranked_report(ranked, requests["relevant"], run_data, config,
                         time.perf_counter() - start)
 
 
 def _zero_shot_report(config, workdir) -> Dict[str, Any]:
   """The pre-trained encoder's exact cosine ranking, without any training."""
-  config = encoders.resolve_pretrained(config)
   run_data = run_setup.prepare_run_data(config, workdir)
   model = run_setup.build_model(config)
   params = encoders.load_pretrained_params(
@@ -268,8 +283,10 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     sized = index_for_catalogue(num_items, len(base_config.model.codebook_sizes))
     log(f"[benchmark] {num_items} items: codebooks {sized['model.codebook_sizes']}, "
         f"k-means over {sized['train.kmeans_items']} items")
-  base = method_config(base_config, sized, **{"data.dataset": data_dir,
-                                             "data.tfds_dir": str(workdir / "tfds")})
+  # A pre-trained encoder's architecture and vocabulary, for every method (BM25 reads
+  # the run's tokenizer too).
+  base = encoders.resolve_pretrained(method_config(
+      base_config, sized, **{"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}))
   command = shlex.join(command if command is not None else sys.argv)
   for method in selected:
     if read_result(workdir, method.name) is not None:
