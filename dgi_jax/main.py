@@ -27,11 +27,13 @@ import warnings
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dgi_jax import config_checks, config_files, errors
+from dgi_jax import config_checks, config_files, errors, host_memory
 
 COMMANDS = ("train", "parity", "eval", "search", "index", "benchmark")
 # Commands that serve a trained work directory; their config comes from its checkpoint.
 SERVING_COMMANDS = ("eval", "search", "index")
+# Commands that train: their XLA calls reuse host memory (`host_memory`).
+TRAINING_COMMANDS = ("train", "benchmark")
 USAGE = f"usage: dgi {{{'|'.join(COMMANDS)}}} [flags]; `dgi <command> --help` lists them"
 HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 DEFAULT_CONFIG = "configs/default.py"
@@ -519,6 +521,10 @@ def main() -> None:
   if any(arg in HELP_ARGS for arg in args):
     print(_command_help(command))
     sys.exit(0)
+  if command in TRAINING_COMMANDS and "jax" not in sys.modules:
+    # Before JAX starts its threads; DGI_KEEP_FREED_MEMORY=0 returns freed memory to the OS.
+    if os.environ.get("DGI_KEEP_FREED_MEMORY", "1") != "0":
+      host_memory.keep_freed_memory_in_heap()
   show_warning = warnings.showwarning
   try:
     _start(command, args)

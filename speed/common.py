@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dgi_jax.benchmark.machine import machine_description  # noqa: F401  (re-exported)
+from dgi_jax.host_memory import keep_freed_memory_in_heap  # noqa: F401  (re-exported)
 
 
 def time_calls(fn, repeats: int) -> float:
@@ -25,3 +26,4 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   return 2 * n**3 / time_calls(lambda: f(a).block_until_ready(), repeats)
+

@@ -8,7 +8,7 @@ the same weights and see the same batch; each draws its own Gumbel noise per ste
 
 Usage:
   python speed/jax_vs_torch.py [--config configs/default.py] [--batch_size 128]
-      [--steps 20] [--repeats 3] [--no_compile] [--single_core]
+      [--steps 20] [--repeats 3] [--no_compile] [--single_core] [--heap_malloc]
 
 Each framework is timed over `--repeats` windows of `--steps` steps after warm-up,
 windows interleaved across frameworks; the best window is reported (other processes on a
@@ -94,7 +94,16 @@ def main():
   parser.add_argument("--single_core", action="store_true",
                       help="pin the process to one core, both frameworks single-threaded "
                       "(steadier figures on a machine other processes share)")
+  parser.add_argument("--heap_malloc", action="store_true",
+                      help="glibc: one heap, no mmap, no trimming, for both frameworks, so "
+                      "per-step temporaries are reused instead of page-faulted in afresh "
+                      "(speed/common.py keep_freed_memory_in_heap)")
   args = parser.parse_args()
+  if args.heap_malloc:
+    sys.path.insert(0, str(REPO_ROOT / "speed"))
+    from common import keep_freed_memory_in_heap  # pylint: disable=g-import-not-at-top
+    if not keep_freed_memory_in_heap():
+      print("--heap_malloc: not glibc; ignored")
   if args.single_core:
     # XLA reads XLA_FLAGS when JAX starts its backend, at the first computation below.
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine_description, matmul_peak_flops, time_calls  # noqa: E402
+from common import keep_freed_memory_in_heap, machine_description  # noqa: E402
+from common import matmul_peak_flops, time_calls  # noqa: E402
 
 from dgi_jax import config_files, optim, run_setup, sharding, train_step  # noqa: E402
 
@@ -46,7 +47,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--heap_malloc", action="store_true",
+                      help="glibc: keep XLA's per-step temporaries in the heap instead of "
+                      "mmap/munmap each step (common.keep_freed_memory_in_heap)")
   args = parser.parse_args()
+  if args.heap_malloc and not keep_freed_memory_in_heap():
+    print("--heap_malloc: not glibc; ignored")
   config = config_files.load_file(args.config)
   batch_size = config.train.global_batch_size
 
@@ -71,7 +77,7 @@ def main():
   peak = matmul_peak_flops()
 
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  print(f"machine: {machine_description()}")
+  print(f"machine: {machine_description()}" + ("  (heap malloc)" if args.heap_malloc else ""))
   print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}")
   print(f"step time (median of {args.steps}): {seconds * 1e3:.1f} ms")
   print(f"steps/s: {1 / seconds:.2f}   examples/s: {batch_size / seconds:.0f}")
