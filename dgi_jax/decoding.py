@@ -8,16 +8,22 @@ codebook and only then are codes that lead to no existing SID set to -inf, so be
 scores are true model log-probabilities log P(c_1..c_t | q, H).
 
 Usage under jit with the DGI model (the callback closes over traced parameters and
-request features, repeated once per beam):
+request features; `retrieval.grouped_logits_fn` is this callback):
 
   @jax.jit
   def search(params, tables, request):  # request: DGIModel.encode_requests' output
-    rep = lambda x: expand_to_beams(x, beam_size)
+    batch = request.z_q.shape[0]
     def tokens_to_logits(level, prefix):  # prefix: [batch * beam_size, level]
-      return model.apply(params, rep(request.z_q), rep(request.states), rep(request.mask),
-                         prefix, method=DGIModel.prefix_logits)
-    return beam_search(tokens_to_logits, request.z_q.shape[0], beam_size, tables,
-                       cfg.codebook_sizes)
+      # The beams of a request as one group [batch, beam_size, level]: they share the
+      # request's states (the decoder projects them once per request, not per beam).
+      logits = model.apply(params, request.z_q, request.states, request.mask,
+                           prefix.reshape(batch, beam_size, level),
+                           method=DGIModel.prefix_logits)
+      return logits.reshape(batch * beam_size, -1)
+    return beam_search(tokens_to_logits, batch, beam_size, tables, cfg.codebook_sizes)
+
+Any `tokens_to_logits` with that contract works, e.g. one over features repeated per beam
+with `expand_to_beams` (same logits, the request's states then cost beam times more).
 """
 
 from typing import Callable, Sequence, Tuple
@@ -141,10 +147,15 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
                     leaf_nodes=state.nodes, valid=state.alive)
 
 
+# `rank_items` takes its cosines from one [batch, N] product with the whole catalogue
+# when N is at most this many times the candidate slots per request (beam * cap).
+CATALOGUE_COSINE_FACTOR = 16
+
+
 def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                query_emb: jax.Array, item_emb: jax.Array, k: int,
-               bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0
-               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+               bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0,
+               cosines_from: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Top-k items per query among the items of the beams' SIDs; jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
@@ -157,6 +168,15 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     'blend':  beam score + cosine_weight * cosine.
   All three cost O(batch * beam * cap), independent of the catalogue size.
 
+  The candidates' cosines (`cosines_from`, static): 'candidates' gathers their vectors,
+  [batch, beam, cap, d], mostly padding when one bucket is much larger than the rest
+  (cap is the largest bucket); 'catalogue' takes them from the product of the queries
+  with all N item vectors, one matmul that reads the item matrix once per batch, much
+  faster than that gather on a small catalogue (on Beauty's 12k items, cap 181, 1.5 ms
+  against 45 ms per 64 requests on CPU); 'auto' is 'catalogue' when N <=
+  CATALOGUE_COSINE_FACTOR * beam * cap, so the cost stays O(batch * beam * cap * d).
+  The same cosines up to float rounding.
+
   Args:
     beams: output of `beam_search`.
     inverted_index: the SID -> items index built from the same SIDs as the tables.
@@ -166,6 +186,7 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     bucket_cap: static bucket width, 0 = the largest bucket.
     ranking: 'beam', 'cosine' or 'blend' (static).
     cosine_weight: the cosine's weight in 'blend' (static).
+    cosines_from: 'auto', 'candidates' or 'catalogue' (static), see above.
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -176,9 +197,20 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   items, present = index_lib.items_for_leaves(
       inverted_index, jnp.where(beams.valid, beams.leaf_nodes, -1), bucket_cap)
   cap = items.shape[-1]
-  vectors = item_emb[jnp.maximum(items, 0)]  # [batch, beam, cap, d]
-  cosines = jnp.einsum("bd,bwcd->bwc", query_emb.astype(jnp.float32),
-                       vectors.astype(jnp.float32))
+  if cosines_from == "auto":
+    cosines_from = ("catalogue" if item_emb.shape[0] <= CATALOGUE_COSINE_FACTOR * beam * cap
+                    else "candidates")
+  query_emb, safe_items = query_emb.astype(jnp.float32), jnp.maximum(items, 0)
+  if cosines_from == "catalogue":
+    every = query_emb @ item_emb.astype(jnp.float32).T  # [batch, N]
+    cosines = jnp.take_along_axis(every, safe_items.reshape(batch, beam * cap),
+                                  axis=1).reshape(items.shape)
+  elif cosines_from == "candidates":
+    vectors = item_emb[safe_items]  # [batch, beam, cap, d]
+    cosines = jnp.einsum("bd,bwcd->bwc", query_emb, vectors.astype(jnp.float32))
+  else:
+    raise ValueError(f"cosines_from={cosines_from!r}: expected 'auto', 'candidates' or "
+                     "'catalogue'")
   scores = jnp.broadcast_to(beams.scores[..., None], items.shape)
   flat = lambda x: x.reshape(batch, beam * cap)
   items, present, scores, cosines = map(flat, (items, present, scores, cosines))

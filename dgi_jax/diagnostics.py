@@ -67,21 +67,19 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   z_q = (quantizer.l2_normalize(request.z_q) if model.cfg.normalize_item_embedding
          else request.z_q)
-  batch, num_targets, num_levels = target_sids.shape
-  # One row per (request, target), request-major: [B * R, ...].
-  rep = lambda x: jnp.repeat(x, num_targets, axis=0)  # noqa: E731
-  z_q_rows, states, mask = rep(request.z_q), rep(request.states), rep(request.mask)
-  sids = target_sids.reshape(batch * num_targets, num_levels)
+  num_levels = target_sids.shape[-1]
   levels = []
   for t in range(num_levels):
-    logits = apply(z_q_rows, states, mask, sids[:, :t],
-                   method=DGIModel.prefix_logits).astype(jnp.float32)
-    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits), sids[:, t:t + 1],
-                                       axis=-1)[:, 0])
+    # The R targets of a request as one group of prefixes [B, R, t]: they share the
+    # request's states, projected once per request (not once per target).
+    logits = apply(request.z_q, request.states, request.mask, target_sids[..., :t],
+                   method=DGIModel.prefix_logits).astype(jnp.float32)  # [B, R, K_t]
+    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                       target_sids[..., t:t + 1], axis=-1)[..., 0])
   return Diagnostics(
       dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k),
       request_codes=apply(z_q, method=DGIModel.hard_codes),
-      code_cross_entropy=jnp.stack(levels, axis=1).reshape(batch, num_targets, num_levels))
+      code_cross_entropy=jnp.stack(levels, axis=-1))  # [B, R, m]
 
 
 def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,

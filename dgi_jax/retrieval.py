@@ -60,6 +60,26 @@ def _embed_and_quantize(model: DGIModel, params, item_tokens: jax.Array):
   return z_base, apply(z_base, method=DGIModel.hard_codes)
 
 
+def grouped_logits_fn(apply, request, batch: int, beam_size: int
+                      ) -> decoding.TokensToLogits:
+  """The beam search's `tokens_to_logits` for `request` (`encode_requests`' output for
+  `batch` requests), with `apply` = `model.apply` bound to the params.
+
+  The beams of a request go to `DGIModel.prefix_logits` as one group of prefixes
+  [batch, beam, t] over the request's un-repeated states, so the decoder projects each
+  request's states to cross-attention keys and values once, not once per beam (repeating
+  the states per beam, `decoding.expand_to_beams`, gives the same logits at beam times
+  those FLOPs). Row b * beam + j of the prefixes and logits is beam j of request b.
+  """
+  def tokens_to_logits(level, prefix):
+    del level  # prefix_logits reads the level off the prefix length.
+    grouped = prefix.reshape(batch, beam_size, prefix.shape[-1])
+    logits = apply(request.z_q, request.states, request.mask, grouped,
+                   method=DGIModel.prefix_logits)  # [batch, beam, K_level]
+    return logits.reshape(batch * beam_size, logits.shape[-1])
+  return tokens_to_logits
+
+
 @functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap",
                                              "ranking", "cosine_weight"))
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
@@ -69,20 +89,73 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
   """Encode requests -> constrained beam search -> ranking of the beams' items."""
   apply = functools.partial(model.apply, {"params": params})
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
-  rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
-  beam_states, beam_z_q, beam_mask = rep(request.states), rep(request.z_q), rep(request.mask)
-
-  def tokens_to_logits(level, prefix):
-    del level  # prefix_logits reads the level off the prefix length.
-    return apply(beam_z_q, beam_states, beam_mask, prefix, method=DGIModel.prefix_logits)
-
-  beams = decoding.beam_search(tokens_to_logits, query_tokens.shape[0], beam_size,
-                               tables, model.cfg.codebook_sizes)
+  batch = query_tokens.shape[0]
+  beams = decoding.beam_search(grouped_logits_fn(apply, request, batch, beam_size), batch,
+                               beam_size, tables, model.cfg.codebook_sizes)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
+
+
+# Narrowest request width a search batch is trimmed to (but for an empty part): with
+# powers of two above it, a handful of shapes, hence compilations, per batch size.
+MIN_REQUEST_WIDTH = 8
+
+
+def bucket_width(needed: int, full: int, allow_zero: bool = True) -> int:
+  """Width a request part is trimmed to when its batch needs `needed` of `full` columns:
+  the smallest power of two >= max(needed, MIN_REQUEST_WIDTH), capped at `full`; 0 when
+  none is needed and `allow_zero`."""
+  if needed == 0 and allow_zero:
+    return 0
+  return min(full, max(MIN_REQUEST_WIDTH, 1 << max(needed - 1, 0).bit_length()))
+
+
+def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bool = True,
+                  empty_query: bool = True):
+  """A search batch cut to the width its longest request needs, bucketed.
+
+  Args:
+    query_tokens: int [B, Lq], right-padded with `pad_id`.
+    history: int [B, H] history item indices, right-padded with -1, or None (history as
+      text, or none).
+    pad_id: The encoder's padding token id.
+    trim_query: Whether the token columns may be cut (not with a T5 encoder: its
+      relative position bias spans the tokens and the history items appended after
+      them, so cutting query padding moves the items).
+    empty_query: Whether the token columns may all go when every query is padding
+      (not for an encoder that may pool its first position, BERT's 'cls').
+
+  Returns:
+    (query_tokens [B, Lq'], history [B, H'] or None), Lq' and H' by `bucket_width`.
+
+  Only trailing columns that are padding in every request go. The encoders mask padding
+  out of attention (exactly zero weight) and pooling, and place history items after the
+  tokens with no position of their own beyond their recency (models/history.py); the
+  decoder masks padding out of its cross-attention. So the scores are the untrimmed ones
+  up to float rounding. Not so for a request with no real position at all (its
+  all-masked attention averages over every column): a batch holding one is not trimmed.
+  """
+  real_tokens = query_tokens != pad_id
+  real = real_tokens.any(axis=1)
+  if history is not None:
+    real_items = history >= 0
+    real = real | real_items.any(axis=1)
+  if not real.all():
+    return query_tokens, history
+
+  def width(real_columns: np.ndarray, allow_zero: bool) -> int:  # bool [B, W] -> width.
+    used = np.flatnonzero(real_columns.any(axis=0))
+    needed = int(used[-1]) + 1 if used.size else 0
+    return bucket_width(needed, real_columns.shape[1], allow_zero)
+
+  if trim_query:
+    query_tokens = query_tokens[:, :width(real_tokens, empty_query)]
+  if history is not None:
+    history = history[:, :width(real_items, True)]
+  return query_tokens, history
 
 
 class Retriever:
@@ -117,6 +190,9 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
+    # Cut each search batch to its longest request (`trim_requests`); False searches at
+    # the full request width.
+    self.trim_padding = True
     self.item_ids: List[str] = []
     self.item_texts: List[str] = []
     self._index_of: Dict[str, int] = {}
@@ -217,15 +293,36 @@ class Retriever:
                        "needs the requests' history item indices")
     return jnp.asarray(history, jnp.int32), self._device_history_table
 
+  def search_inputs(self, query_tokens, history=None):
+    """The request arrays `search` runs on: (query tokens int32 [B, Lq'], then the
+    history arguments of `history_args`), on the device.
+
+    With `trim_padding` they are cut to the width the batch's longest request needs
+    (`trim_requests`: the same results up to float rounding), since most positions of a
+    request are usually padding and the encoder's and the decoder's cross-attention cost
+    grows with the width; the query tokens keep their width with a T5 encoder, and may
+    go down to none only with the scratch encoder (a pre-trained one may pool its first
+    position, 'cls').
+    """
+    cfg = self.model.cfg
+    query_tokens = np.asarray(query_tokens, np.int32)
+    history = (np.asarray(history, np.int32)
+               if cfg.history_items and history is not None else None)
+    if self.trim_padding:
+      pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
+      query_tokens, history = trim_requests(
+          query_tokens, history, pad_id, trim_query=cfg.encoder != "t5",
+          empty_query=cfg.encoder == "scratch")
+    return (jnp.asarray(query_tokens), *self.history_args(history))
+
   def search(self, query_tokens, beam_size: int, k: int, history=None) -> SearchResult:
     """Top-k items of request tokens [B, Lq] and history item indices [B, H] (-1 padded,
     oldest first; read unless the history is text), in `self.ranking`'s order. Jitted:
-    one compilation per B, index and ranking."""
+    one compilation per B, request width (`search_inputs`), index and ranking."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
-                   self._device_embeddings, jnp.asarray(query_tokens, jnp.int32),
-                   *self.history_args(history), beam_size=int(beam_size), k=int(k),
-                   bucket_cap=self._bucket_cap, ranking=self.ranking,
-                   cosine_weight=self.cosine_weight)
+                   self._device_embeddings, *self.search_inputs(query_tokens, history),
+                   beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
+                   ranking=self.ranking, cosine_weight=self.cosine_weight)
 
   def tokenize_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
                       ) -> Tuple[np.ndarray, np.ndarray]:

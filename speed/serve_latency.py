@@ -2,10 +2,17 @@
 
 What a deployment runs, timed end to end on tokenized requests: request encoding +
 constrained beam search + (beam score, cosine) ranking, i.e. `retrieval.Retriever.search`
-(one jitted call). Beside it, in the same process and on the same requests, exact dense
+(one jitted call, on the batch trimmed to its longest request as `search` trims it).
+Beside it, in the same process and on the same (trimmed) requests, exact dense
 retrieval with the same encoder: encode the request, cosine of z^_q with all N item
-vectors, top-K. Two parts of the search are also timed alone to show where the time goes:
-the request encoder, and encoding + beam search without the ranking.
+vectors, top-K. Two parts of the search are also timed alone to show where the time
+goes: the request encoder, and encoding + beam search without the ranking.
+
+With --old, the search as it was before is timed beside it, on the same requests: the
+request states repeated once per beam before the decoder (so their cross-attention keys
+and values are projected once per beam), the requests at their full padded width, and
+the ranking's cosines from the candidates' gathered vectors ("search (old)", and
+"enc+beam(old)" without the ranking).
 
 Sizes: the catalogue's own ("native"), and synthetic catalogues (default 10k, 100k, 1M
 items) of random SIDs drawn within the codebook sizes and random unit item vectors, indexed
@@ -14,12 +21,14 @@ swapped). Requests are the test split's, tokenized as evaluation tokenizes them 
 item indices are taken modulo N at synthetic sizes).
 
 Reported per size: requests/s at each batch size (median of repeated batches) and
-single-request p50 / p99 latency (batch 1). Each function is called once per shape before
-timing (compilation is excluded) and every timed call blocks on its device results
+single-request p50 / p99 latency (batch 1). Each function is called once on every batch
+it is timed on before timing (compilation is excluded; a server would compile the few
+trimmed widths at start-up) and every timed call blocks on its device results
 (`jax.block_until_ready`). Then the time per request at the largest size over the
 smallest synthetic one.
 
   python speed/serve_latency.py --workdir runs/mine            # a trained run (read only)
+  python speed/serve_latency.py --workdir runs/mine --old      # ... and the old search
   python speed/serve_latency.py --config configs/tiny.py       # fresh params, trains nothing
 
 `speed/search_latency.py` times the search algorithm alone (a toy MLP decoder, no
@@ -64,18 +73,51 @@ def _encode(model: DGIModel, params, query_tokens, history, history_table):
                      method=DGIModel.encode_requests)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size"))
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "repeat_states"))
 def _encode_and_beam(model: DGIModel, params, tables, query_tokens, history, history_table,
-                     *, beam_size: int):
-  """`retrieval._search` without the ranking: encoding + constrained beam search."""
+                     *, beam_size: int, repeat_states: bool = False):
+  """`retrieval._search` without the ranking: encoding + constrained beam search.
+
+  `repeat_states`: the old formulation, the request's states repeated once per beam
+  (`decoding.expand_to_beams`) and decoded one beam per row, which projects them to
+  cross-attention keys and values once per beam.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
+  batch = query_tokens.shape[0]
+  if repeat_states:
+    rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
+    states, z_q, mask = rep(request.states), rep(request.z_q), rep(request.mask)
+    fn = lambda level, prefix: apply(z_q, states, mask, prefix,  # noqa: E731
+                                     method=DGIModel.prefix_logits)
+  else:
+    fn = retrieval.grouped_logits_fn(apply, request, batch, beam_size)
+  return decoding.beam_search(fn, batch, beam_size, tables, model.cfg.codebook_sizes)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap",
+                                             "ranking", "cosine_weight"))
+def _old_search(model: DGIModel, params, tables, inverted, item_emb, query_tokens, history,
+                history_table, *, beam_size: int, k: int, bucket_cap: int, ranking: str,
+                cosine_weight: float):
+  """`retrieval._search` as it was before: the request's states repeated per beam (see
+  `_encode_and_beam`'s `repeat_states`); the caller passes the untrimmed requests."""
   apply = functools.partial(model.apply, {"params": params})
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   rep = lambda x: decoding.expand_to_beams(x, beam_size)  # noqa: E731
-  states, z_q, mask = rep(request.states), rep(request.z_q), rep(request.mask)
-  fn = lambda level, prefix: apply(z_q, states, mask, prefix,  # noqa: E731
-                                   method=DGIModel.prefix_logits)
-  return decoding.beam_search(fn, query_tokens.shape[0], beam_size, tables,
-                              model.cfg.codebook_sizes)
+  beam_states, beam_z_q, beam_mask = rep(request.states), rep(request.z_q), rep(request.mask)
+
+  def tokens_to_logits(level, prefix):
+    del level  # prefix_logits reads the level off the prefix length.
+    return apply(beam_z_q, beam_states, beam_mask, prefix, method=DGIModel.prefix_logits)
+
+  beams = decoding.beam_search(tokens_to_logits, query_tokens.shape[0], beam_size,
+                               tables, model.cfg.codebook_sizes)
+  items, beam_scores, cosines = decoding.rank_items(
+      beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
+      ranking, cosine_weight, cosines_from="candidates")
+  return retrieval.SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
+                                beams=beams)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "k"))
@@ -145,8 +187,10 @@ def synthetic_retriever(native: retrieval.Retriever, n: int, rng: np.random.Gene
 # ------------------------------------------------------------------ timing
 def time_batches(fn, batches, reps: int) -> np.ndarray:
   """Seconds per call of `fn(*batch)` over `reps` calls cycling through `batches`, after
-  one untimed call per batch shape (compilation)."""
-  jax.block_until_ready(fn(*batches[0]))
+  one untimed call of each batch used (compilation: the search trims a batch to the
+  width of its longest request, so batches of one size can differ in shape)."""
+  for args in batches[:reps]:
+    jax.block_until_ready(fn(*args))
   times = np.empty(reps)
   for i in range(reps):
     args = batches[i % len(batches)]
@@ -172,30 +216,52 @@ def measure(methods, tokens, history, batch_sizes, reps_batched, reps_single):
   return out
 
 
-def methods_of(r: retrieval.Retriever, beam: int, k: int, parts: bool):
-  """The timed callables `(tokens, history) -> device arrays` at retriever `r`'s index."""
+def old_search(r: retrieval.Retriever, tokens, history, beam: int, k: int):
+  """The search as it was before (`_old_search`) at `r`'s index, untrimmed requests."""
+  bucket_cap = r._bucket_cap  # pylint: disable=protected-access
+  return _old_search(r.model, r.params, r.tables, r.inverted_index,
+                     r.device_item_embeddings, jnp.asarray(tokens), *r.history_args(history),
+                     beam_size=beam, k=k, bucket_cap=bucket_cap, ranking=r.ranking,
+                     cosine_weight=r.cosine_weight)
+
+
+def methods_of(r: retrieval.Retriever, beam: int, k: int, parts: bool, old: bool):
+  """The timed callables `(tokens, history) -> device arrays` at retriever `r`'s index.
+  The search, its parts and the dense top-K run on the batch as `search` trims it
+  (`search_inputs`); `old` adds the search as it was before."""
   methods = {
       "search": lambda t, h: r.search(t, beam, k, h),
       "dense": lambda t, h: _dense(r.model, r.params, r.device_item_embeddings,
-                                   jnp.asarray(t), *r.history_args(h), k=k),
+                                   *r.search_inputs(t, h), k=k),
   }
+  if old:
+    methods["search (old)"] = lambda t, h: old_search(r, t, h, beam, k)
   if parts:
-    methods["encode"] = lambda t, h: _encode(r.model, r.params, jnp.asarray(t),
-                                             *r.history_args(h))
+    methods["encode"] = lambda t, h: _encode(r.model, r.params, *r.search_inputs(t, h))
     methods["encode+beam"] = lambda t, h: _encode_and_beam(
-        r.model, r.params, r.tables, jnp.asarray(t), *r.history_args(h), beam_size=beam)
+        r.model, r.params, r.tables, *r.search_inputs(t, h), beam_size=beam)
+    if old:
+      methods["enc+beam(old)"] = lambda t, h: _encode_and_beam(
+          r.model, r.params, r.tables, jnp.asarray(t), *r.history_args(h), beam_size=beam,
+          repeat_states=True)
   return methods
 
 
 def xla_flops_per_request(r: retrieval.Retriever, tokens, history, beam: int, k: int):
   """{part: XLA's estimated FLOPs per request} of the encoder, encoder + beam search and
-  dense retrieval at batch len(tokens) (compiled, not run)."""
+  dense retrieval (on the batch trimmed as `search` trims it), and of the encoder and the
+  old encoder + beam search (full width, states repeated per beam), at batch len(tokens)
+  (compiled, not run)."""
   t, extra = jnp.asarray(tokens), r.history_args(history)
+  trimmed = r.search_inputs(tokens, history)
   lowered = {
-      "encode": _encode.lower(r.model, r.params, t, *extra),
-      "encode+beam": _encode_and_beam.lower(r.model, r.params, r.tables, t, *extra,
+      "encode": _encode.lower(r.model, r.params, *trimmed),
+      "encode+beam": _encode_and_beam.lower(r.model, r.params, r.tables, *trimmed,
                                             beam_size=beam),
-      "dense": _dense.lower(r.model, r.params, r.device_item_embeddings, t, *extra, k=k),
+      "encode (full width)": _encode.lower(r.model, r.params, t, *extra),
+      "encode+beam (old)": _encode_and_beam.lower(r.model, r.params, r.tables, t, *extra,
+                                                  beam_size=beam, repeat_states=True),
+      "dense": _dense.lower(r.model, r.params, r.device_item_embeddings, *trimmed, k=k),
   }
   out = {}
   for name, low in lowered.items():
@@ -205,12 +271,22 @@ def xla_flops_per_request(r: retrieval.Retriever, tokens, history, beam: int, k:
   return out
 
 
+def trimmed_widths(r: retrieval.Retriever, tokens, history, batch: int) -> list:
+  """Positions per request (tokens + history items) of each batch of `batch` requests
+  as `r.search` trims it."""
+  widths = []
+  for i in range(0, len(tokens) - batch + 1, batch):
+    t, h, _ = r.search_inputs(tokens[i:i + batch], history[i:i + batch])
+    widths.append(t.shape[1] + (h.shape[1] if h is not None else 0))
+  return widths
+
+
 def print_rows(label, stats, results, batch_sizes):
   print(f"{label}: {stats['num_items']:,d} items, {stats['num_distinct_sids']:,d} distinct "
         f"SIDs, largest bucket {stats['max_bucket_size']:,d}", flush=True)
   for name, row in results.items():
     rps = "  ".join(f"{row['rps'][b]:>9,.0f} req/s (batch {b})" for b in batch_sizes)
-    print(f"  {name:<12}{rps}   p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms "
+    print(f"  {name:<14}{rps}   p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms "
           "(batch 1)", flush=True)
 
 
@@ -239,20 +315,30 @@ def run(args, scratch):
           f" real tokens of {tokens.shape[1]}")
   if cfg.history_items:
     real += f", {np.mean(np.sum(history >= 0, 1)):.1f} history items of {history.shape[1]}"
-  print(real + " (every request is encoded, and cross-attended, at the full width)")
-  flops = xla_flops_per_request(native, tokens[:64], history[:64], args.beam, args.k)
+  print(real)
   memory = tokens.shape[1] + (history.shape[1] if cfg.history_items else 0)
-  # flax attention projects its keys and values inside every call, so the decoder projects
-  # the request's states again for every beam (XLA shares them across the levels: one
-  # projection per beam and layer, which the FLOPs at beam 1 and 10 agree with).
-  kv = 2 * args.beam * cfg.decoder_layers * memory * 2 * cfg.d_model**2
-  beam_part = flops["encode+beam"] - flops["encode"]
-  print(f"XLA FLOPs per request (batch 64, native index): encode {flops['encode'] / 1e6:.1f} M,"
-        f" beam search {beam_part / 1e6:.1f} M, dense top-K {flops['dense'] / 1e6:.1f} M "
-        f"(encode included). Of the beam search, ~{kv / 1e6:.1f} M "
-        f"({100 * kv / beam_part:.0f}%) are the decoder's cross-attention key/value "
-        f"projections of the {memory} request states, computed once per beam "
-        f"({args.beam}x the once per request they need)\n", flush=True)
+  print(f"positions encoded and cross-attended per request, of {memory} at full width "
+        "(the search trims each batch to its longest request, bucketed), mean over "
+        "batches of: " + ", ".join(
+            f"{b}: {np.mean(trimmed_widths(native, tokens, history, b)):.1f}"
+            for b in [1, *batch_sizes]), flush=True)
+  flops = xla_flops_per_request(native, tokens[:64], history[:64], args.beam, args.k)
+  trimmed = trimmed_widths(native, tokens[:64], history[:64], 64)[0]
+  # flax attention projects its keys and values inside every call. With the states
+  # repeated per beam (the old search) the decoder projects them once per beam and layer
+  # (XLA shares them across the levels, which the FLOPs at beam 1 and 10 agree with); with
+  # the beams of a request as one group, once per request and layer.
+  kv_old = 2 * args.beam * cfg.decoder_layers * memory * 2 * cfg.d_model**2
+  kv_new = 2 * cfg.decoder_layers * trimmed * 2 * cfg.d_model**2
+  old_beam = flops["encode+beam (old)"] - flops["encode (full width)"]
+  new_beam = flops["encode+beam"] - flops["encode"]
+  print(f"XLA FLOPs per request (batch 64, native index), search: encode "
+        f"{flops['encode'] / 1e6:.1f} M + beam search {new_beam / 1e6:.1f} M (of which "
+        f"~{kv_new / 1e6:.1f} M cross-attention keys/values of the {trimmed} trimmed "
+        f"request states, once per request); old search: encode "
+        f"{flops['encode (full width)'] / 1e6:.1f} M + beam search {old_beam / 1e6:.1f} M "
+        f"(~{kv_old / 1e6:.1f} M keys/values of {memory} states, once per beam); "
+        f"dense top-K {flops['dense'] / 1e6:.1f} M (encode included)\n", flush=True)
   rng = np.random.default_rng(0)
   results = {}
   for size in args.sizes.split(","):
@@ -264,8 +350,8 @@ def run(args, scratch):
       n = int(size)
       r = synthetic_retriever(native, n, rng)
     h = np.where(history >= 0, history % n, -1).astype(np.int32)
-    results[n] = measure(methods_of(r, args.beam, args.k, parts=not args.no_parts),
-                         tokens, h, batch_sizes, *reps)
+    results[n] = measure(methods_of(r, args.beam, args.k, parts=not args.no_parts,
+                                    old=args.old), tokens, h, batch_sizes, *reps)
     print_rows("native catalogue" if size == "native" else "synthetic", r.stats,
                results[n], batch_sizes)
     del r
@@ -276,7 +362,7 @@ def run(args, scratch):
     for name in results[lo]:
       a, b = results[lo][name], results[hi][name]
       batched = "  ".join(f"batch {s}: {a['rps'][s] / b['rps'][s]:5.2f}x" for s in batch_sizes)
-      print(f"  {name:<12}{batched}   batch 1 p50: {b['p50_ms'] / a['p50_ms']:5.2f}x")
+      print(f"  {name:<14}{batched}   batch 1 p50: {b['p50_ms'] / a['p50_ms']:5.2f}x")
   print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
@@ -298,6 +384,9 @@ def main():
                       metavar=("BATCHED", "SINGLE"), help="timed calls below 1M items")
   parser.add_argument("--reps_big", type=int, nargs=2, default=(3, 100),
                       metavar=("BATCHED", "SINGLE"), help="timed calls at 1M items and up")
+  parser.add_argument("--old", action="store_true",
+                      help="also time the search as it was before (states repeated per "
+                      "beam, requests at full width)")
   parser.add_argument("--no_parts", action="store_true",
                       help="skip timing the encoder and encoder + beam search alone")
   tfds.disable_progress_bar()

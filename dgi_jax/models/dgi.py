@@ -31,12 +31,16 @@ class SidDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, memory, memory_mask, deterministic: bool = True):
-    """inputs [B, n, d] (n <= m), memory [B, L, d], memory_mask [B, L] (True at real
-    positions) -> hidden states [B, n, d]."""
+    """inputs [B, n, d] or [B, G, n, d] (n <= m), memory [B, L, d], memory_mask [B, L]
+    (True at real positions) -> hidden states of inputs' shape.
+
+    With a group axis, the G sequences of request b (its beams) all read memory[b]: each
+    request's memory is projected once, not G times (`transformer.cross_attend`).
+    """
     cfg = self.cfg
     level_init = nn.initializers.zeros if cfg.decoder_identity_init else EMBED_INIT
     level_embed = self.param("level_embed", level_init, (cfg.num_levels, cfg.d_model))
-    x = (inputs + level_embed[None, :inputs.shape[1]]).astype(cfg.compute_dtype)
+    x = (inputs + level_embed[:inputs.shape[-2]]).astype(cfg.compute_dtype)
     memory = memory.astype(cfg.compute_dtype)
     mask = memory_mask[:, None, None, :]
     for i in range(cfg.decoder_layers):
@@ -154,17 +158,29 @@ class DGIModel(nn.Module):
             for t in range(inputs.shape[1])]
 
   def prefix_logits(self, z_q, request_states, request_mask, prefix_codes):
-    """Inference: logits of the next level given hard prefix codes [B, t] -> [B, K_t].
+    """Inference: logits of the next level given hard prefix codes.
 
+    z_q [B, d], request_states [B, L, d] and request_mask [B, L] as `encode_requests`
+    gives them, and either
+      prefix_codes [B, t] -> logits [B, K_t], one prefix per request, or
+      prefix_codes [B, G, t] -> logits [B, G, K_t], G prefixes per request (the beams):
+        they share the request's states, whose cross-attention keys and values are then
+        computed once per request instead of once per prefix.
     The decoder's inputs are the hard codewords of the prefix.
     """
-    t = prefix_codes.shape[1]
-    vectors = [self.codebooks[j][prefix_codes[:, j]] for j in range(t)]
+    grouped = prefix_codes.ndim == 3
+    batch, t = prefix_codes.shape[0], prefix_codes.shape[-1]
+    rows = prefix_codes.shape[1] if grouped else 1  # G
+    codes = prefix_codes.reshape(batch * rows, t)  # [B * G, t], request-major.
+    vectors = [self.codebooks[j][codes[:, j]] for j in range(t)]
     prefix = (jnp.stack(vectors, axis=1) if vectors
-              else jnp.zeros((z_q.shape[0], 0, z_q.shape[-1]), z_q.dtype))
-    hidden = self.decoder(self._decoder_inputs(z_q, prefix.astype(jnp.float32)),
-                          request_states, request_mask, True)
-    return quantizer.similarity(hidden[:, t], self.heads[t], self.gamma_decoder,
+              else jnp.zeros((codes.shape[0], 0, z_q.shape[-1]), z_q.dtype))
+    # The decoder's inputs are per prefix; only z_q is repeated (a [B * G, d] copy).
+    inputs = self._decoder_inputs(jnp.repeat(z_q, rows, axis=0), prefix.astype(jnp.float32))
+    if grouped:
+      inputs = inputs.reshape(batch, rows, t + 1, -1)  # [B, G, t + 1, d]
+    hidden = self.decoder(inputs, request_states, request_mask, True)
+    return quantizer.similarity(hidden[..., t, :], self.heads[t], self.gamma_decoder,
                                 self.cfg.geometry)
 
   # ------------------------------------------------------------------ quantizer

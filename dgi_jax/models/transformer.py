@@ -72,19 +72,40 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, memory, memory_key_mask, deterministic: bool):
+    """x [B, n, d] or [B, G, n, d], memory [B, L, d], memory_key_mask [B, 1, 1, L]
+    -> x's shape.
+
+    With a group axis G (the beams of one request) the G sequences are decoded
+    independently (self-attention stays within each) and share their request's memory.
+    """
     cfg = self.cfg
     zero = cfg.decoder_identity_init
-    causal = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
+    causal = nn.make_causal_mask(jnp.ones(x.shape[:-1], jnp.int32))
     y = layer_norm(cfg, "ln_self")(x)
     y = attention(cfg, "self_attn", zero)(y, y, mask=causal, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(cfg, "ln_cross")(x)
-    y = attention(cfg, "cross_attn", zero)(y, memory, mask=memory_key_mask,
-                                     deterministic=deterministic)
+    y = cross_attend(attention(cfg, "cross_attn", zero), y, memory, memory_key_mask,
+                     deterministic)
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(cfg, "ln_mlp")(x)
     y = Mlp(cfg, zero, name="mlp")(y, deterministic)
     return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+def cross_attend(attn: nn.MultiHeadDotProductAttention, x, memory, key_mask,
+                 deterministic: bool):
+  """`attn(x, memory)` with the queries of every group of a request as one sequence.
+
+  x [B, n, d] or [B, G, n, d], memory [B, L, d], key_mask [B, 1, 1, L] -> x's shape.
+  Attention is computed per query position, so the G * n queries of a request can share
+  one call: its memory's keys and values are projected once per request rather than once
+  per group member (the beam search's G = beam copies of a request would otherwise
+  recompute them beam times, most of the search's FLOPs). Without a group axis the
+  reshape is the identity and the call is the plain `attn(x, memory)`.
+  """
+  queries = x.reshape(x.shape[0], -1, x.shape[-1])  # [B, G * n, d]
+  return attn(queries, memory, mask=key_mask, deterministic=deterministic).reshape(x.shape)
 
 
 def masked_mean(states: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
