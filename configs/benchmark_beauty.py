@@ -9,9 +9,10 @@ import ml_collections
 from dgi_jax import config_files
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the locked Beauty benchmark config."""
-  c = config_files.load("benchmark")
+def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
+  """Returns the locked Beauty benchmark config on `encoder` (`configs/benchmark.py`:
+  'minilm' or 'scratch', e.g. `--config configs/benchmark_beauty.py:scratch`)."""
+  c = config_files.load("benchmark", encoder)
   with c.unlocked():
     c.data.max_item_len = 32  # Title and category leaves.
     c.data.max_query_len = 64  # The three or four most recent titles.
@@ -19,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The titles in the request text: measured best on this budget against reading all 20
     # items as 'codes' or 'embedding' positions (docs/DESIGN.md, "History as items").
     c.data.history_repr = "text"
-    c.train.num_steps = 1000
+    if encoder == "scratch":  # ~1 pass over the training requests at batch 128.
+      c.train.num_steps = 1000
     c.benchmark.converter_options = ml_collections.ConfigDict({"max_valid_users": 2000})
     c.benchmark.reference = ("TIGER (Rajput et al. 2023) on this split: R@5 .0454, N@5 "
                              ".0321, R@10 .0648, N@10 .0384; SASRec R@5 .0387, N@5 .0249, "

@@ -15,7 +15,7 @@ from dgi_jax import config_files
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked accelerator-budget Beauty config."""
-  c = config_files.load("benchmark_beauty")
+  c = config_files.load("benchmark_beauty", "scratch")  # Its own widths and depths.
   with c.unlocked():
     c.data.max_query_len = 384
     c.data.vocab_size = 16000

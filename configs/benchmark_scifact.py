@@ -10,9 +10,10 @@ import ml_collections
 from dgi_jax import config_files
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the locked SciFact benchmark config."""
-  c = config_files.load("benchmark")
+def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
+  """Returns the locked SciFact benchmark config on `encoder` (`configs/benchmark.py`:
+  'minilm' or 'scratch', e.g. `--config configs/benchmark_scifact.py:scratch`)."""
+  c = config_files.load("benchmark", encoder)
   with c.unlocked():
     c.data.max_item_len = 96  # Title and the first sentences of the abstract.
     c.data.max_query_len = 32  # A claim; there is no history.

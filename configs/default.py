@@ -123,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # item embeddings (codewords of norm <= 1) a 1e-2 Adam step moves a 128-d codeword by
   # ~0.1 per step and the codes churn and collapse, so from scratch we use 1x [D].
   c.optim.quantizer_lr = 1e-3
+  # Every parameter outside the encoder towers and the quantizer (the SID decoder, untied
+  # heads, the history projection) at its own peak LR; 0 = backbone_lr. For a pre-trained
+  # encoder, whose backbone_lr suits refining it but not a decoder that starts from
+  # random weights (the paper's T5 decoder is pre-trained too) [D].
+  c.optim.decoder_lr = 0.0
   c.optim.warmup_steps = 100  # Linear warm-up, then linear decay to 0 [P: 1000].
   c.optim.weight_decay = 0.01  # AdamW decoupled weight decay [D].
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping.

@@ -23,11 +23,19 @@ POSITIVE = ("train.num_steps", "train.global_batch_size", "train.log_every",
             "eval.num_popularity_buckets", "train.history_refresh_every")
 NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "optim.warmup_steps", "optim.backbone_lr", "optim.quantizer_lr",
-                "eval.bucket_cap")
+                "optim.decoder_lr", "eval.bucket_cap")
 PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
 # Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
 RANKINGS = ("beam", "cosine", "blend")
+
+
+def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool) -> str:
+  """The order of the beams' items in words, for reports and results tables."""
+  words = {"beam": "beam score, then cosine (the paper's order)",
+           "cosine": "cosine over the beams' items",
+           "blend": f"beam score + {cosine_weight:g} x cosine"}[ranking]
+  return words + (", the request's history items left out" if exclude_history else "")
 SYNTHETIC = "synthetic"
 
 

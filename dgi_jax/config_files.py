@@ -22,11 +22,12 @@ def path(name: str) -> pathlib.Path:
   return CONFIGS_DIR / f"{name}.py"
 
 
-def load(name: str) -> ml_collections.ConfigDict:
-  """`get_config()` of configs/<name>.py."""
-  return load_file(path(name))
+def load(name: str, *args: str) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of configs/<name>.py (`dgi --config configs/<name>.py:ARG` passes
+  one argument the same way)."""
+  return load_file(path(name), *args)
 
 
-def load_file(file: os.PathLike | str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file."""
-  return runpy.run_path(os.fspath(file))["get_config"]()
+def load_file(file: os.PathLike | str, *args: str) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of a config file."""
+  return runpy.run_path(os.fspath(file))["get_config"](*args)

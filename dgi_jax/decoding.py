@@ -26,7 +26,7 @@ Any `tokens_to_logits` with that contract works, e.g. one over features repeated
 with `expand_to_beams` (same logits, the request's states then cost beam times more).
 """
 
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -155,7 +155,8 @@ CATALOGUE_COSINE_FACTOR = 16
 def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                query_emb: jax.Array, item_emb: jax.Array, k: int,
                bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0,
-               cosines_from: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
+               cosines_from: str = "auto", exclude: Optional[jax.Array] = None
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Top-k items per query among the items of the beams' SIDs; jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
@@ -166,7 +167,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     'cosine': cosine z^_q . z^_item over the union of the beams' items (the beams only
               choose the candidates);
     'blend':  beam score + cosine_weight * cosine.
-  All three cost O(batch * beam * cap), independent of the catalogue size.
+  All three cost O(batch * beam * cap), independent of the catalogue size. Items of
+  `exclude` (the request's history with `eval.exclude_history`) are no candidates.
 
   The candidates' cosines (`cosines_from`, static): 'candidates' gathers their vectors,
   [batch, beam, cap, d], mostly padding when one bucket is much larger than the rest
@@ -187,6 +189,7 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     ranking: 'beam', 'cosine' or 'blend' (static).
     cosine_weight: the cosine's weight in 'blend' (static).
     cosines_from: 'auto', 'candidates' or 'catalogue' (static), see above.
+    exclude: int [batch, E] item indices left out of the ranking (-1 padded), or None.
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -197,6 +200,9 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   items, present = index_lib.items_for_leaves(
       inverted_index, jnp.where(beams.valid, beams.leaf_nodes, -1), bucket_cap)
   cap = items.shape[-1]
+  if exclude is not None:  # [batch, beam, cap, E] comparisons: E is a short history.
+    present &= ~(items[..., None] == jnp.where(exclude >= 0, exclude, -2)[:, None, None, :]
+                 ).any(-1)
   if cosines_from == "auto":
     cosines_from = ("catalogue" if item_emb.shape[0] <= CATALOGUE_COSINE_FACTOR * beam * cap
                     else "candidates")

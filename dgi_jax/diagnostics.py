@@ -42,7 +42,7 @@ class Diagnostics:
 # so every evaluation of the same model shares one compilation per shape.
 @functools.partial(jax.jit, static_argnames=("model", "k"))
 def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax.Array,
-             target_sids: jax.Array, history=None, history_table=None, *,
+             target_sids: jax.Array, history=None, history_table=None, exclude=None, *,
              k: int = DENSE_K) -> Diagnostics:
   """The diagnostics of requests [B, Lq] (history [B, H] read through `history_table`
   when the model reads history items), encoded once.
@@ -55,6 +55,7 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax
     target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
     history: int32 [B, H] history item indices (-1 padded), or None.
     history_table: the index's history table (`Retriever.history_table`), or None.
+    exclude: int32 [B, E] items left out of the cosine ranking (-1 padded), or None.
     k: Items of the cosine ranking.
 
   The cross-entropy is teacher-forced: the decoder reads the targets' hard codewords, as
@@ -77,7 +78,7 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax
     levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
                                        target_sids[..., t:t + 1], axis=-1)[..., 0])
   return Diagnostics(
-      dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k),
+      dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude),
       request_codes=apply(z_q, method=DGIModel.hard_codes),
       code_cross_entropy=jnp.stack(levels, axis=-1))  # [B, R, m]
 

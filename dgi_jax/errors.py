@@ -33,9 +33,16 @@ class ConfigError(UserError, ValueError):
   """A config value (or command-line flag) that cannot be used; names the field."""
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
 def one_line(text: str) -> str:
-  """`text` on one line: later lines are joined with '; ' (tracebacks stay out)."""
-  return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+  """`text` on one line: later lines are joined with '; '; of a traceback inside it (a
+  config file's error, as ml_collections reports it) only the exception's own line."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  if _TRACEBACK in lines:
+    lines = lines[:lines.index(_TRACEBACK)] + lines[-1:]
+  return "; ".join(lines)
 
 
 # tensorstore's errors: `Failed writing: "<file>": ... [os_error_code='28']`.

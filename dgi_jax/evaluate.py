@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgi_jax import atomic_write
+from dgi_jax import config_checks
 from dgi_jax import diagnostics
 from dgi_jax import metrics
 from dgi_jax import plots
@@ -98,7 +99,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
       parts.append(_batch_diagnostics(retriever, batch))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
-  report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking)
+  report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
+                exclude_history=retriever.exclude_history)
   if retriever.ranking == "blend":
     report["cosine_weight"] = retriever.cosine_weight
   report.update(ranking_report(ranked, relevant,
@@ -127,7 +129,8 @@ def _batch_diagnostics(retriever: retrieval.Retriever, batch):
       retriever.model, retriever.params, retriever.device_item_embeddings,
       jnp.asarray(batch["query_tokens"], jnp.int32),
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
-      *retriever.history_args(batch["history"])))
+      *retriever.history_args(batch["history"]),
+      retriever.excluded_items(batch["history"])))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
   target_sids = retriever.sids[relevant.T[pairs]]
   request_codes = np.broadcast_to(out.request_codes, pairs.shape + target_sids.shape[1:])
@@ -196,11 +199,12 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
 
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
                      k: Optional[int] = None, ranking: Optional[str] = None,
-                     cosine_weight: Optional[float] = None):
+                     cosine_weight: Optional[float] = None,
+                     exclude_history: Optional[bool] = None):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
 
-  `beam_size`, `k`, `ranking` and `cosine_weight` default to the checkpoint's `eval`
-  config.
+  `beam_size`, `k`, `ranking`, `cosine_weight` and `exclude_history` default to the
+  checkpoint's `eval` config.
 
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
@@ -215,6 +219,8 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
     retriever.ranking = ranking
   if cosine_weight is not None:
     retriever.cosine_weight = float(cosine_weight)
+  if exclude_history is not None:
+    retriever.exclude_history = bool(exclude_history)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
   workdir = pathlib.Path(workdir)
@@ -249,20 +255,15 @@ def _fmt(x) -> str:
   return "  n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
-def _ranking_name(report: Dict[str, Any]) -> str:
-  ranking = report["ranking"]
-  if ranking == "blend":
-    return f"beam score + {report['cosine_weight']:g} x cosine"
-  return {"beam": "beam score, then cosine", "cosine": "cosine"}[ranking]
-
-
 def format_report(report: Dict[str, Any]) -> str:
   """A plain-text table of a report for the terminal."""
   m = report["metrics"]
   ks = [k for k in metrics.DEFAULT_KS if f"hit@{k}" in m]
+  order = config_checks.describe_ranking(report["ranking"], report.get("cosine_weight", 0.0),
+                                         report["exclude_history"])
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
-            f"top {report['k']} by {_ranking_name(report)}; "
+            f"top {report['k']} by {order}; "
             f"{report['timing']['seconds']:.1f} s "
             f"({report['timing']['requests_per_sec']:.0f} requests/s)"),
            "",

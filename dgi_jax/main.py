@@ -45,7 +45,7 @@ COMMAND_FLAGS = {
     "train": ("config", "workdir", "allow_dataset_change", "coordinator_address",
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
-    "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight"),
+    "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -57,7 +57,7 @@ COMMAND_USAGE = {
     "parity": ("dgi parity [--config CONFIG] [--torch_checkpoint FILE]",
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
-             "[--ranking beam|cosine|blend] [--cosine_weight W]",
+             "[--ranking beam|cosine|blend] [--cosine_weight W] [--[no]exclude_history]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -86,6 +86,8 @@ flags.DEFINE_enum("ranking", None, list(config_checks.RANKINGS),
                   "checkpoint's config.eval.ranking).")
 flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight with --ranking blend "
                    "(default config.eval.cosine_weight).")
+flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
+                  "of every ranking (default config.eval.exclude_history).")
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
@@ -215,7 +217,8 @@ def _parity(config) -> int:
 def _eval() -> None:
   from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
   report, step, which, paths = evaluate.evaluate_workdir(
-      FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight)
+      FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight,
+      FLAGS.exclude_history)
   print(f"checkpoint: step {step} ({which})")
   print(evaluate.format_report(report))
   print("wrote " + ", ".join(str(p) for p in paths))

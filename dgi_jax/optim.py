@@ -1,4 +1,5 @@
-"""Optimiser and schedules: AdamW with separate backbone / quantizer learning rates."""
+"""Optimiser and schedules: AdamW with separate backbone / decoder / quantizer learning
+rates."""
 
 import jax
 import jax.numpy as jnp
@@ -18,18 +19,38 @@ def _freezes_anything(optim_config) -> bool:
   return bool(optim_config.frozen) or optim_config.freeze_encoder_layers > 0
 
 
+def has_decoder_group(optim_config) -> bool:
+  """Whether the parameters outside the encoder towers and the quantizer train at their
+  own `optim.decoder_lr` (else at `backbone_lr`, in the backbone group)."""
+  return optim_config is not None and float(optim_config.decoder_lr) > 0
+
+
 def param_labels(params, optim_config=None):
   """'frozen' for the top-level names `optim.frozen` lists and for the encoder embeddings
   and bottom layers `optim.freeze_encoder_layers` names, 'quantizer' for codebooks and
-  gammas, 'backbone' for everything else."""
+  gammas, 'decoder' for the rest outside the encoder towers when `optim.decoder_lr` is
+  set, 'backbone' for everything else."""
   def label(path, _):
     names = tuple(p.key if hasattr(p, "key") else str(p) for p in path)
     if optim_config is not None and (
         is_frozen(names[0], optim_config) or encoders.is_frozen_encoder_param(
             names, optim_config.freeze_encoder_layers)):
       return "frozen"
-    return "quantizer" if names[0].startswith(QUANTIZER_PARAMS) else "backbone"
+    if names[0].startswith(QUANTIZER_PARAMS):
+      return "quantizer"
+    if has_decoder_group(optim_config) and names[0] not in encoders.ENCODER_COLLECTIONS:
+      return "decoder"
+    return "backbone"
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def peak_learning_rates(optim_config):
+  """Peak learning rate of each trained label of `param_labels`."""
+  rates = {"backbone": float(optim_config.backbone_lr),
+           "quantizer": float(optim_config.quantizer_lr)}
+  if has_decoder_group(optim_config):
+    rates["decoder"] = float(optim_config.decoder_lr)
+  return rates
 
 
 def decay_mask(params):
@@ -57,8 +78,8 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
     return optax.adamw(learning_rate_schedule(peak, optim_config.warmup_steps, total_steps),
                        b1=optim_config.b1, b2=optim_config.b2,
                        weight_decay=optim_config.weight_decay, mask=decay_mask)
-  transforms = {"backbone": adamw(optim_config.backbone_lr),
-                "quantizer": adamw(optim_config.quantizer_lr)}
+  transforms = {label: adamw(peak)
+                for label, peak in peak_learning_rates(optim_config).items()}
   if _freezes_anything(optim_config):  # Only then: keeps the usual optimiser state tree.
     transforms["frozen"] = optax.set_to_zero()
   return optax.chain(

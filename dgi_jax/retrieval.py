@@ -84,9 +84,11 @@ def grouped_logits_fn(apply, request, batch: int, beam_size: int
                                              "ranking", "cosine_weight"))
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             inverted: index_lib.InvertedIndex, item_emb: jax.Array,
-            query_tokens: jax.Array, history, history_table, *, beam_size: int, k: int,
-            bucket_cap: int, ranking: str, cosine_weight: float) -> SearchResult:
-  """Encode requests -> constrained beam search -> ranking of the beams' items."""
+            query_tokens: jax.Array, history, history_table, exclude=None, *,
+            beam_size: int, k: int, bucket_cap: int, ranking: str,
+            cosine_weight: float) -> SearchResult:
+  """Encode requests -> constrained beam search -> ranking of the beams' items (without
+  those of `exclude`, int [B, E] -1 padded, when given)."""
   apply = functools.partial(model.apply, {"params": params})
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   batch = query_tokens.shape[0]
@@ -94,7 +96,7 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
                                beam_size, tables, model.cfg.codebook_sizes)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
-      ranking, cosine_weight)
+      ranking, cosine_weight, exclude=exclude)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -190,6 +192,8 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
+    # Leave each request's history items out of its ranking (`eval.exclude_history`).
+    self.exclude_history = bool(config.eval.exclude_history)
     # Cut each search batch to its longest request (`trim_requests`); False searches at
     # the full request width.
     self.trim_padding = True
@@ -317,12 +321,21 @@ class Retriever:
 
   def search(self, query_tokens, beam_size: int, k: int, history=None) -> SearchResult:
     """Top-k items of request tokens [B, Lq] and history item indices [B, H] (-1 padded,
-    oldest first; read unless the history is text), in `self.ranking`'s order. Jitted:
-    one compilation per B, request width (`search_inputs`), index and ranking."""
+    oldest first; read unless the history is text), in `self.ranking`'s order, without
+    the history items when `self.exclude_history`. Jitted: one compilation per B,
+    request width (`search_inputs`), index and ranking."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, *self.search_inputs(query_tokens, history),
+                   self.excluded_items(history),
                    beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
                    ranking=self.ranking, cosine_weight=self.cosine_weight)
+
+  def excluded_items(self, history):
+    """The items left out of the requests' rankings: history [B, H] on the device when
+    `self.exclude_history` (whatever the history's representation), else None."""
+    if not self.exclude_history or history is None:
+      return None
+    return jnp.asarray(history, jnp.int32)
 
   def tokenize_requests(self, queries: Sequence[str], histories: Sequence[Sequence[str]]
                       ) -> Tuple[np.ndarray, np.ndarray]:

@@ -71,7 +71,7 @@ LEGACY_VALUES = {
               "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
               "encoder_spec": "", "history_code_gradient": True,
               "separate_item_encoder": False},
-    "optim": {"freeze_encoder_layers": 0, "frozen": ()},
+    "optim": {"freeze_encoder_layers": 0, "frozen": (), "decoder_lr": 0.0},
     "data": {"history_repr": "text"},
     "train": {"history_refresh_every": 100, "init_from_kmeans": False},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},

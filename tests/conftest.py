@@ -25,10 +25,10 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def load_config(name: str):
-  """Loads `configs/<name>.py`."""
+def load_config(name: str, *args: str):
+  """Loads `configs/<name>.py` (`get_config(*args)`)."""
   from dgi_jax import config_files  # pylint: disable=g-import-not-at-top
-  return config_files.load(name)
+  return config_files.load(name, *args)
 
 
 @pytest.fixture

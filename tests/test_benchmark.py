@@ -20,7 +20,7 @@ METHODS = "bm25,dense,two_stage,dgi"
 def _benchmark_config():
   config = load_config("tiny")
   with config.unlocked():
-    config.benchmark = load_config("benchmark").benchmark
+    config.benchmark = load_config("benchmark", "scratch").benchmark
     config.train.num_steps = 12
     config.train.checkpoint_every = 6
     config.benchmark.reference = "a published number"

@@ -83,6 +83,33 @@ def test_method_config_applies_overrides_and_rejects_unknown_fields(tiny_config)
     runner.method_config(tiny_config, {"model.no_such_field": 1})
 
 
+def test_two_stage_on_a_pretrained_encoder_quantizes_frozen_item_embeddings(tiny_config):
+  from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  two_stage = methods.BY_NAME["two_stage"]
+  scratch = runner.method_config(tiny_config, two_stage.config_overrides(pretrained=False))
+  stage1 = runner.method_config(tiny_config, two_stage.config_overrides(pretrained=True))
+  # From scratch stage 1 trains the item tower with InfoNCE; on a pre-trained encoder the
+  # tower keeps its weights and only the quantizer's losses train.
+  assert scratch.loss.infonce_weight > 0 and not scratch.optim.frozen
+  assert stage1.loss.infonce_weight == 0.0 and tuple(stage1.optim.frozen) == ("item_encoder",)
+  assert stage1.loss.ntp_weight == 0.0 and stage1.model.separate_item_encoder
+  stage2 = runner.method_config(stage1, two_stage.stage2_overrides)
+  assert tuple(stage2.optim.frozen) == ("item_encoder", "codebook_", "gamma_quantizer")
+  # Methods without pre-trained overrides train the same way on either encoder.
+  dgi = methods.BY_NAME["dgi"]
+  assert dgi.config_overrides(True) == dgi.config_overrides(False) == dgi.overrides
+
+
+def test_dataset_directory_is_absolute(tmp_path, monkeypatch):
+  # Each method's saved config names it, and `dgi eval` may run from anywhere.
+  from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  (tmp_path / "logs").mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert runner.dataset_directory("logs", None, "w", {}) == str(tmp_path / "logs")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    runner.dataset_directory("nowhere", None, "w", {})
+
+
 def test_select_methods():
   assert methods.select("all") == methods.METHODS
   assert [m.name for m in methods.select("dgi_ste, bm25")] == ["bm25", "dgi_ste"]
@@ -151,7 +178,7 @@ def test_interrupted_stage_stops_the_method_and_a_rerun_finishes_it(tiny_config,
   from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
   config = tiny_config
   with config.unlocked():
-    config.benchmark = load_config("benchmark").benchmark
+    config.benchmark = load_config("benchmark", "scratch").benchmark
     config.train.num_steps = 10  # Warm-up 3 steps, main run 7.
     config.train.checkpoint_every = 5
     config.data.tfds_dir = str(tmp_path / "tfds")

@@ -15,7 +15,7 @@ from parity_fixtures import minilm_config  # noqa: F401  pylint: disable=unused-
 def _config(base, data_dir, workdir):
   config = base.copy_and_resolve_references()
   with config.unlocked():
-    config.benchmark = load_config("benchmark").benchmark
+    config.benchmark = load_config("benchmark", "scratch").benchmark
     config.data.dataset = str(data_dir)
     config.data.tfds_dir = str(workdir / "tfds")
   config.lock()
@@ -55,7 +55,7 @@ def test_zero_shot_ranks_by_the_pretrained_weights_without_training(
 def test_zero_shot_is_skipped_without_a_pretrained_encoder(dataset, tmp_path):
   config = load_config("tiny")
   with config.unlocked():
-    config.benchmark = load_config("benchmark").benchmark
+    config.benchmark = load_config("benchmark", "scratch").benchmark
   config.lock()
   lines = []
   runner.run_benchmark(str(dataset), "zero_shot", config, tmp_path, log=lines.append)

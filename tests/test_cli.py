@@ -70,11 +70,12 @@ def test_eval_writes_report_and_plots(run_copy):
 
 def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "blend",
-                       "--cosine_weight", "2.5")
+                       "--cosine_weight", "2.5", "--exclude_history")
   assert code == 0, err
-  assert "by beam score + 2.5 x cosine" in out
+  assert "by beam score + 2.5 x cosine, the request's history items left out" in out
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["cosine_weight"]) == ("blend", 2.5)
+  assert report["exclude_history"]
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
   assert code == 1 and "--ranking" in err and "popularity" in err
 

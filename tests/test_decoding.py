@@ -240,6 +240,30 @@ def test_rank_items_orders(ranking, cosine_weight, expected):
                              [-0.5 if i in (1, 3, 4) else -1.0 for i in expected])
 
 
+@pytest.mark.parametrize("ranking, expected", [("beam", [1, 3, 0]), ("cosine", [1, 0, 3])])
+def test_rank_items_leaves_out_excluded_items(ranking, expected):
+  # The catalogue of test_rank_items_orders; request 0 excludes items 4 and 2 (and a
+  # padding slot), request 1 nothing: its ranking is the unexcluded one.
+  sids = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 0, 0]])
+  inverted = index.build_inverted_index(sids)
+  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
+  item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+  beams = decoding.BeamResult(
+      sequences=jnp.array([[[1, 1, 1], [0, 0, 0], [-1, -1, -1]]] * 2, jnp.int32),
+      scores=jnp.array([[-0.5, -1.0, -np.inf]] * 2, jnp.float32),
+      leaf_nodes=jnp.array([[1, 0, -1]] * 2, jnp.int32),
+      valid=jnp.array([[True, True, False]] * 2))
+  rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7))
+  items, beam_scores, cosines = map(np.asarray, rank(
+      beams, inverted, jnp.array([[1.0, 0.0]] * 2), jnp.asarray(item_emb), 6, 0, ranking,
+      0.0, exclude=jnp.array([[4, -1, 2], [-1, -1, -1]], jnp.int32)))
+  np.testing.assert_array_equal(items[0], expected + [-1] * 3)
+  np.testing.assert_allclose(cosines[0, :3], np.cos(angles[expected]), rtol=1e-6)
+  assert np.all(beam_scores[0, 3:] == -np.inf)
+  unexcluded = {"beam": [4, 1, 3, 2, 0], "cosine": [4, 1, 2, 0, 3]}[ranking]
+  np.testing.assert_array_equal(items[1], unexcluded + [-1])
+
+
 def test_rank_items_refuses_unknown_ranking():
   inverted = index.build_inverted_index(np.array([[0, 0, 0]]))
   beams = decoding.BeamResult(sequences=jnp.zeros((1, 1, 3), jnp.int32),

@@ -83,8 +83,12 @@ def test_sum_decoder_inputs_parity():
   assert ok, compare.format_table(rows, failures_only=True)
 
 
-def test_training_run_within_1e4_relative_every_step():
-  jax_terms, torch_terms = training.train_parity(_tiny(), steps=20, batch_size=BATCH)
+@pytest.mark.parametrize("decoder_lr", [0.0, 3e-3])
+def test_training_run_within_1e4_relative_every_step(decoder_lr):
+  config = _tiny()
+  with config.unlocked():
+    config.optim.decoder_lr = decoder_lr  # 3e-3: the decoder in a third group.
+  jax_terms, torch_terms = training.train_parity(config, steps=20, batch_size=BATCH)
   rel = [abs(j["total"] - t["total"]) / abs(t["total"]) for j, t in zip(jax_terms, torch_terms)]
   print(f"\ntraining: max relative loss difference {max(rel):.3g} over 20 steps; "
         f"loss {torch_terms[0]['total']:.4f} -> {torch_terms[-1]['total']:.4f}")

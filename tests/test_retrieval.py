@@ -123,6 +123,60 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   np.testing.assert_allclose(agreement, np.cumprod(same, axis=1).mean(axis=0), atol=1e-12)
 
 
+def test_excluded_history_leaves_the_ranking_otherwise_unchanged(trained, retriever):
+  config, run_data = trained.config, trained.run_data
+  history = np.asarray(_first_test_batch(trained)["history"])
+  assert (history >= 0).any()
+  tokens = _first_test_batch(trained)["query_tokens"]
+  try:
+    reports = {}
+    for exclude in (False, True):
+      retriever.exclude_history = exclude
+      reports[exclude] = evaluate.evaluate_split(retriever, run_data, config, "test",
+                                                 beam_size=5, k=20, keep_rankings=True)
+    excluded = np.asarray(retriever.search(tokens, beam_size=5, k=20, history=history).items)
+  finally:
+    retriever.exclude_history = bool(config.eval.exclude_history)
+  assert reports[True]["exclude_history"] and not reports[False]["exclude_history"]
+  kept, first = reports[True]["rankings"], reports[False]["rankings"]
+  np.testing.assert_array_equal(excluded, kept[:len(excluded)])
+  changed = 0
+  for row, (before, after) in enumerate(zip(first, kept)):
+    drop = set(history[row].tolist()) if row < len(history) else None
+    if drop is None:
+      break
+    assert not drop & set(after.tolist()), row
+    # The same beams: the kept ranking starts with the full one's non-history items.
+    remaining = [i for i in before.tolist() if i >= 0 and i not in drop]
+    assert after.tolist()[:len(remaining)] == remaining, row
+    changed += remaining != before[before >= 0].tolist()
+  assert changed  # Some history item was ranked before it was left out.
+  # The encoder's own cosine ranking leaves the history out too.
+  dense_kept, _ = dense.dense_rankings(
+      trained.model, trained.params, run_data,
+      _with_exclude_history(config), "test", 10)
+  assert reports[True]["encoder"]["dense"]["hit"] == pytest.approx(
+      metrics.retrieval_metrics(dense_kept, _relevant(run_data), (10,), 10)["hit@10"])
+
+
+def _with_exclude_history(config):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.exclude_history = True
+  return config
+
+
+def _relevant(run_data):
+  """int [Q, R] relevant item indices of the test split, -1 padded."""
+  num = run_data.dataset.num_examples("test")
+  rows = run_data.dataset.source("test").__getitems__(list(range(num)))
+  relevant = np.full((num, run_data.dataset.max_relevant("test")), -1)
+  for q, r in enumerate(rows):
+    targets = np.asarray(r["relevant"]).reshape(-1)
+    relevant[q, :len(targets)] = targets
+  return relevant
+
+
 def test_code_cross_entropy_sums_to_the_beam_score(trained, retriever):
   # Two code paths: the beam search accumulates log-softmax scores level by level; the
   # teacher-forced cross-entropy recomputes them for a given SID in one pass.

@@ -12,7 +12,9 @@ budget training the encoder alone (ENCODER_WARMUP), then k-means the codebooks o
                          top-K over the catalogue.
   two_stage              TIGER-like: stage 1 trains an item tower and an RQ quantizer
                          (InfoNCE for the towers, reconstruction + commitment + diversity
-                         for the codebooks; dot geometry); stage 2 freezes the item tower and
+                         for the codebooks; dot geometry); on a pre-trained encoder the
+                         item tower stays frozen, as TIGER quantizes frozen pre-trained
+                         item embeddings; stage 2 freezes the item tower and
                          codebooks (hence the SIDs) and trains the request encoder and a
                          decoder with separate dot-product heads on next-code prediction.
   dgi                    full DGI (Gumbel soft vectors, heads = codebooks, scaled cosine).
@@ -46,12 +48,19 @@ class Method:
     kind: How it trains and ranks: BM25, ZERO_SHOT, DENSE, GENERATIVE or TWO_STAGE.
     overrides: Config overrides, 'section.field' -> value, applied to the benchmark config.
     stage2_overrides: TWO_STAGE only: overrides of the second stage on top of `overrides`.
+    pretrained_overrides: Overrides on top of `overrides` when the encoder is pre-trained
+      (`model.pretrained` set).
   """
   name: str
   label: str
   kind: str
   overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
   stage2_overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
+  pretrained_overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+  def config_overrides(self, pretrained: bool) -> Dict[str, object]:
+    """The overrides of the method's (first) training run."""
+    return {**self.overrides, **(self.pretrained_overrides if pretrained else {})}
 
 
 # The encoder warm-up of generative methods (benchmark.encoder_warmup_fraction): the
@@ -72,7 +81,12 @@ METHODS: Tuple[Method, ...] = (
                       "model.tie_heads": False, "model.grad_path": "ste"},
            stage2_overrides={**_NO_LOSSES, "loss.ntp_weight": 1.0,
                              "optim.frozen": ("item_encoder", "codebook_",
-                                              "gamma_quantizer")}),
+                                              "gamma_quantizer")},
+           # As TIGER builds it on a pre-trained encoder: stage 1 fits the quantizer to
+           # the frozen pre-trained item embeddings (reconstruction, commitment,
+           # diversity), the item tower untouched.
+           pretrained_overrides={"loss.infonce_weight": 0.0,
+                                 "optim.frozen": ("item_encoder",)}),
     Method("dense", "Dense dual encoder (InfoNCE)", DENSE, ENCODER_WARMUP),
     Method("dgi_none", "Joint STE (UniSearch-like) = DGI none", GENERATIVE,
            {"model.grad_path": "ste", "model.tie_heads": False, "model.geometry": "dot"}),

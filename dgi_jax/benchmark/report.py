@@ -4,6 +4,7 @@ import pathlib
 from typing import Any, Dict, List, Sequence
 
 from dgi_jax import atomic_write
+from dgi_jax import config_checks
 from dgi_jax import plots
 from dgi_jax.benchmark import methods as methods_lib
 
@@ -73,10 +74,6 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines + [""]
 
 
-_RANKING_WORDS = {"beam": "beam score then cosine (the paper's order)",
-                  "cosine": "cosine over the beams' union", "blend": "beam score + cosine"}
-
-
 def _encoder_words(config) -> str:
   """The encoder and the model width: scratch layers and d_model, or the pre-trained
   checkpoint (whose width every part of the model takes) and its frozen layers."""
@@ -91,7 +88,7 @@ def _encoder_words(config) -> str:
 
 
 def _budget(config) -> str:
-  m, t, b = config.model, config.train, config.benchmark
+  m, t, b, e = config.model, config.train, config.benchmark, config.eval
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
   split = (f"the first {warmup:.0%} train the encoder alone (InfoNCE) before k-means "
            "initialises the codebooks, then " if warmup else "")
@@ -101,7 +98,8 @@ def _budget(config) -> str:
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
           f"tokens; beam {config.eval.beam_size}, the beams' items ranked by "
-          f"{_RANKING_WORDS[config.eval.ranking]}; test split evaluated on the final "
+          f"{config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history)}; "
+          "test split evaluated on the final "
           "checkpoint.")
 
 

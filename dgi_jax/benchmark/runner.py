@@ -42,13 +42,15 @@ SPLIT = "test"
 
 
 def dataset_directory(dataset: str, data_root, workdir, converter_options) -> str:
-  """The JSONL directory of `dataset`: a converted named dataset, or a user directory."""
+  """The absolute JSONL directory of `dataset`: a converted named dataset, or a user
+  directory. Absolute, because each method's saved config names it: `dgi eval` of a
+  method's run then works from any directory."""
   if dataset not in converters.CONVERTERS:
     if not os.path.isdir(dataset):
       raise FileNotFoundError(f"--dataset {dataset!r} is neither one of "
                               f"{sorted(converters.CONVERTERS)} nor a directory")
-    return str(dataset)
-  out = pathlib.Path(workdir) / "data" / dataset
+    return str(pathlib.Path(dataset).resolve())
+  out = (pathlib.Path(workdir) / "data" / dataset).resolve()
   if not out.is_dir():  # Converters write to a temporary directory, then rename.
     source = pathlib.Path(data_root) / converters.DEFAULT_SOURCES[dataset]
     converters.CONVERTERS[dataset](source, out, **dict(converter_options))
@@ -205,7 +207,8 @@ def _dense_report(run_dir, config) -> Dict[str, Any]:
 def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, Any]:
   """Trains (or resumes) and evaluates one method; returns and writes its result."""
   method_dir = pathlib.Path(workdir) / method.name
-  config = method_config(base_config, method.overrides)
+  overrides = method.config_overrides(bool(base_config.model.pretrained))
+  config = method_config(base_config, overrides)
   start = time.perf_counter()
   train_seconds = 0.0
   if method.kind == methods_lib.BM25:
@@ -239,7 +242,7 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
       "train_seconds": train_seconds,
       "wall_seconds_this_session": time.perf_counter() - start,
       "overrides": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in method.overrides.items()},
+                    for k, v in overrides.items()},
       "machine": machine_description(),
       "report": report,
   }

@@ -1,7 +1,7 @@
 """Training parity: the same AdamW run in JAX (jitted step) and in PyTorch.
 
 The JAX side uses the project's optimizer (`dgi_jax.optim.make_optimizer`: global-norm
-clipping, then AdamW with a backbone and a quantizer learning rate, linear warm-up and
+clipping, then AdamW with a learning rate per parameter group, linear warm-up and
 decay, weight decay on the leaves `optim.decay_mask` selects). `ReferenceOptimizer`
 replicates it in PyTorch: the same clipping formula, `torch.optim.AdamW` with one
 parameter group per (learning rate, decay) pair, and the learning rate of each step set
@@ -30,11 +30,11 @@ def _flags_by_key(params, flags, encoder_spec=None) -> Dict[str, bool]:
 
 
 def _labels_by_key(params, optim_config, encoder_spec) -> Dict[str, Dict[str, bool]]:
-  """{'quantizer' | 'frozen': {state_dict key: bool}} from `optim.param_labels`."""
+  """{label: {state_dict key: bool}} for every label of `optim.param_labels`."""
   labels = optim.param_labels(params, optim_config)
   return {name: _flags_by_key(params, jax.tree.map(lambda l, n=name: l == n, labels),
                               encoder_spec)
-          for name in ("quantizer", "frozen")}
+          for name in ("frozen", *optim.peak_learning_rates(optim_config))}
 
 
 class ReferenceOptimizer:
@@ -43,22 +43,20 @@ class ReferenceOptimizer:
   def __init__(self, model: torch.nn.Module, flax_params, optim_config, total_steps: int):
     spec = model.cfg.encoder_spec
     labels = _labels_by_key(flax_params, optim_config, spec)
-    is_quantizer, frozen = labels["quantizer"], labels["frozen"]
     decays = _flags_by_key(flax_params, optim.decay_mask(flax_params), spec)
     self._params = list(model.parameters())
     self._max_norm = float(optim_config.grad_clip_norm)
+    peaks = optim.peak_learning_rates(optim_config)
     self._schedules = {
-        False: optim.learning_rate_schedule(optim_config.backbone_lr,
-                                            optim_config.warmup_steps, total_steps),
-        True: optim.learning_rate_schedule(optim_config.quantizer_lr,
-                                           optim_config.warmup_steps, total_steps)}
+        label: optim.learning_rate_schedule(peak, optim_config.warmup_steps, total_steps)
+        for label, peak in peaks.items()}
     groups = []
-    for quantizer in (False, True):
+    for label in peaks:  # Frozen parameters join no group.
       for decay in (True, False):
         chosen = [p for k, p in model.named_parameters()
-                  if not frozen[k] and is_quantizer[k] == quantizer and decays[k] == decay]
+                  if labels[label][k] and decays[k] == decay]
         if chosen:
-          groups.append(dict(params=chosen, quantizer=quantizer, lr=0.0,
+          groups.append(dict(params=chosen, label=label, lr=0.0,
                              weight_decay=float(optim_config.weight_decay) if decay else 0.0))
     # optax.adamw defaults: eps 1e-8, eps_root 0 (same as torch's eps placement).
     self.optimizer = torch.optim.AdamW(
@@ -74,7 +72,7 @@ class ReferenceOptimizer:
     for p, g in zip(self._params, grads):
       p.grad = g / norm * self._max_norm if clip else g
     for group in self.optimizer.param_groups:
-      group["lr"] = float(self._schedules[group["quantizer"]](step_index))
+      group["lr"] = float(self._schedules[group["label"]](step_index))
     self.optimizer.step()
     # All parameters, not only the optimizer's: a frozen one's gradient must not accumulate.
     for p in self._params:
@@ -114,6 +112,7 @@ def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
   with config.unlocked():
     config.optim.backbone_lr = float(config.optim.backbone_lr) * lr_scale
     config.optim.quantizer_lr = float(config.optim.quantizer_lr) * lr_scale
+    config.optim.decoder_lr = float(config.optim.decoder_lr) * lr_scale
   batch_size = batch_size or int(config.train.global_batch_size)
   batches = [compare.make_batch(config, batch_size, seed + 1 + s) for s in range(steps)]
   taus = [float(optim.gumbel_temperature(s, config.optim, steps)) for s in range(steps)]
