@@ -201,8 +201,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
       inverted_index, jnp.where(beams.valid, beams.leaf_nodes, -1), bucket_cap)
   cap = items.shape[-1]
   if exclude is not None:  # [batch, beam, cap, E] comparisons: E is a short history.
-    present &= ~(items[..., None] == jnp.where(exclude >= 0, exclude, -2)[:, None, None, :]
-                 ).any(-1)
+    # Padding (-1) in `exclude` matches only padding slots, which are absent already.
+    present &= ~(items[..., None] == exclude[:, None, None, :]).any(-1)
   if cosines_from == "auto":
     cosines_from = ("catalogue" if item_emb.shape[0] <= CATALOGUE_COSINE_FACTOR * beam * cap
                     else "candidates")

@@ -88,10 +88,7 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   items = np.asarray(retriever.search(tokens, beam_size=5, k=20).items)
   np.testing.assert_array_equal(items, rankings[:first])
   # The reported metrics are those of the rankings.
-  relevant = np.full((num, run_data.dataset.max_relevant("test")), -1)
-  for q, r in enumerate(rows):
-    targets = np.asarray(r["relevant"]).reshape(-1)
-    relevant[q, :len(targets)] = targets
+  relevant = _relevant(run_data)
   expected = metrics.retrieval_metrics(rankings, relevant)
   for name, value in report["metrics"].items():
     assert value == pytest.approx(expected[name]), name
@@ -141,10 +138,8 @@ def test_excluded_history_leaves_the_ranking_otherwise_unchanged(trained, retrie
   kept, first = reports[True]["rankings"], reports[False]["rankings"]
   np.testing.assert_array_equal(excluded, kept[:len(excluded)])
   changed = 0
-  for row, (before, after) in enumerate(zip(first, kept)):
-    drop = set(history[row].tolist()) if row < len(history) else None
-    if drop is None:
-      break
+  for row, (before, after, drop) in enumerate(zip(first, kept, history.tolist())):
+    drop = set(drop)
     assert not drop & set(after.tolist()), row
     # The same beams: the kept ranking starts with the full one's non-history items.
     remaining = [i for i in before.tolist() if i >= 0 and i not in drop]

@@ -97,10 +97,9 @@ def _budget(config) -> str:
           f"quantizer and the rest on the retriever); {_encoder_words(config)}, codebooks "
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
-          f"tokens; beam {config.eval.beam_size}, the beams' items ranked by "
+          f"tokens; beam {e.beam_size}, the beams' items ranked by "
           f"{config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history)}; "
-          "test split evaluated on the final "
-          "checkpoint.")
+          "test split evaluated on the final checkpoint.")
 
 
 def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,
