@@ -23,18 +23,21 @@ POSITIVE = ("train.num_steps", "train.global_batch_size", "train.log_every",
             "eval.num_popularity_buckets", "train.history_refresh_every")
 NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "optim.warmup_steps", "optim.backbone_lr", "optim.quantizer_lr",
-                "optim.decoder_lr", "eval.bucket_cap")
+                "optim.decoder_lr", "eval.bucket_cap", "eval.candidate_level")
 PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
 # Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
 RANKINGS = ("beam", "cosine", "blend")
 
 
-def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool) -> str:
+def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool,
+                     candidate_level: int = 0) -> str:
   """The order of the beams' items in words, for reports and results tables."""
   words = {"beam": "beam score, then cosine (the paper's order)",
            "cosine": "cosine over the beams' items",
            "blend": f"beam score + {cosine_weight:g} x cosine"}[ranking]
+  if candidate_level:
+    words += f", every item under the beams' first {candidate_level} code(s) a candidate"
   return words + (", the request's history items left out" if exclude_history else "")
 SYNTHETIC = "synthetic"
 
@@ -71,6 +74,10 @@ def check_values(config) -> None:
   ranking = _value(config, "eval.ranking")
   if ranking is not None and ranking not in RANKINGS:
     raise ConfigError(f"eval.ranking={ranking!r}: expected one of {RANKINGS}")
+  candidate_level = _value(config, "eval.candidate_level")
+  if sizes and candidate_level is not None and candidate_level > len(sizes):
+    raise ConfigError(f"eval.candidate_level={candidate_level}: the SIDs have {len(sizes)} "
+                      "codes; give 0 (the whole SID) .. that")
   dataset = _value(config, "data.dataset")
   if dataset is not None and dataset != SYNTHETIC and not epath.Path(dataset).is_dir():
     raise ConfigError(f"data.dataset={dataset!r}: no such directory (expected "

@@ -155,15 +155,19 @@ CATALOGUE_COSINE_FACTOR = 16
 def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                query_emb: jax.Array, item_emb: jax.Array, k: int,
                bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0,
-               cosines_from: str = "auto", exclude: Optional[jax.Array] = None
-               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
-  """Top-k items per query among the items of the beams' SIDs; jittable.
+               cosines_from: str = "auto", exclude: Optional[jax.Array] = None,
+               candidate_level: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Top-k items per query among the items of the beams' SIDs (or prefixes); jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
   shapes are static: memory is O(batch * beam * cap * d) for the gathered item vectors,
   with cap = `bucket_cap` or the index's largest bucket (no item dropped). An item has
-  one SID, so the candidates are distinct. Their order (`ranking`):
-    'beam':   the paper's: beam score, then cosine inside a SID bucket;
+  one SID, so the candidates are distinct. With `candidate_level` t in 1..m-1 they are
+  instead every item whose SID starts with one of the beams' first t codes, a wider net
+  when the decoder finds the right region of the index more often than the right SID:
+  beams sharing a prefix give its items once, with the best of their scores, and cap
+  defaults to the most items under one length-t prefix. Their order (`ranking`):
+    'beam':   the paper's: beam score, then cosine inside a SID bucket (or prefix);
     'cosine': cosine z^_q . z^_item over the union of the beams' items (the beams only
               choose the candidates);
     'blend':  beam score + cosine_weight * cosine.
@@ -190,6 +194,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     cosine_weight: the cosine's weight in 'blend' (static).
     cosines_from: 'auto', 'candidates' or 'catalogue' (static), see above.
     exclude: int [batch, E] item indices left out of the ranking (-1 padded), or None.
+    candidate_level: static; 0 (or m) the beams' SIDs' items, t in 1..m-1 the items
+      under the beams' length-t prefixes.
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -197,8 +203,7 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     cosines: [batch, k] float32 z^_q . z^_item, -inf at padding.
   """
   batch, beam = beams.scores.shape
-  items, present = index_lib.items_for_leaves(
-      inverted_index, jnp.where(beams.valid, beams.leaf_nodes, -1), bucket_cap)
+  items, present = _candidates(beams, inverted_index, bucket_cap, candidate_level)
   cap = items.shape[-1]
   if exclude is not None:  # [batch, beam, cap, E] comparisons: E is a short history.
     # Padding (-1) in `exclude` matches only padding slots, which are absent already.
@@ -232,6 +237,25 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   return (jnp.where(present, items, -1),
           jnp.where(present, scores, NEG_INF),
           jnp.where(present, cosines, NEG_INF))
+
+
+def _candidates(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
+                bucket_cap: int, candidate_level: int) -> Tuple[jax.Array, jax.Array]:
+  """The beams' candidate items [batch, beam, cap] (-1 padded) and their validity."""
+  leaves = jnp.where(beams.valid, beams.leaf_nodes, -1)  # [batch, beam]
+  num_levels = inverted_index.num_levels
+  if candidate_level in (0, num_levels):
+    return index_lib.items_for_leaves(inverted_index, leaves, bucket_cap)
+  if not 0 < candidate_level < num_levels:
+    raise ValueError(f"candidate_level={candidate_level}: expected 0..{num_levels}")
+  nodes = index_lib.prefix_nodes(inverted_index, leaves, candidate_level)
+  # A prefix shared by several beams is kept by the first, the best-scored: the beams
+  # come sorted by score. [batch, j, i]: beam i < j holds beam j's prefix.
+  beam = nodes.shape[1]
+  earlier = jnp.tril(jnp.ones((beam, beam), bool), k=-1)
+  repeated = ((nodes[:, :, None] == nodes[:, None, :]) & earlier).any(-1)
+  return index_lib.items_for_prefixes(inverted_index, jnp.where(repeated, -1, nodes),
+                                      candidate_level, bucket_cap)
 
 
 def _ranking_keys(ranking: str, cosine_weight: float, present, scores, cosines):

@@ -38,6 +38,7 @@ from dgi_jax import retrieval
 from dgi_jax import run_setup
 from dgi_jax import trained_run
 from dgi_jax.data import pipeline
+from dgi_jax.errors import ConfigError
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 
@@ -100,7 +101,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
-                exclude_history=retriever.exclude_history)
+                exclude_history=retriever.exclude_history,
+                candidate_level=retriever.candidate_level)
   if retriever.ranking == "blend":
     report["cosine_weight"] = retriever.cosine_weight
   report.update(ranking_report(ranked, relevant,
@@ -200,11 +202,12 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
                      k: Optional[int] = None, ranking: Optional[str] = None,
                      cosine_weight: Optional[float] = None,
-                     exclude_history: Optional[bool] = None):
+                     exclude_history: Optional[bool] = None,
+                     candidate_level: Optional[int] = None):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
 
-  `beam_size`, `k`, `ranking`, `cosine_weight` and `exclude_history` default to the
-  checkpoint's `eval` config.
+  `beam_size`, `k`, `ranking`, `cosine_weight`, `exclude_history` and `candidate_level`
+  default to the checkpoint's `eval` config.
 
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
@@ -221,6 +224,12 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
     retriever.cosine_weight = float(cosine_weight)
   if exclude_history is not None:
     retriever.exclude_history = bool(exclude_history)
+  if candidate_level is not None:
+    num_levels = trained.model.cfg.num_levels
+    if not 0 <= candidate_level <= num_levels:
+      raise ConfigError(f"--candidate_level={candidate_level}: the SIDs have {num_levels} "
+                        "codes; give 0 (the whole SID) .. that")
+    retriever.candidate_level = int(candidate_level)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
   workdir = pathlib.Path(workdir)
@@ -260,7 +269,8 @@ def format_report(report: Dict[str, Any]) -> str:
   m = report["metrics"]
   ks = [k for k in metrics.DEFAULT_KS if f"hit@{k}" in m]
   order = config_checks.describe_ranking(report["ranking"], report.get("cosine_weight", 0.0),
-                                         report["exclude_history"])
+                                         report["exclude_history"],
+                                         report.get("candidate_level", 0))
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
             f"top {report['k']} by {order}; "

@@ -17,7 +17,7 @@ array (`np.concatenate([old_sids, new_sids])`); a rebuild is a lexicographic sor
 on the host. Node and leaf ids may shift, so rebuild both together.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -56,15 +56,27 @@ class InvertedIndex:
   leaf_offsets: jax.Array  # [num_leaves + 1] int32; leaf l's items: item_order[o[l]:o[l+1]].
   leaf_sids: jax.Array  # [num_leaves, m] int32 the distinct SIDs, sorted lexicographically.
   item_leaf: jax.Array  # [N] int32 leaf node of every item.
+  # The items under a shorter prefix are contiguous in `item_order` too. Level t = 1..m-1
+  # (entry t - 1): [num_nodes_t + 1] int32 offsets, node n's items item_order[o[n]:o[n+1]].
+  prefix_offsets: Tuple[jax.Array, ...] = ()
+  # [num_leaves, m - 1] int32: column t - 1 is the node of the leaf's length-t prefix.
+  leaf_prefixes: Optional[jax.Array] = None
   max_bucket: int = flax.struct.field(pytree_node=False, default=1)  # Largest bucket.
+  # Level t = 1..m-1 (entry t - 1): most items under one length-t prefix.
+  max_prefix_items: Tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
 
   @property
   def num_leaves(self) -> int:
     return int(self.leaf_sids.shape[0])
 
+  @property
+  def num_levels(self) -> int:
+    return int(self.leaf_sids.shape[1])
+
   def nbytes(self) -> int:
-    return int(sum(a.nbytes for a in (self.item_order, self.leaf_offsets, self.leaf_sids,
-                                      self.item_leaf)))
+    arrays = (self.item_order, self.leaf_offsets, self.leaf_sids, self.item_leaf,
+              self.leaf_prefixes, *self.prefix_offsets)
+    return int(sum(a.nbytes for a in arrays if a is not None))
 
 
 def _check_sids(sids, codebook_sizes=None) -> np.ndarray:
@@ -159,21 +171,54 @@ def valid_next(tables: PrefixTables, level: int,
   return child >= 0, child
 
 
+def _csr_offsets(node_of_sorted_item: np.ndarray) -> np.ndarray:
+  """[num_nodes + 1] int32 offsets of nodes numbered 0.. in the order of the items."""
+  counts = np.bincount(node_of_sorted_item)
+  return np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+
 def build_inverted_index(sids) -> InvertedIndex:
-  """SID -> items over `sids` ([N, m] int); leaf ids agree with `build_prefix_tables`."""
+  """SID -> items over `sids` ([N, m] int), and length-t prefix -> items for t < m; leaf
+  and prefix node ids agree with `build_prefix_tables`."""
   sids = _check_sids(sids)
   order, sorted_sids, new = _sort_sids(sids)
   leaf_of_sorted = np.cumsum(new) - 1
-  num_leaves = int(leaf_of_sorted[-1]) + 1
-  counts = np.bincount(leaf_of_sorted, minlength=num_leaves)
   item_leaf = np.empty(len(sids), dtype=np.int32)
   item_leaf[order] = leaf_of_sorted
+  unique = sorted_sids[new]  # [U, m] distinct SIDs, sorted.
+  prefix_offsets, leaf_prefixes = [], []
+  for t in range(1, sids.shape[1]):
+    starts = np.ones(len(unique), dtype=bool)
+    starts[1:] = np.any(unique[1:, :t] != unique[:-1, :t], axis=1)
+    node_of_leaf = np.cumsum(starts) - 1
+    leaf_prefixes.append(node_of_leaf)
+    prefix_offsets.append(_csr_offsets(node_of_leaf[leaf_of_sorted]))
+  leaf_offsets = _csr_offsets(leaf_of_sorted)
   return InvertedIndex(
       item_order=jnp.asarray(order.astype(np.int32)),
-      leaf_offsets=jnp.asarray(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
-      leaf_sids=jnp.asarray(sorted_sids[new].astype(np.int32)),
+      leaf_offsets=jnp.asarray(leaf_offsets),
+      leaf_sids=jnp.asarray(unique.astype(np.int32)),
       item_leaf=jnp.asarray(item_leaf),
-      max_bucket=int(counts.max()))
+      prefix_offsets=tuple(jnp.asarray(o) for o in prefix_offsets),
+      leaf_prefixes=jnp.asarray(np.stack(leaf_prefixes, axis=1).astype(np.int32)
+                                if leaf_prefixes else np.zeros((len(unique), 0), np.int32)),
+      max_bucket=int(np.diff(leaf_offsets).max()),
+      max_prefix_items=tuple(int(np.diff(o).max()) for o in prefix_offsets))
+
+
+def _slices(item_order: jax.Array, offsets: jax.Array, nodes: jax.Array,
+            cap: int) -> Tuple[jax.Array, jax.Array]:
+  """item_order[offsets[n]:offsets[n + 1]] of each node n in `nodes` [...] (negative:
+  empty), as [..., cap] int32 items, -1 padded, and their [..., cap] bool validity."""
+  live = nodes >= 0
+  safe = jnp.where(live, nodes, 0)
+  start = offsets[safe]
+  end = jnp.where(live, offsets[safe + 1], start)
+  pos = start[..., None] + jnp.arange(cap, dtype=jnp.int32)
+  valid = pos < end[..., None]
+  n = item_order.shape[0]
+  items = jnp.where(valid, item_order[jnp.minimum(pos, n - 1)], -1)
+  return items, valid
 
 
 def items_for_leaves(index: InvertedIndex, leaf_nodes: jax.Array,
@@ -190,16 +235,24 @@ def items_for_leaves(index: InvertedIndex, leaf_nodes: jax.Array,
     items: [..., cap] int32 item indices, -1 padded.
     valid: [..., cap] bool.
   """
-  cap = cap or index.max_bucket
+  return _slices(index.item_order, index.leaf_offsets, leaf_nodes, cap or index.max_bucket)
+
+
+def prefix_nodes(index: InvertedIndex, leaf_nodes: jax.Array, level: int) -> jax.Array:
+  """[...] int32 node of each leaf's length-`level` prefix (static 1 <= level < m);
+  negative leaf ids stay -1. Jittable."""
   live = leaf_nodes >= 0
-  safe = jnp.where(live, leaf_nodes, 0)
-  start = index.leaf_offsets[safe]
-  end = jnp.where(live, index.leaf_offsets[safe + 1], start)
-  pos = start[..., None] + jnp.arange(cap, dtype=jnp.int32)
-  valid = pos < end[..., None]
-  n = index.item_order.shape[0]
-  items = jnp.where(valid, index.item_order[jnp.minimum(pos, n - 1)], -1)
-  return items, valid
+  nodes = index.leaf_prefixes[jnp.where(live, leaf_nodes, 0), level - 1]
+  return jnp.where(live, nodes, -1)
+
+
+def items_for_prefixes(index: InvertedIndex, nodes: jax.Array, level: int,
+                       cap: int = 0) -> Tuple[jax.Array, jax.Array]:
+  """`items_for_leaves` for the nodes of the length-`level` prefixes (static 1 <= level
+  < m, nodes from `prefix_nodes`): every item whose SID starts with the prefix; cap 0 is
+  `index.max_prefix_items[level - 1]`. Jittable."""
+  return _slices(index.item_order, index.prefix_offsets[level - 1], nodes,
+                 cap or index.max_prefix_items[level - 1])
 
 
 def collision_stats(sids, codebook_sizes: Sequence[int] = ()) -> Dict[str, object]:

@@ -45,7 +45,8 @@ COMMAND_FLAGS = {
     "train": ("config", "workdir", "allow_dataset_change", "coordinator_address",
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
-    "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history"),
+    "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history",
+             "candidate_level"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -57,7 +58,8 @@ COMMAND_USAGE = {
     "parity": ("dgi parity [--config CONFIG] [--torch_checkpoint FILE]",
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
-             "[--ranking beam|cosine|blend] [--cosine_weight W] [--[no]exclude_history]",
+             "[--ranking beam|cosine|blend] [--cosine_weight W] [--[no]exclude_history] "
+             "[--candidate_level T]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -88,6 +90,9 @@ flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight with --rank
                    "(default config.eval.cosine_weight).")
 flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
                   "of every ranking (default config.eval.exclude_history).")
+flags.DEFINE_integer("candidate_level", None, "eval: rank every item under the beams' "
+                     "first T codes, not only their SIDs' (0; default "
+                     "config.eval.candidate_level).", lower_bound=0)
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
@@ -218,7 +223,7 @@ def _eval() -> None:
   from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
   report, step, which, paths = evaluate.evaluate_workdir(
       FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight,
-      FLAGS.exclude_history)
+      FLAGS.exclude_history, FLAGS.candidate_level)
   print(f"checkpoint: step {step} ({which})")
   print(evaluate.format_report(report))
   print("wrote " + ", ".join(str(p) for p in paths))

@@ -81,12 +81,12 @@ def grouped_logits_fn(apply, request, batch: int, beam_size: int
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap",
-                                             "ranking", "cosine_weight"))
+                                             "ranking", "cosine_weight", "candidate_level"))
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             inverted: index_lib.InvertedIndex, item_emb: jax.Array,
             query_tokens: jax.Array, history, history_table, exclude=None, *,
             beam_size: int, k: int, bucket_cap: int, ranking: str,
-            cosine_weight: float) -> SearchResult:
+            cosine_weight: float, candidate_level: int) -> SearchResult:
   """Encode requests -> constrained beam search -> ranking of the beams' items (without
   those of `exclude`, int [B, E] -1 padded, when given)."""
   apply = functools.partial(model.apply, {"params": params})
@@ -96,7 +96,7 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
                                beam_size, tables, model.cfg.codebook_sizes)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
-      ranking, cosine_weight, exclude=exclude)
+      ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -192,6 +192,8 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
+    # Rank every item under the beams' first `candidate_level` codes (0: their SIDs).
+    self.candidate_level = int(config.eval.candidate_level)
     # Leave each request's history items out of its ranking (`eval.exclude_history`).
     self.exclude_history = bool(config.eval.exclude_history)
     # Cut each search batch to its longest request (`trim_requests`); False searches at
@@ -328,7 +330,8 @@ class Retriever:
                    self._device_embeddings, *self.search_inputs(query_tokens, history),
                    self.excluded_items(history),
                    beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
-                   ranking=self.ranking, cosine_weight=self.cosine_weight)
+                   ranking=self.ranking, cosine_weight=self.cosine_weight,
+                   candidate_level=self.candidate_level)
 
   def excluded_items(self, history):
     """The items left out of the requests' rankings: history [B, H] on the device when

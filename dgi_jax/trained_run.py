@@ -76,7 +76,7 @@ LEGACY_VALUES = {
     "train": {"history_refresh_every": 100, "init_from_kmeans": False},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
     "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
-             "exclude_history": False},
+             "exclude_history": False, "candidate_level": 0},
 }
 
 

@@ -65,7 +65,8 @@ def jax_runner(config, params, batch):
 
 def torch_runner(config, params, batch, compiled: bool):
   """`run_steps(n)` of the PyTorch reference (forward, backward, optimizer step)."""
-  reference = compare.build_reference(config, convert.flax_to_torch(params))
+  reference = compare.build_reference(
+      config, convert.flax_to_torch(params, compare.encoder_spec(config)))
   opt = training.ReferenceOptimizer(reference, params, config.optim,
                                     int(config.train.num_steps))
   forward = torch.compile(reference) if compiled else reference

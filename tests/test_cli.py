@@ -75,7 +75,13 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   assert "by beam score + 2.5 x cosine, the request's history items left out" in out
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["cosine_weight"]) == ("blend", 2.5)
-  assert report["exclude_history"]
+  assert report["exclude_history"] and report["candidate_level"] == 0
+  code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "cosine",
+                       "--candidate_level", "2")
+  assert code == 0, err
+  assert "by cosine over the beams' items, every item under the beams' first 2 code(s)" in out
+  report = json.loads((run_copy / "eval_test.json").read_text())
+  assert (report["ranking"], report["candidate_level"]) == ("cosine", 2)
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
   assert code == 1 and "--ranking" in err and "popularity" in err
 

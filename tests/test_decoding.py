@@ -264,6 +264,41 @@ def test_rank_items_leaves_out_excluded_items(ranking, expected):
   np.testing.assert_array_equal(items[1], unexcluded + [-1])
 
 
+@pytest.mark.parametrize("level, ranking, expected, expected_scores", [
+    (0, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # The beams' own SIDs.
+    (3, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # m: the same.
+    # (1, 1) from the first beam (the second repeats it, unscored), (0, 0) from the third.
+    (2, "beam", [1, 3, 0], [-0.5, -0.5, -1.0]),
+    # (1) holds items 4, 1, 3 and (0) items 2, 0; item 5's (2) is under no beam.
+    (1, "beam", [4, 1, 3, 2, 0], [-0.5] * 3 + [-1.0] * 2),
+    (1, "cosine", [4, 1, 2, 0, 3], [-0.5, -0.5, -1.0, -1.0, -0.5]),
+])
+def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
+  # Leaves: 0 = (0,0,0) item 0, 1 = (0,1,0) item 2, 2 = (1,0,0) item 4, 3 = (1,1,1)
+  # item 1, 4 = (1,1,2) item 3, 5 = (2,0,0) item 5. Beams: leaves 3, 4 and 0, one dead.
+  sids = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 1, 2], [1, 0, 0], [2, 0, 0]])
+  inverted = index.build_inverted_index(sids)
+  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
+  item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+  beams = decoding.BeamResult(
+      sequences=jnp.array([[[1, 1, 1], [1, 1, 2], [0, 0, 0], [-1, -1, -1]]], jnp.int32),
+      scores=jnp.array([[-0.5, -0.7, -1.0, -np.inf]], jnp.float32),
+      leaf_nodes=jnp.array([[3, 4, 0, -1]], jnp.int32),
+      valid=jnp.array([[True, True, True, False]]))
+  rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7),
+                 static_argnames="candidate_level")
+  items, beam_scores, cosines = map(np.asarray, rank(
+      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 6, 0, ranking, 0.0,
+      candidate_level=level))
+  n = len(expected)
+  np.testing.assert_array_equal(items[0], expected + [-1] * (6 - n))
+  np.testing.assert_allclose(beam_scores[0, :n], expected_scores)
+  np.testing.assert_allclose(cosines[0, :n], np.cos(angles[expected]), rtol=1e-6)
+  with pytest.raises(ValueError, match="candidate_level=4"):
+    decoding.rank_items(beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 6,
+                        candidate_level=4)
+
+
 def test_rank_items_refuses_unknown_ranking():
   inverted = index.build_inverted_index(np.array([[0, 0, 0]]))
   beams = decoding.BeamResult(sequences=jnp.zeros((1, 1, 3), jnp.int32),
@@ -274,7 +309,8 @@ def test_rank_items_refuses_unknown_ranking():
                         ranking="popularity")
 
 
-def test_search_then_rank_end_to_end():
+@pytest.mark.parametrize("candidate_level", [0, 1, 2])
+def test_search_then_rank_end_to_end(candidate_level):
   sids = _toy_catalogue(num_items=60, seed=3)
   rng = np.random.default_rng(5)
   item_emb = jnp.asarray(_normalise(rng.normal(size=(len(sids), 8))))
@@ -283,19 +319,23 @@ def test_search_then_rank_end_to_end():
   inverted = index.build_inverted_index(sids)
   result = _jitted_search(4)(tables)
   items, beam_scores, cosines = map(np.asarray, jax.jit(
-      decoding.rank_items, static_argnums=4)(result, inverted, query_emb, item_emb, 10))
+      decoding.rank_items, static_argnums=4, static_argnames="candidate_level")(
+          result, inverted, query_emb, item_emb, 10, candidate_level=candidate_level))
+  length = candidate_level or len(SIZES)  # Codes an item shares with its beam.
   for b in range(BATCH):
-    expected = []
-    for leaf in np.asarray(result.leaf_nodes[b]):
-      bucket = np.flatnonzero(np.all(sids == np.asarray(inverted.leaf_sids)[leaf], axis=1))
+    expected, score_of_prefix = [], {}
+    for seq, score in zip(np.asarray(result.sequences[b]), np.asarray(result.scores[b])):
+      prefix = tuple(seq[:length])
+      if prefix in score_of_prefix:  # A worse beam under a prefix already ranked.
+        continue
+      score_of_prefix[prefix] = score
+      bucket = np.flatnonzero(np.all(sids[:, :length] == prefix, axis=1))
       expected += sorted(bucket, key=lambda i: -float(item_emb[i] @ query_emb[b]))
     expected = (expected + [-1] * 10)[:10]
     np.testing.assert_array_equal(items[b], expected)
-    score_of_sid = {tuple(seq): score for seq, score in
-                    zip(np.asarray(result.sequences[b]), np.asarray(result.scores[b]))}
     for item, beam_score, cosine in zip(items[b], beam_scores[b], cosines[b]):
       if item >= 0:
-        assert beam_score == score_of_sid[tuple(sids[item])]
+        assert beam_score == score_of_prefix[tuple(sids[item, :length])]
         assert cosine == pytest.approx(float(item_emb[item] @ query_emb[b]), abs=1e-6)
 
 

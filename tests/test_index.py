@@ -22,6 +22,7 @@ SIDS = np.array([
 # Jitted once per shape: eager dispatch of each small op is what makes tests slow on CPU.
 valid_next = jax.jit(index.valid_next, static_argnums=1)
 items_for_leaves = jax.jit(index.items_for_leaves, static_argnums=2)
+items_for_prefixes = jax.jit(index.items_for_prefixes, static_argnums=(2, 3))
 
 
 def _brute_force_valid(sids, level, prefix, k):
@@ -107,6 +108,40 @@ def test_items_for_leaves_cap_truncates():
   items, valid = items_for_leaves(inverted, jnp.array([0, 3]), 1)
   np.testing.assert_array_equal(items, [[0], [2]])
   assert np.all(valid)
+
+
+def test_items_for_prefixes_hand_computed():
+  # Distinct SIDs in order: leaf 0 (0,1,2) items 0, 5; leaf 1 (0,1,4) item 1; leaf 2
+  # (0,2,0) item 4; leaf 3 (1,2,3) items 2, 6; leaf 4 (3,0,0) item 3. Length-1 prefixes:
+  # node 0 = (0), 1 = (1), 2 = (3); length 2: 0 = (0,1), 1 = (0,2), 2 = (1,2), 3 = (3,0).
+  inverted = index.build_inverted_index(SIDS)
+  assert inverted.max_prefix_items == (4, 3)
+  leaves = jnp.arange(-1, 5, dtype=jnp.int32)
+  np.testing.assert_array_equal(index.prefix_nodes(inverted, leaves, 1), [-1, 0, 0, 0, 1, 2])
+  np.testing.assert_array_equal(index.prefix_nodes(inverted, leaves, 2), [-1, 0, 0, 1, 2, 3])
+  for level, nodes, expected in (
+      (1, [-1, 0, 1, 2], [[], [0, 1, 4, 5], [2, 6], [3]]),
+      (2, [0, 1, 2, 3], [[0, 1, 5], [4], [2, 6], [3]])):
+    items, valid = items_for_prefixes(inverted, jnp.array(nodes), level)
+    assert items.shape == (len(nodes), inverted.max_prefix_items[level - 1])
+    assert [sorted(int(i) for i, v in zip(row, ok) if v)
+            for row, ok in zip(items, valid)] == expected
+    assert np.all(np.asarray(items)[~np.asarray(valid)] == -1)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_items_for_prefixes_against_brute_force(level):
+  sizes = (3, 4, 2, 5)
+  rng = np.random.default_rng(level)
+  sids = np.stack([rng.integers(0, k, 200) for k in sizes], axis=1)
+  inverted = index.build_inverted_index(sids)
+  leaves = jnp.arange(inverted.num_leaves, dtype=jnp.int32)
+  items, valid = items_for_prefixes(inverted, index.prefix_nodes(inverted, leaves, level),
+                                    level)
+  for leaf, row, ok in zip(np.asarray(leaves), np.asarray(items), np.asarray(valid)):
+    prefix = np.asarray(inverted.leaf_sids)[leaf, :level]
+    expected = np.flatnonzero(np.all(sids[:, :level] == prefix, axis=1))
+    np.testing.assert_array_equal(np.sort(row[ok]), expected)
 
 
 def test_rebuild_with_added_items():

@@ -89,6 +89,8 @@ def _encoder_words(config) -> str:
 
 def _budget(config) -> str:
   m, t, b, e = config.model, config.train, config.benchmark, config.eval
+  order = config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history,
+                                         e.candidate_level)
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
   split = (f"the first {warmup:.0%} train the encoder alone (InfoNCE) before k-means "
            "initialises the codebooks, then " if warmup else "")
@@ -97,8 +99,7 @@ def _budget(config) -> str:
           f"quantizer and the rest on the retriever); {_encoder_words(config)}, codebooks "
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
-          f"tokens; beam {e.beam_size}, the beams' items ranked by "
-          f"{config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history)}; "
+          f"tokens; beam {e.beam_size}, the beams' items ranked by {order}; "
           "test split evaluated on the final checkpoint.")
 
 
