@@ -177,9 +177,10 @@ def get_config() -> ml_collections.ConfigDict:
   # + cosine_weight * cosine). Each costs O(beam * bucket), not O(catalogue).
   c.eval.ranking = "beam"
   c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend'.
-  # Candidates: the items of the beams' SIDs (0, the paper's) or every item under the
-  # beams' first t codes (t in 1..m-1): a wider net when the decoder finds the right
-  # region of the index more often than the exact SID. Cost O(beam * items per prefix).
+  # Candidates: the items of the beams' SIDs (0, the paper's), or (t in 1..m-1) the search
+  # stops at the best beam_size prefixes of t codes and every item under them competes: a
+  # wider net when the decoder finds the right region of the index more often than the
+  # exact SID. Cost O(beam * items per prefix), fewer decoder steps.
   c.eval.candidate_level = 0
   # Leave the request's history items (its data.max_history most recent) out of every
   # ranking: a recommender does not propose what the user just had. Off: the published

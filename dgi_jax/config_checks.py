@@ -37,7 +37,8 @@ def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool,
            "cosine": "cosine over the beams' items",
            "blend": f"beam score + {cosine_weight:g} x cosine"}[ranking]
   if candidate_level:
-    words += f", every item under the beams' first {candidate_level} code(s) a candidate"
+    words += (f", the beams over the first {candidate_level} code(s) and every item under "
+              "them a candidate")
   return words + (", the request's history items left out" if exclude_history else "")
 SYNTHETIC = "synthetic"
 

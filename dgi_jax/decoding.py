@@ -56,7 +56,9 @@ class BeamResult:
   beams) come last with score -inf, sequences -1 and leaf -1."""
   sequences: jax.Array  # [batch, beam, m] int32 SIDs.
   scores: jax.Array  # [batch, beam] float32 log P(SID | q, H).
-  leaf_nodes: jax.Array  # [batch, beam] int32 leaf ids (index into the inverted index).
+  # [batch, beam] int32 leaf ids (index into the inverted index); after a search of
+  # fewer levels than m, the nodes of the length-`levels` prefixes.
+  leaf_nodes: jax.Array
   valid: jax.Array  # [batch, beam] bool.
 
 
@@ -110,8 +112,8 @@ def beam_step(state: BeamState, level: int, logits: jax.Array,
 
 
 def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: int,
-                tables: index_lib.PrefixTables,
-                codebook_sizes: Sequence[int]) -> BeamResult:
+                tables: index_lib.PrefixTables, codebook_sizes: Sequence[int],
+                levels: int = 0) -> BeamResult:
   """Beam search restricted to the SIDs in `tables`; pure and jittable.
 
   Exact (returns the true top-`beam_size` SIDs) whenever `beam_size` is at least the
@@ -124,6 +126,9 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
     beam_size: beams per query (static), 1..20 in the paper.
     tables: prefix tables (`index.build_prefix_tables`).
     codebook_sizes: K_1..K_m (static); must match the tables.
+    levels: static; stop after this many codes (1..m; 0 = m): the result's sequences
+      hold -1 past them and its `leaf_nodes` are the nodes of the length-`levels`
+      prefixes, the best `beam_size` existing prefixes (`rank_items`' candidate_level).
 
   Returns:
     A `BeamResult` sorted by score, best first.
@@ -134,8 +139,10 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
   num_levels = len(codebook_sizes)
+  if not 0 <= levels <= num_levels:
+    raise ValueError(f"levels={levels}: expected 0..{num_levels}")
   state = init_state(batch_size, beam_size, num_levels)
-  for level in range(num_levels):
+  for level in range(levels or num_levels):
     prefix = state.sequences[:, :, :level].reshape(batch_size * beam_size, level)
     # Dead beams carry -1 codes; hand the model a valid code, their scores are masked.
     logits = tokens_to_logits(level, jnp.maximum(prefix, 0))
@@ -162,10 +169,10 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
   shapes are static: memory is O(batch * beam * cap * d) for the gathered item vectors,
   with cap = `bucket_cap` or the index's largest bucket (no item dropped). An item has
-  one SID, so the candidates are distinct. With `candidate_level` t in 1..m-1 they are
-  instead every item whose SID starts with one of the beams' first t codes, a wider net
-  when the decoder finds the right region of the index more often than the right SID:
-  beams sharing a prefix give its items once, with the best of their scores, and cap
+  one SID, so the candidates are distinct. With `candidate_level` t in 1..m-1 the beams
+  come from a search stopped after t codes (`beam_search(levels=t)`: the best distinct
+  length-t prefixes) and the candidates are every item under them, a wider net when the
+  decoder finds the right region of the index more often than the right SID; cap then
   defaults to the most items under one length-t prefix. Their order (`ranking`):
     'beam':   the paper's: beam score, then cosine inside a SID bucket (or prefix);
     'cosine': cosine z^_q . z^_item over the union of the beams' items (the beams only
@@ -194,8 +201,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     cosine_weight: the cosine's weight in 'blend' (static).
     cosines_from: 'auto', 'candidates' or 'catalogue' (static), see above.
     exclude: int [batch, E] item indices left out of the ranking (-1 padded), or None.
-    candidate_level: static; 0 (or m) the beams' SIDs' items, t in 1..m-1 the items
-      under the beams' length-t prefixes.
+    candidate_level: static; 0 (or m): the items of the beams' SIDs; t in 1..m-1: the
+      items under the beams' length-t prefixes (beams of `beam_search(levels=t)`).
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -242,20 +249,13 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
 def _candidates(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                 bucket_cap: int, candidate_level: int) -> Tuple[jax.Array, jax.Array]:
   """The beams' candidate items [batch, beam, cap] (-1 padded) and their validity."""
-  leaves = jnp.where(beams.valid, beams.leaf_nodes, -1)  # [batch, beam]
+  nodes = jnp.where(beams.valid, beams.leaf_nodes, -1)  # [batch, beam]
   num_levels = inverted_index.num_levels
   if candidate_level in (0, num_levels):
-    return index_lib.items_for_leaves(inverted_index, leaves, bucket_cap)
+    return index_lib.items_for_leaves(inverted_index, nodes, bucket_cap)
   if not 0 < candidate_level < num_levels:
     raise ValueError(f"candidate_level={candidate_level}: expected 0..{num_levels}")
-  nodes = index_lib.prefix_nodes(inverted_index, leaves, candidate_level)
-  # A prefix shared by several beams is kept by the first, the best-scored: the beams
-  # come sorted by score. [batch, j, i]: beam i < j holds beam j's prefix.
-  beam = nodes.shape[1]
-  earlier = jnp.tril(jnp.ones((beam, beam), bool), k=-1)
-  repeated = ((nodes[:, :, None] == nodes[:, None, :]) & earlier).any(-1)
-  return index_lib.items_for_prefixes(inverted_index, jnp.where(repeated, -1, nodes),
-                                      candidate_level, bucket_cap)
+  return index_lib.items_for_prefixes(inverted_index, nodes, candidate_level, bucket_cap)
 
 
 def _ranking_keys(ranking: str, cosine_weight: float, present, scores, cosines):

@@ -17,7 +17,7 @@ array (`np.concatenate([old_sids, new_sids])`); a rebuild is a lexicographic sor
 on the host. Node and leaf ids may shift, so rebuild both together.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -57,10 +57,9 @@ class InvertedIndex:
   leaf_sids: jax.Array  # [num_leaves, m] int32 the distinct SIDs, sorted lexicographically.
   item_leaf: jax.Array  # [N] int32 leaf node of every item.
   # The items under a shorter prefix are contiguous in `item_order` too. Level t = 1..m-1
-  # (entry t - 1): [num_nodes_t + 1] int32 offsets, node n's items item_order[o[n]:o[n+1]].
+  # (entry t - 1): [num_nodes_t + 1] int32 offsets, node n's items item_order[o[n]:o[n+1]]
+  # (node ids of `build_prefix_tables`' level t).
   prefix_offsets: Tuple[jax.Array, ...] = ()
-  # [num_leaves, m - 1] int32: column t - 1 is the node of the leaf's length-t prefix.
-  leaf_prefixes: Optional[jax.Array] = None
   max_bucket: int = flax.struct.field(pytree_node=False, default=1)  # Largest bucket.
   # Level t = 1..m-1 (entry t - 1): most items under one length-t prefix.
   max_prefix_items: Tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
@@ -75,8 +74,8 @@ class InvertedIndex:
 
   def nbytes(self) -> int:
     arrays = (self.item_order, self.leaf_offsets, self.leaf_sids, self.item_leaf,
-              self.leaf_prefixes, *self.prefix_offsets)
-    return int(sum(a.nbytes for a in arrays if a is not None))
+              *self.prefix_offsets)
+    return int(sum(a.nbytes for a in arrays))
 
 
 def _check_sids(sids, codebook_sizes=None) -> np.ndarray:
@@ -186,12 +185,11 @@ def build_inverted_index(sids) -> InvertedIndex:
   item_leaf = np.empty(len(sids), dtype=np.int32)
   item_leaf[order] = leaf_of_sorted
   unique = sorted_sids[new]  # [U, m] distinct SIDs, sorted.
-  prefix_offsets, leaf_prefixes = [], []
+  prefix_offsets = []
   for t in range(1, sids.shape[1]):
     starts = np.ones(len(unique), dtype=bool)
     starts[1:] = np.any(unique[1:, :t] != unique[:-1, :t], axis=1)
-    node_of_leaf = np.cumsum(starts) - 1
-    leaf_prefixes.append(node_of_leaf)
+    node_of_leaf = np.cumsum(starts) - 1  # Length-t prefix node of each distinct SID.
     prefix_offsets.append(_csr_offsets(node_of_leaf[leaf_of_sorted]))
   leaf_offsets = _csr_offsets(leaf_of_sorted)
   return InvertedIndex(
@@ -200,8 +198,6 @@ def build_inverted_index(sids) -> InvertedIndex:
       leaf_sids=jnp.asarray(unique.astype(np.int32)),
       item_leaf=jnp.asarray(item_leaf),
       prefix_offsets=tuple(jnp.asarray(o) for o in prefix_offsets),
-      leaf_prefixes=jnp.asarray(np.stack(leaf_prefixes, axis=1).astype(np.int32)
-                                if leaf_prefixes else np.zeros((len(unique), 0), np.int32)),
       max_bucket=int(np.diff(leaf_offsets).max()),
       max_prefix_items=tuple(int(np.diff(o).max()) for o in prefix_offsets))
 
@@ -238,18 +234,11 @@ def items_for_leaves(index: InvertedIndex, leaf_nodes: jax.Array,
   return _slices(index.item_order, index.leaf_offsets, leaf_nodes, cap or index.max_bucket)
 
 
-def prefix_nodes(index: InvertedIndex, leaf_nodes: jax.Array, level: int) -> jax.Array:
-  """[...] int32 node of each leaf's length-`level` prefix (static 1 <= level < m);
-  negative leaf ids stay -1. Jittable."""
-  live = leaf_nodes >= 0
-  nodes = index.leaf_prefixes[jnp.where(live, leaf_nodes, 0), level - 1]
-  return jnp.where(live, nodes, -1)
-
-
 def items_for_prefixes(index: InvertedIndex, nodes: jax.Array, level: int,
                        cap: int = 0) -> Tuple[jax.Array, jax.Array]:
-  """`items_for_leaves` for the nodes of the length-`level` prefixes (static 1 <= level
-  < m, nodes from `prefix_nodes`): every item whose SID starts with the prefix; cap 0 is
+  """`items_for_leaves` for nodes of the length-`level` prefixes (static 1 <= level < m;
+  the node ids of `build_prefix_tables`, which a beam search stopped after `level` codes
+  returns): every item whose SID starts with the prefix; cap 0 is
   `index.max_prefix_items[level - 1]`. Jittable."""
   return _slices(index.item_order, index.prefix_offsets[level - 1], nodes,
                  cap or index.max_prefix_items[level - 1])

@@ -90,9 +90,9 @@ flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight with --rank
                    "(default config.eval.cosine_weight).")
 flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
                   "of every ranking (default config.eval.exclude_history).")
-flags.DEFINE_integer("candidate_level", None, "eval: rank every item under the beams' "
-                     "first T codes, not only their SIDs' (0; default "
-                     "config.eval.candidate_level).", lower_bound=0)
+flags.DEFINE_integer("candidate_level", None, "eval: stop the search at the best "
+                     "prefixes of T codes and rank every item under them (0: the items of "
+                     "the beams' SIDs; default config.eval.candidate_level).", lower_bound=0)
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")

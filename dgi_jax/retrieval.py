@@ -92,8 +92,10 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
   apply = functools.partial(model.apply, {"params": params})
   request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   batch = query_tokens.shape[0]
+  # With candidate_level t the search stops at the best t-code prefixes.
   beams = decoding.beam_search(grouped_logits_fn(apply, request, batch, beam_size), batch,
-                               beam_size, tables, model.cfg.codebook_sizes)
+                               beam_size, tables, model.cfg.codebook_sizes,
+                               levels=candidate_level)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level)
@@ -192,7 +194,8 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
-    # Rank every item under the beams' first `candidate_level` codes (0: their SIDs).
+    # Search prefixes of `candidate_level` codes and rank every item under them (0: the
+    # items of the beams' SIDs).
     self.candidate_level = int(config.eval.candidate_level)
     # Leave each request's history items out of its ranking (`eval.exclude_history`).
     self.exclude_history = bool(config.eval.exclude_history)

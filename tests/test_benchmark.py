@@ -1,6 +1,7 @@
 """`dgi benchmark` end to end on a small JSONL dataset: every kind of method, the frozen
 index of Two-Stage, agreement with `dgi eval`, results.md and resuming."""
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from dgi_jax import evaluate, retrieval
 from dgi_jax import trained_run
+from dgi_jax.baselines import dense
 from dgi_jax.benchmark import runner
 from dgi_jax.data import jsonl_format, synthetic_catalogue
 from conftest import REPO_ROOT, load_config
@@ -110,6 +112,38 @@ def test_generative_result_equals_dgi_eval(bench):
   report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi" / "main", "test")
   assert result["report"]["metrics"] == pytest.approx(report["metrics"])
   assert result["train_seconds"] > 0
+
+
+def test_validation_picks_the_reported_checkpoint(tmp_path):
+  raw = synthetic_catalogue.make_synthetic_dataset(300, 1200, 100, seed=4)
+  data = jsonl_format.write_jsonl_dataset(tmp_path / "jsonl", raw.items, raw.splits)
+  config = _benchmark_config()
+  with config.unlocked():
+    config.train.eval_every = config.train.checkpoint_every = 4
+  workdir = tmp_path / "work"
+  path = runner.run_benchmark(str(data), "dense,dgi", config, workdir,
+                              results_dir=tmp_path / "results", command=["dgi"],
+                              log=lambda _: None)
+  assert "best validation hit@10 (scored every 4 steps)" in path.read_text()
+  for name, run in (("dense", "dense"), ("dgi", "dgi/main")):
+    rows = [json.loads(line) for line in (workdir / run / "metrics.jsonl").open()]
+    valid = {r["step"]: r["hit@10"] for r in rows if r["kind"] == "valid"}
+    steps = trained_run.read_config(workdir / run).train.num_steps  # dgi: after warm-up.
+    assert sorted(valid) == list(range(4, steps + 1, 4)) and len(valid) >= 2, name
+    chosen = runner.read_result(workdir, name)["report"]["checkpoint"]
+    assert chosen["selected"] == "best" and valid[chosen["step"]] == max(valid.values())
+  # The dense method is scored by its own exact top-K, not by the generative search.
+  trained = trained_run.load_trained(workdir / "dense")
+  e = trained.config.eval
+  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                          trained.config, "validation", e.k)
+  report = evaluate.ranking_report(ranked, relevant,
+                                   trained.run_data.dataset.train_popularity,
+                                   e.num_popularity_buckets)
+  dense_valid = [r for r in (json.loads(line) for line in (workdir / "dense" /
+                                                           "metrics.jsonl").open())
+                 if r["kind"] == "valid" and r["step"] == trained.step]
+  assert dense_valid[0]["hit@10"] == pytest.approx(report["metrics"]["hit@10"])
 
 
 def test_rerun_keeps_finished_methods_and_runs_only_new_ones(bench, monkeypatch):

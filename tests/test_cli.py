@@ -79,7 +79,8 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "cosine",
                        "--candidate_level", "2")
   assert code == 0, err
-  assert "by cosine over the beams' items, every item under the beams' first 2 code(s)" in out
+  assert ("by cosine over the beams' items, the beams over the first 2 code(s) and every "
+          "item under them a candidate") in out
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["candidate_level"]) == ("cosine", 2)
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")

@@ -57,11 +57,12 @@ def _enumerate(sids, prefix_tables, query_tables):
   return unique, scores
 
 
-def _reference_beam_search(sids, prefix_tables, query_tables, query, beam_size):
-  """Plain-Python constrained beam search for one query: list of (score, sid)."""
+def _reference_beam_search(sids, prefix_tables, query_tables, query, beam_size, levels=0):
+  """Plain-Python constrained beam search for one query, over the first `levels` codes
+  (0: all): list of (score, prefix)."""
   unique = {tuple(s) for s in np.unique(sids, axis=0)}
   beams = [(0.0, ())]
-  for level, k in enumerate(SIZES):
+  for level, k in enumerate(SIZES[:levels or len(SIZES)]):
     candidates = []
     for score, prefix in beams:
       row = _prefix_hash(np.array([prefix], np.int64).reshape(1, level), np)[0]
@@ -75,13 +76,13 @@ def _reference_beam_search(sids, prefix_tables, query_tables, query, beam_size):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_search(beam_size):
+def _jitted_search(beam_size, levels=0):
   prefix_tables, query_tables = _toy_tables()
 
   @jax.jit
   def search(tables):
     logits_fn = functools.partial(_toy_logits, prefix_tables, query_tables, beam_size)
-    return decoding.beam_search(logits_fn, BATCH, beam_size, tables, SIZES)
+    return decoding.beam_search(logits_fn, BATCH, beam_size, tables, SIZES, levels)
   return search
 
 
@@ -123,6 +124,23 @@ def test_small_beams_match_reference_and_return_existing_sids(beam_size):
     np.testing.assert_allclose(result.scores[b], exact[b, leaves], rtol=1e-5)
     assert np.all(np.diff(result.scores[b]) <= 0)
     assert result.scores[b, 0] <= exact[b].max() + 1e-5
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_search_stopped_early_keeps_the_best_prefixes(levels):
+  sids = _toy_catalogue(num_items=60, seed=3)
+  prefix_tables, query_tables = _toy_tables()
+  tables = index.build_prefix_tables(sids, SIZES)
+  result = jax.tree.map(np.asarray, _jitted_search(4, levels)(tables))
+  prefixes = np.unique(sids[:, :levels], axis=0)  # Level `levels`' nodes, in id order.
+  assert len(prefixes) > 4  # The beams choose.
+  for b in range(BATCH):
+    expected = _reference_beam_search(sids, prefix_tables, query_tables, b, 4, levels)
+    assert [tuple(s[:levels]) for s in result.sequences[b]] == [p for _, p in expected]
+    np.testing.assert_allclose(result.scores[b], [score for score, _ in expected], rtol=1e-5)
+    assert np.all(result.sequences[b, :, levels:] == -1) and np.all(result.valid[b])
+    np.testing.assert_array_equal(prefixes[result.leaf_nodes[b]],
+                                  result.sequences[b, :, :levels])
 
 
 def test_narrow_beam_is_approximate_wider_beam_recovers_best():
@@ -264,34 +282,43 @@ def test_rank_items_leaves_out_excluded_items(ranking, expected):
   np.testing.assert_array_equal(items[1], unexcluded + [-1])
 
 
+# Leaves: 0 = (0,0,0) item 0, 1 = (0,1,0) item 2, 2 = (1,0,0) item 4, 3 = (1,1,1) item 1,
+# 4 = (1,1,2) item 3, 5 = (2,0,0) item 5. Length-1 prefixes: 0 = (0), 1 = (1), 2 = (2);
+# length 2: 0 = (0,0), 1 = (0,1), 2 = (1,0), 3 = (1,1), 4 = (2,0).
+PREFIX_SIDS = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 1, 2], [1, 0, 0], [2, 0, 0]])
+# Per search depth (0 = the whole SID): the beams' codes, scores and nodes; one beam dead.
+PREFIX_BEAMS = {
+    0: ([[1, 1, 1], [1, 1, 2], [0, 0, 0]], [-0.5, -0.7, -1.0], [3, 4, 0]),
+    2: ([[1, 1, -1], [0, 0, -1], [1, 0, -1]], [-0.5, -1.0, -1.2], [3, 0, 2]),
+    1: ([[1, -1, -1], [0, -1, -1], [2, -1, -1]], [-0.5, -1.0, -3.0], [1, 0, 2]),
+}
+
+
 @pytest.mark.parametrize("level, ranking, expected, expected_scores", [
     (0, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # The beams' own SIDs.
-    (3, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # m: the same.
-    # (1, 1) from the first beam (the second repeats it, unscored), (0, 0) from the third.
-    (2, "beam", [1, 3, 0], [-0.5, -0.5, -1.0]),
-    # (1) holds items 4, 1, 3 and (0) items 2, 0; item 5's (2) is under no beam.
-    (1, "beam", [4, 1, 3, 2, 0], [-0.5] * 3 + [-1.0] * 2),
-    (1, "cosine", [4, 1, 2, 0, 3], [-0.5, -0.5, -1.0, -1.0, -0.5]),
+    (2, "beam", [1, 3, 0, 4], [-0.5, -0.5, -1.0, -1.2]),  # (1,1): 1, 3; (0,0): 0; (1,0): 4.
+    (2, "cosine", [4, 1, 0, 3], [-1.2, -0.5, -1.0, -0.5]),
+    # (1) holds items 4, 1, 3, (0) items 2, 0 and (2) item 5, the worst prefix.
+    (1, "beam", [4, 1, 3, 2, 0, 5], [-0.5] * 3 + [-1.0] * 2 + [-3.0]),
+    (1, "cosine", [4, 1, 2, 5, 0, 3], [-0.5, -0.5, -1.0, -3.0, -1.0, -0.5]),
 ])
 def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
-  # Leaves: 0 = (0,0,0) item 0, 1 = (0,1,0) item 2, 2 = (1,0,0) item 4, 3 = (1,1,1)
-  # item 1, 4 = (1,1,2) item 3, 5 = (2,0,0) item 5. Beams: leaves 3, 4 and 0, one dead.
-  sids = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 1, 2], [1, 0, 0], [2, 0, 0]])
-  inverted = index.build_inverted_index(sids)
+  inverted = index.build_inverted_index(PREFIX_SIDS)
   angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
   item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+  codes, scores, nodes = PREFIX_BEAMS[level]
   beams = decoding.BeamResult(
-      sequences=jnp.array([[[1, 1, 1], [1, 1, 2], [0, 0, 0], [-1, -1, -1]]], jnp.int32),
-      scores=jnp.array([[-0.5, -0.7, -1.0, -np.inf]], jnp.float32),
-      leaf_nodes=jnp.array([[3, 4, 0, -1]], jnp.int32),
+      sequences=jnp.array([codes + [[-1, -1, -1]]], jnp.int32),
+      scores=jnp.array([scores + [-np.inf]], jnp.float32),
+      leaf_nodes=jnp.array([nodes + [-1]], jnp.int32),
       valid=jnp.array([[True, True, True, False]]))
   rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7),
                  static_argnames="candidate_level")
   items, beam_scores, cosines = map(np.asarray, rank(
-      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 6, 0, ranking, 0.0,
+      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 7, 0, ranking, 0.0,
       candidate_level=level))
   n = len(expected)
-  np.testing.assert_array_equal(items[0], expected + [-1] * (6 - n))
+  np.testing.assert_array_equal(items[0], expected + [-1] * (7 - n))
   np.testing.assert_allclose(beam_scores[0, :n], expected_scores)
   np.testing.assert_allclose(cosines[0, :n], np.cos(angles[expected]), rtol=1e-6)
   with pytest.raises(ValueError, match="candidate_level=4"):
@@ -317,7 +344,7 @@ def test_search_then_rank_end_to_end(candidate_level):
   query_emb = jnp.asarray(_normalise(rng.normal(size=(BATCH, 8))))
   tables = index.build_prefix_tables(sids, SIZES)
   inverted = index.build_inverted_index(sids)
-  result = _jitted_search(4)(tables)
+  result = _jitted_search(4, candidate_level)(tables)
   items, beam_scores, cosines = map(np.asarray, jax.jit(
       decoding.rank_items, static_argnums=4, static_argnames="candidate_level")(
           result, inverted, query_emb, item_emb, 10, candidate_level=candidate_level))
@@ -326,8 +353,7 @@ def test_search_then_rank_end_to_end(candidate_level):
     expected, score_of_prefix = [], {}
     for seq, score in zip(np.asarray(result.sequences[b]), np.asarray(result.scores[b])):
       prefix = tuple(seq[:length])
-      if prefix in score_of_prefix:  # A worse beam under a prefix already ranked.
-        continue
+      assert prefix not in score_of_prefix  # The search keeps distinct prefixes.
       score_of_prefix[prefix] = score
       bucket = np.flatnonzero(np.all(sids[:, :length] == prefix, axis=1))
       expected += sorted(bucket, key=lambda i: -float(item_emb[i] @ query_emb[b]))

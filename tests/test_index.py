@@ -116,9 +116,6 @@ def test_items_for_prefixes_hand_computed():
   # node 0 = (0), 1 = (1), 2 = (3); length 2: 0 = (0,1), 1 = (0,2), 2 = (1,2), 3 = (3,0).
   inverted = index.build_inverted_index(SIDS)
   assert inverted.max_prefix_items == (4, 3)
-  leaves = jnp.arange(-1, 5, dtype=jnp.int32)
-  np.testing.assert_array_equal(index.prefix_nodes(inverted, leaves, 1), [-1, 0, 0, 0, 1, 2])
-  np.testing.assert_array_equal(index.prefix_nodes(inverted, leaves, 2), [-1, 0, 0, 1, 2, 3])
   for level, nodes, expected in (
       (1, [-1, 0, 1, 2], [[], [0, 1, 4, 5], [2, 6], [3]]),
       (2, [0, 1, 2, 3], [[0, 1, 5], [4], [2, 6], [3]])):
@@ -135,11 +132,9 @@ def test_items_for_prefixes_against_brute_force(level):
   rng = np.random.default_rng(level)
   sids = np.stack([rng.integers(0, k, 200) for k in sizes], axis=1)
   inverted = index.build_inverted_index(sids)
-  leaves = jnp.arange(inverted.num_leaves, dtype=jnp.int32)
-  items, valid = items_for_prefixes(inverted, index.prefix_nodes(inverted, leaves, level),
-                                    level)
-  for leaf, row, ok in zip(np.asarray(leaves), np.asarray(items), np.asarray(valid)):
-    prefix = np.asarray(inverted.leaf_sids)[leaf, :level]
+  prefixes = np.unique(sids[:, :level], axis=0)  # Node n is the n-th distinct prefix.
+  items, valid = items_for_prefixes(inverted, jnp.arange(len(prefixes)), level)
+  for prefix, row, ok in zip(prefixes, np.asarray(items), np.asarray(valid)):
     expected = np.flatnonzero(np.all(sids[:, :level] == prefix, axis=1))
     np.testing.assert_array_equal(np.sort(row[ok]), expected)
 

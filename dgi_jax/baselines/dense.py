@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgi_jax import run_setup, sharding
+from dgi_jax import evaluate, run_setup, sharding
 from dgi_jax.data import pipeline
+from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 from dgi_jax.models.quantizer import l2_normalize
 
@@ -70,3 +71,20 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
     ranked.append(np.asarray(top)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
   return np.concatenate(ranked).astype(np.int32), np.concatenate(relevant)
+
+
+def make_validation_fn(config, split: str = "validation"):
+  """`evaluate_fn(params, run_data) -> {metric: float}` for `train.train_and_evaluate`:
+  the ranking metrics of `dense_rankings` on `split`, which pick the dense method's best
+  checkpoint (`evaluate.make_validation_fn` is the generative search's)."""
+  config = encoders.resolve_pretrained(config)  # As training resolves it.
+  model = run_setup.build_model(config)
+
+  def evaluate_fn(params, run_data: run_setup.RunData):
+    ranked, relevant = dense_rankings(model, params, run_data, config, split,
+                                      int(config.eval.k))
+    report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
+                                     int(config.eval.num_popularity_buckets))
+    return {name: float(value) for name, value in report["metrics"].items()}
+
+  return evaluate_fn

@@ -91,6 +91,8 @@ def _budget(config) -> str:
   m, t, b, e = config.model, config.train, config.benchmark, config.eval
   order = config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history,
                                          e.candidate_level)
+  selected = (f"the checkpoint with the best validation {t.best_metric} (scored every "
+              f"{t.eval_every} steps)" if t.eval_every else "the final checkpoint")
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
   split = (f"the first {warmup:.0%} train the encoder alone (InfoNCE) before k-means "
            "initialises the codebooks, then " if warmup else "")
@@ -100,7 +102,7 @@ def _budget(config) -> str:
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
           f"tokens; beam {e.beam_size}, the beams' items ranked by {order}; "
-          "test split evaluated on the final checkpoint.")
+          f"test split evaluated on {selected}.")
 
 
 def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,

@@ -89,17 +89,35 @@ class BenchmarkInterrupted(RuntimeError):
   """A training run stopped before its last step (SIGTERM); rerunning resumes it."""
 
 
-def _train(config, run_dir) -> float:
-  """Trains (or resumes) one run to its end; its training seconds.
+def _train(config, run_dir, evaluate_fn=None) -> float:
+  """Trains (or resumes) one run to its end; its training seconds. `evaluate_fn`
+  (`_validation_fn`) scores the checkpoints on the validation split.
 
   Raises BenchmarkInterrupted when the run stopped early on SIGTERM, so that no later
   stage starts from, and no result is written for, an unfinished run.
   """
-  result = train.train_and_evaluate(config, run_dir)
+  result = train.train_and_evaluate(config, run_dir, evaluate_fn=evaluate_fn)
   if result.step < int(config.train.num_steps):
     raise BenchmarkInterrupted(f"{run_dir} stopped at step {result.step} of "
                                f"{config.train.num_steps}; rerun the same command to resume")
   return result.train_seconds
+
+
+def _validation_fn(kind: str, config):
+  """What picks a trained method's best checkpoint, which its test report then reads:
+  its own ranking (the generative search, or the dense top-K) on the validation split
+  every `train.eval_every` steps, by `train.best_metric`; None when eval_every is 0 (the
+  final checkpoint is reported)."""
+  if not int(config.train.eval_every):
+    return None
+  if kind == methods_lib.DENSE:
+    return dense.make_validation_fn(config)
+  return evaluate.make_validation_fn(config)
+
+
+def _checkpoint(trained) -> Dict[str, Any]:
+  """The reported checkpoint: its step and how it was chosen ('best' on validation)."""
+  return {"step": int(trained.step), "selected": trained.selected}
 
 
 def _warmup_steps(config) -> int:
@@ -137,6 +155,7 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
                                   trained.config)
   report = evaluate.evaluate_split(retriever, trained.run_data, trained.config, SPLIT)
   report["num_params"] = _num_params(trained.params)
+  report["checkpoint"] = _checkpoint(trained)
   return report
 
 
@@ -201,6 +220,7 @@ def _dense_report(run_dir, config) -> Dict[str, Any]:
   report = _ranked_report(ranked, relevant, trained.run_data, trained.config,
                           time.perf_counter() - start)
   report["num_params"] = _num_params(trained.params)
+  report["checkpoint"] = _checkpoint(trained)
   return report
 
 
@@ -216,12 +236,12 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
   elif method.kind == methods_lib.ZERO_SHOT:
     report = _zero_shot_report(config, workdir)
   elif method.kind == methods_lib.DENSE:
-    train_seconds = _train(config, method_dir)
+    train_seconds = _train(config, method_dir, _validation_fn(method.kind, config))
     report = _dense_report(method_dir, config)
   elif method.kind == methods_lib.GENERATIVE:
     total = int(config.train.num_steps)
     main, train_seconds = _after_warm_up(config, method_dir, total - _warmup_steps(config))
-    train_seconds += _train(main, method_dir / "main")
+    train_seconds += _train(main, method_dir / "main", _validation_fn(method.kind, main))
     report = _generative_report(method_dir / "main", main)
   elif method.kind == methods_lib.TWO_STAGE:
     total = int(config.train.num_steps)
@@ -231,7 +251,8 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
                            **{"train.num_steps": total - _warmup_steps(config) - stage1_steps,
                               "train.init_from": str(method_dir / "stage1")})
     train_seconds += _train(stage1, method_dir / "stage1")
-    train_seconds += _train(stage2, method_dir / "stage2")
+    # Stage 1 trains the quantizer alone: stage 2's retrieval is what validation picks.
+    train_seconds += _train(stage2, method_dir / "stage2", _validation_fn(method.kind, stage2))
     report = _generative_report(method_dir / "stage2", stage2)
   else:
     raise ValueError(f"method {method.name}: unknown kind {method.kind!r}")
