@@ -180,7 +180,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Candidates: the items of the beams' SIDs (0, the paper's), or (t in 1..m-1) the search
   # stops at the best beam_size prefixes of t codes and every item under them competes: a
   # wider net when the decoder finds the right region of the index more often than the
-  # exact SID. Cost O(beam * items per prefix), fewer decoder steps.
+  # exact SID. Cost O(beam * items per t-code prefix; ~N / K_1 at t=1), m - t fewer
+  # decoder steps.
   c.eval.candidate_level = 0
   # Leave the request's history items (its data.max_history most recent) out of every
   # ranking: a recommender does not propose what the user just had. Off: the published
