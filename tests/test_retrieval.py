@@ -206,6 +206,27 @@ def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():
   assert report["level1_information"] == pytest.approx(entropy - 1.5)
 
 
+def test_candidate_level_ranks_every_item_under_the_best_first_codes(trained):
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  retriever.ranking, retriever.candidate_level = "cosine", 1
+  tokens = _first_test_batch(trained)["query_tokens"][:4]
+  num_items, first_codes = retriever.num_items, np.unique(retriever.sids[:, 0])
+  # As many beams as first codes: the search over them is exhaustive.
+  wide = jax.device_get(retriever.search(tokens, len(first_codes), num_items))
+  narrow = jax.device_get(retriever.search(tokens, 3, num_items))
+  for b in range(len(tokens)):
+    assert sorted(wide.items[b][wide.items[b] >= 0]) == list(range(num_items))
+    np.testing.assert_array_equal(narrow.beams.sequences[b, :, 0],
+                                  wide.beams.sequences[b, :3, 0])
+    assert np.all(narrow.beams.sequences[b, :, 1:] == -1)
+    chosen = set(narrow.beams.sequences[b, :, 0].tolist())
+    items = narrow.items[b][narrow.items[b] >= 0]
+    assert set(items.tolist()) == set(np.flatnonzero(np.isin(retriever.sids[:, 0],
+                                                             list(chosen))).tolist())
+    assert len(items) < num_items and np.all(np.diff(narrow.cosines[b, :len(items)]) <= 0)
+
+
 def test_added_items_are_quantized_and_retrievable(trained):
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
