@@ -76,14 +76,21 @@ def check_values(config) -> None:
   if ranking is not None and ranking not in RANKINGS:
     raise ConfigError(f"eval.ranking={ranking!r}: expected one of {RANKINGS}")
   candidate_level = _value(config, "eval.candidate_level")
-  if sizes and candidate_level is not None and candidate_level > len(sizes):
-    raise ConfigError(f"eval.candidate_level={candidate_level}: the SIDs have {len(sizes)} "
-                      "codes; give 0 (the whole SID) .. that")
+  if sizes and candidate_level is not None:
+    check_candidate_level("eval.candidate_level", candidate_level, len(sizes))
   dataset = _value(config, "data.dataset")
   if dataset is not None and dataset != SYNTHETIC and not epath.Path(dataset).is_dir():
     raise ConfigError(f"data.dataset={dataset!r}: no such directory (expected "
                       f"{SYNTHETIC!r} or a folder holding items.jsonl, train.jsonl, "
                       "valid.jsonl and test.jsonl)")
+
+
+def check_candidate_level(name: str, value: int, num_levels: int) -> None:
+  """Refuses a candidate level (`eval.candidate_level`, or the flag `name`) outside
+  0 (the whole SID) .. num_levels."""
+  if not 0 <= value <= num_levels:
+    raise ConfigError(f"{name}={value}: the SIDs have {num_levels} codes; give 0 (the "
+                      "whole SID) .. that")
 
 
 def check_devices(config, device_count: int) -> None:

@@ -38,7 +38,6 @@ from dgi_jax import retrieval
 from dgi_jax import run_setup
 from dgi_jax import trained_run
 from dgi_jax.data import pipeline
-from dgi_jax.errors import ConfigError
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 
@@ -225,10 +224,8 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
   if exclude_history is not None:
     retriever.exclude_history = bool(exclude_history)
   if candidate_level is not None:
-    num_levels = trained.model.cfg.num_levels
-    if not 0 <= candidate_level <= num_levels:
-      raise ConfigError(f"--candidate_level={candidate_level}: the SIDs have {num_levels} "
-                        "codes; give 0 (the whole SID) .. that")
+    config_checks.check_candidate_level("--candidate_level", candidate_level,
+                                        trained.model.cfg.num_levels)
     retriever.candidate_level = int(candidate_level)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
