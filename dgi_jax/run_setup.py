@@ -32,7 +32,7 @@ class RunData:
   """What training and evaluation read: the dataset, its tokenizer, the catalogue tokens."""
   dataset: dataset_lib.Dataset
   tokenizer: tokenizer_lib.RequestTokenizer
-  catalogue_tokens: np.ndarray  # int32 [num_items, max_item_len]
+  catalogue_tokens: np.ndarray  # int32 [num_items, item width <= max_item_len]
 
 
 def _host_local_data(config, workdir) -> bool:

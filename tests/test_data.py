@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -344,11 +345,12 @@ def test_prepare_tokenizer_reuses_file(synthetic, tokenizer, tiny_data_config, t
 def test_train_batches(synthetic, tokenizer, tiny_data_config):
   c = tiny_data_config
   catalogue = pipeline.encode_catalogue(synthetic, tokenizer, c)
-  assert catalogue.shape == (300, c.max_item_len) and catalogue.dtype == np.int32
+  width = catalogue.shape[1]
+  assert catalogue.shape == (300, width) and catalogue.dtype == np.int32
   batch = next(pipeline.make_train_iterator(synthetic, tokenizer, c, 8, seed=0))
   shapes = {k: (v.shape, v.dtype) for k, v in batch.items()}
   assert shapes == {"query_tokens": ((8, c.max_query_len), np.int32),
-                    "item_tokens": ((8, c.max_item_len), np.int32),
+                    "item_tokens": ((8, width), np.int32),
                     "item_index": ((8,), np.int32), "example_id": ((8,), np.int32),
                     "history": ((8, c.max_history), np.int32)}
   by_id = dict(enumerate(_source_records(synthetic, "train")))
@@ -363,6 +365,33 @@ def test_train_batches(synthetic, tokenizer, tiny_data_config):
       batch["history"], pipeline.pad_rows([records.recent_history(np.asarray(r[1]),
                                                                    c.max_history)
                                            for r in rows], c.max_history))
+
+
+def test_catalogue_width_is_the_longest_item_rounded_up(synthetic, tokenizer,
+                                                        tiny_data_config):
+  c = ml_collections.ConfigDict(tiny_data_config.to_dict())
+  c.max_item_len = 64  # Longer than any item, which then ends in padding.
+  full = tokenizer.encode_items(synthetic.item_texts, c.max_item_len)
+  catalogue = pipeline.encode_catalogue(synthetic, tokenizer, c)
+  longest = int((full != 0).sum(axis=1).max())
+  assert longest < c.max_item_len - pipeline.ITEM_WIDTH_MULTIPLE, "nothing to trim"
+  multiple = pipeline.ITEM_WIDTH_MULTIPLE
+  assert catalogue.shape[1] == -(-longest // multiple) * multiple
+  np.testing.assert_array_equal(catalogue, full[:, :catalogue.shape[1]])
+  assert not full[:, catalogue.shape[1]:].any()
+
+
+@pytest.mark.parametrize("rows, multiple, width", [
+    ([[5, 6, 0, 0, 0, 0, 0, 0, 0, 0]], 4, 4),   # Longest item 2 -> 4.
+    ([[5, 6, 7, 8, 0, 0, 0, 0, 0, 0]], 4, 4),   # Exactly a multiple.
+    ([[5, 0, 0, 0, 0, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 0, 0, 0, 0, 0]], 4, 8),
+    ([[5, 6, 7, 8, 9, 1, 2, 3, 4, 0]], 4, 10),  # The rounded width capped at L.
+    ([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], 4, 4),   # All padding keeps one multiple.
+])
+def test_trim_padding_columns(rows, multiple, width):
+  tokens = np.asarray(rows, np.int32)
+  trimmed = pipeline.trim_padding_columns(tokens, multiple)
+  np.testing.assert_array_equal(trimmed, tokens[:, :width])
 
 
 def _epoch_ids(it, num_batches):

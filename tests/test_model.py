@@ -25,6 +25,20 @@ def test_output_shapes():
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
 
 
+def test_item_embedding_does_not_depend_on_padding_width():
+  # `pipeline.encode_catalogue` drops the columns that are padding in every item.
+  model = small_model()
+  batch = random_batch()  # Items of 8 tokens, the last two padding.
+  params = init(model, batch)
+  embed = lambda tokens: model.apply({"params": params}, tokens, method=DGIModel.embed_items)
+  wide = np.pad(batch["item_tokens"], ((0, 0), (0, 4)))
+  trimmed = batch["item_tokens"][:, :6]
+  np.testing.assert_allclose(embed(wide), embed(trimmed), rtol=1e-5, atol=1e-6)
+  changed = trimmed.copy()
+  changed[:, -1] = 1  # A token, not padding, must change the embedding.
+  assert np.abs(embed(changed) - embed(trimmed)).max() > 1e-3
+
+
 def _codebook_shaped_arrays(params, sizes, d):
   shapes = {(k, d) for k in sizes}
   return [x for x in jax.tree.leaves(params) if x.shape in shapes]
