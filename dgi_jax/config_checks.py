@@ -40,6 +40,8 @@ def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool,
     words += (f", the beams over the first {candidate_level} code(s) and every item under "
               "them a candidate")
   return words + (", the request's history items left out" if exclude_history else "")
+
+
 SYNTHETIC = "synthetic"
 
 

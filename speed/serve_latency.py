@@ -1,7 +1,8 @@
 """Serving latency of the real model: `Retriever.search` vs exact dense top-K, by catalogue size.
 
 What a deployment runs, timed end to end on tokenized requests: request encoding +
-constrained beam search + (beam score, cosine) ranking, i.e. `retrieval.Retriever.search`
+constrained beam search + the run's ranking (`eval.ranking` and `eval.candidate_level`,
+or --ranking / --candidate_level), i.e. `retrieval.Retriever.search`
 (one jitted call, on the batch trimmed to its longest request as `search` trims it).
 Beside it, in the same process and on the same (trimmed) requests, exact dense
 retrieval with the same encoder: encode the request, cosine of z^_q with all N item
@@ -29,6 +30,7 @@ smallest synthetic one.
 
   python speed/serve_latency.py --workdir runs/mine            # a trained run (read only)
   python speed/serve_latency.py --workdir runs/mine --old      # ... and the old search
+  python speed/serve_latency.py --workdir runs/mine --candidate_level 0  # whole SIDs
   python speed/serve_latency.py --config configs/tiny.py       # fresh params, trains nothing
 
 `speed/search_latency.py` times the search algorithm alone (a toy MLP decoder, no
@@ -58,7 +60,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import machine_description  # noqa: E402
 
-from dgi_jax import config_files, decoding, index, retrieval, run_setup  # noqa: E402
+from dgi_jax import config_checks, config_files, decoding, index, retrieval  # noqa: E402
+from dgi_jax import run_setup  # noqa: E402
 from dgi_jax import trained_run  # noqa: E402
 from dgi_jax.data import pipeline  # noqa: E402
 from dgi_jax.models import encoders, quantizer  # noqa: E402
@@ -295,10 +298,18 @@ def run(args, scratch):
   model, params, run_data, config, what = load(args, scratch)
   batch_sizes = [int(b) for b in args.batches.split(",")]
   bucket_cap = config.eval.bucket_cap if args.bucket_cap is None else args.bucket_cap
-  if args.bucket_cap is not None:
-    with config.unlocked():
-      config.eval.bucket_cap = args.bucket_cap
+  with config.unlocked():
+    for field in ("bucket_cap", "candidate_level", "ranking"):
+      if getattr(args, field) is not None:
+        config.eval[field] = getattr(args, field)
+  config_checks.check_candidate_level("--candidate_level", config.eval.candidate_level,
+                                      len(config.model.codebook_sizes))
+  if args.old and config.eval.candidate_level:
+    raise config_checks.ConfigError("--old times the search of whole SIDs; drop it or "
+                                    "give --candidate_level=0")
   native = retrieval.Retriever(model, params, run_data, config)
+  order = config_checks.describe_ranking(native.ranking, native.cosine_weight, False,
+                                         native.candidate_level)
   cfg = model.cfg
   tokens, history = request_pool(run_data, config, max(512, max(batch_sizes)))
   print(f"machine: {machine_description()}; load average "
@@ -308,7 +319,7 @@ def run(args, scratch):
         f"layers, codebooks {tuple(cfg.codebook_sizes)}, requests of {tokens.shape[1]} "
         f"tokens (+ {history.shape[1]} history items as "
         f"{'text' if not cfg.history_items else cfg.history_repr}); beam {args.beam}, "
-        f"top {args.k}, bucket_cap {bucket_cap or 'none'}; "
+        f"top {args.k}, bucket_cap {bucket_cap or 'none'}; ranking: {order}; "
         f"set-up {time.perf_counter() - start:.0f} s", flush=True)
   pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
   real = (f"request positions, mean over requests: {np.mean(np.sum(tokens != pad_id, 1)):.1f}"
@@ -380,6 +391,11 @@ def main():
   parser.add_argument("--batches", default="64,256", help="batch sizes for requests/s")
   parser.add_argument("--bucket_cap", type=int, default=None,
                       help="override eval.bucket_cap (items ranked per SID; 0 = all)")
+  parser.add_argument("--candidate_level", type=int, default=None,
+                      help="override eval.candidate_level (0: the beams' SIDs; t: every "
+                      "item under the beams' t-code prefixes)")
+  parser.add_argument("--ranking", choices=config_checks.RANKINGS, default=None,
+                      help="override eval.ranking")
   parser.add_argument("--reps", type=int, nargs=2, default=(5, 100),
                       metavar=("BATCHED", "SINGLE"), help="timed calls below 1M items")
   parser.add_argument("--reps_big", type=int, nargs=2, default=(3, 100),
@@ -394,6 +410,8 @@ def main():
   scratch = tempfile.mkdtemp(prefix="serve_latency_")
   try:
     run(parser.parse_args(), scratch)
+  except config_checks.ConfigError as e:
+    sys.exit(f"serve_latency.py: {e}")  # One line, exit status 1.
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
 
