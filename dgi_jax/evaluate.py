@@ -81,13 +81,16 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    hubness, index, decoder and encoder (with diagnostics), timing (seconds,
+    hubness, index, candidates (mean items ranked per request, that mean's share of the
+    catalogue, and recall: the share of (request, relevant item) pairs whose item is
+    among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
+    timing (seconds,
     requests_per_sec; the search with the diagnostics).
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
   start = time.perf_counter()
-  ranked, relevant, parts = [], [], []
+  ranked, relevant, candidates, found, parts = [], [], [], [], []
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
@@ -95,6 +98,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     result = retriever.search(batch["query_tokens"], beam_size, k, batch["history"])
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
+    candidates.append(retriever.candidate_counts(result.beams)[batch["mask"]])
+    found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
       parts.append(_batch_diagnostics(retriever, batch))
   seconds = time.perf_counter() - start
@@ -109,6 +114,10 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
                                int(config.eval.num_popularity_buckets)))
   report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
   report["index"] = dict(retriever.stats)
+  mean_candidates = float(np.concatenate(candidates).mean())
+  report["candidates"] = {"mean": mean_candidates,
+                          "catalogue_share": mean_candidates / retriever.num_items,
+                          "recall": float(np.concatenate(found).sum() / (relevant >= 0).sum())}
   if with_diagnostics:
     dense_ranked, cross_entropy, target_sids, agreement = (np.concatenate(p)
                                                            for p in zip(*parts))
@@ -172,6 +181,8 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
   out["tail_hit@10"] = report["long_tail"]["buckets"][-1]["hit@10"]
   out["unseen_hit@10"] = report["long_tail"]["unseen"]["hit@10"]
   out["unique_sid_share"] = report["index"]["unique_sid_share"]
+  out["candidates_per_request"] = report["candidates"]["mean"]
+  out["candidate_recall"] = report["candidates"]["recall"]
   for level, value in enumerate(report["index"]["code_perplexity"]):
     out[f"code_perplexity_{level}"] = value
   if "decoder" in report:
@@ -299,6 +310,10 @@ def format_report(report: Dict[str, Any]) -> str:
             "hubness (Spearman with popularity): item norm "
             f"{_fmt(hub['item_norm_spearman'])}, codeword norm per level "
             + " / ".join(_fmt(c) for c in hub["codeword_norm_spearman"])]
+  candidates = report["candidates"]
+  lines.append(f"candidates ranked per request: {candidates['mean']:,.0f} "
+               f"({candidates['catalogue_share']:.1%} of the catalogue), holding "
+               f"{_fmt(candidates['recall'])} of the relevant items")
   decoder = report.get("decoder")
   if decoder:
     lines.append("decoder (nats, relevant items' SIDs, teacher-forced): cross-entropy per "

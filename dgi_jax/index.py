@@ -244,6 +244,29 @@ def items_for_prefixes(index: InvertedIndex, nodes: jax.Array, level: int,
                  cap or index.max_prefix_items[level - 1])
 
 
+def candidate_counts(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) -> np.ndarray:
+  """How many items a search's nodes hold per request: what `decoding.rank_items` scores.
+
+  Args:
+    index: the inverted index.
+    nodes: int [B, beam] node ids of a search (-1 for none): leaves (whole SIDs) when
+      `level` is 0 or m, else the length-`level` prefixes' nodes.
+    level: the search's `candidate_level`.
+    cap: the ranking's static bucket width (0: no item dropped); a node counts at most
+      `cap` items, as `items_for_leaves` / `items_for_prefixes` take them.
+
+  Returns:
+    int64 [B], before any history item is left out.
+  """
+  nodes = np.asarray(nodes)
+  offsets = (index.leaf_offsets if level in (0, index.num_levels)
+             else index.prefix_offsets[level - 1])
+  sizes = np.diff(np.asarray(offsets)).astype(np.int64)[np.maximum(nodes, 0)]
+  if cap:
+    sizes = np.minimum(sizes, cap)
+  return np.where(nodes >= 0, sizes, 0).sum(axis=-1)
+
+
 def collision_stats(sids, codebook_sizes: Sequence[int] = ()) -> Dict[str, object]:
   """Collision and code-usage statistics of a catalogue's SIDs ([N, m] int).
 

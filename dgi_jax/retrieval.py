@@ -336,6 +336,27 @@ class Retriever:
                    ranking=self.ranking, cosine_weight=self.cosine_weight,
                    candidate_level=self.candidate_level)
 
+  def candidate_counts(self, beams: decoding.BeamResult) -> np.ndarray:
+    """int [B]: how many items the ranking scored for each request of a `search` result's
+    `beams` (the items under its whole SIDs, or under its prefixes with a candidate
+    level; at most `eval.bucket_cap` per node), before history items are left out."""
+    nodes = np.where(np.asarray(beams.valid), np.asarray(beams.leaf_nodes), -1)
+    return index_lib.candidate_counts(self.inverted_index, nodes, self.candidate_level,
+                                      self._bucket_cap)
+
+  def under_beams(self, beams: decoding.BeamResult, items) -> np.ndarray:
+    """bool [B, R]: whether each of `items` [B, R] (-1 padded: False) is among the
+    candidates of its request's `beams`, i.e. its SID starts with one of the beams'
+    `candidate_level`-code prefixes (whole SIDs at level 0) — whatever the ranking then
+    does with it (a `bucket_cap` may still drop it)."""
+    items = np.asarray(items)
+    level = self.candidate_level or self.sids.shape[1]
+    prefixes = np.asarray(beams.sequences)[:, :, :level]  # [B, beam, t]
+    item_prefixes = self.sids[np.maximum(items, 0), :level]  # [B, R, t]
+    match = np.all(item_prefixes[:, :, None, :] == prefixes[:, None, :, :], axis=-1)
+    match &= np.asarray(beams.valid)[:, None, :]
+    return match.any(axis=-1) & (items >= 0)
+
   def excluded_items(self, history):
     """The items left out of the requests' rankings: history [B, H] on the device when
     `self.exclude_history` (whatever the history's representation), else None."""

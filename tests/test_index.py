@@ -126,6 +126,21 @@ def test_items_for_prefixes_hand_computed():
     assert np.all(np.asarray(items)[~np.asarray(valid)] == -1)
 
 
+def test_candidate_counts_hand_computed():
+  # The index of `test_items_for_prefixes_hand_computed`: leaves hold 2, 1, 1, 2, 1 items;
+  # length-1 prefixes 4, 2, 1; length-2 prefixes 3, 1, 2, 1.
+  inverted = index.build_inverted_index(SIDS)
+  nodes = np.array([[0, 3, -1], [4, -1, -1], [-1, -1, -1]])
+  np.testing.assert_array_equal(index.candidate_counts(inverted, nodes), [4, 1, 0])
+  np.testing.assert_array_equal(index.candidate_counts(inverted, nodes, level=3), [4, 1, 0])
+  np.testing.assert_array_equal(index.candidate_counts(inverted, nodes, cap=1), [2, 1, 0])
+  prefixes = np.array([[0, 1], [2, -1]])
+  np.testing.assert_array_equal(index.candidate_counts(inverted, prefixes, level=1), [6, 1])
+  np.testing.assert_array_equal(index.candidate_counts(inverted, prefixes, level=2), [4, 2])
+  np.testing.assert_array_equal(
+      index.candidate_counts(inverted, prefixes, level=1, cap=3), [5, 1])
+
+
 @pytest.mark.parametrize("level", [1, 2])
 def test_items_for_prefixes_against_brute_force(level):
   sizes = (3, 4, 2, 5)

@@ -215,6 +215,19 @@ def test_candidate_level_ranks_every_item_under_the_best_first_codes(trained):
   # As many beams as first codes: the search over them is exhaustive.
   wide = jax.device_get(retriever.search(tokens, len(first_codes), num_items))
   narrow = jax.device_get(retriever.search(tokens, 3, num_items))
+  np.testing.assert_array_equal(retriever.candidate_counts(wide.beams), num_items)
+  np.testing.assert_array_equal(retriever.candidate_counts(narrow.beams),
+                                (narrow.items >= 0).sum(axis=1))
+  every_item = np.tile(np.arange(-1, num_items), (len(tokens), 1))  # -1: padding.
+  under = retriever.under_beams(narrow.beams, every_item)
+  for b in range(len(tokens)):
+    assert set(every_item[b][under[b]]) == set(narrow.items[b][narrow.items[b] >= 0])
+  retriever.candidate_level = 0  # Whole SIDs: the items sharing a beam's SID.
+  whole = jax.device_get(retriever.search(tokens, 3, num_items))
+  under = retriever.under_beams(whole.beams, every_item)
+  for b in range(len(tokens)):
+    assert set(every_item[b][under[b]]) == set(whole.items[b][whole.items[b] >= 0])
+  retriever.candidate_level = 1
   for b in range(len(tokens)):
     assert sorted(wide.items[b][wide.items[b] >= 0]) == list(range(num_items))
     np.testing.assert_array_equal(narrow.beams.sequences[b, :, 0],
@@ -283,6 +296,9 @@ def test_validation_can_skip_the_diagnostics(trained, retriever):
   lean = evaluate.evaluate_split(*args, with_diagnostics=False)
   assert {"decoder", "encoder"} <= set(full) and not {"decoder", "encoder"} & set(lean)
   assert lean["metrics"] == full["metrics"]
+  # Only candidates are ranked: candidate recall bounds every recall@K.
+  assert 0 < full["metrics"]["recall@20"] <= full["candidates"]["recall"] <= 1
+  assert 0 < full["candidates"]["mean"] <= retriever.num_items  # Beams hold distinct SIDs.
   flat_full, flat_lean = evaluate.flat_metrics(full), evaluate.flat_metrics(lean)
   assert set(flat_full) - set(flat_lean) == {"level1_information", "encoder_dense_hit@10"}
   assert all(flat_lean[name] == flat_full[name] for name in flat_lean)
