@@ -10,6 +10,11 @@ relevant items, in one jitted pass per batch (`diagnose`):
            over the catalogue (what the dense baseline does), and per level the share of
            pairs whose request vector quantizes to the relevant item's SID prefix; they
            tell whether joint training kept requests near their items.
+  routed   the encoder with the codebooks but without the decoder: the items under the
+           W level-1 codewords nearest the request vector (W = the beam size), ranked by
+           cosine: an inverted-file search whose regions are the SIDs' first codes. Set
+           beside the search at `eval.candidate_level` 1 (the decoder choosing W first
+           codes), it tells whether the decoder picks regions better than geometry does.
 They take the model, its params and the index's arrays as arguments: serving (the
 `Retriever`) does not compute them.
 """
@@ -36,13 +41,17 @@ class Diagnostics:
   dense_top_k: jax.Array  # [B, k] int32 items by cosine(request, item) alone, best first.
   request_codes: jax.Array  # [B, m] int32 the SID the quantizer gives the request vector.
   code_cross_entropy: jax.Array  # [B, R, m] float32 -log P(c_t | request, c_<t), nats.
+  routed_top_k: jax.Array  # [B, k] int32 items under the nearest W first codes (-1 pads).
+  routed_candidates: jax.Array  # [B] int32 how many items those W regions hold.
+  routed_codes: jax.Array  # [B, W] int32 the W (<= K_1) first codes nearest the request.
 
 
 # The model is a static argument: a linen module is a hashable dataclass of its config,
 # so every evaluation of the same model shares one compilation per shape.
-@functools.partial(jax.jit, static_argnames=("model", "k"))
-def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax.Array,
-             target_sids: jax.Array, history=None, history_table=None, exclude=None, *,
+@functools.partial(jax.jit, static_argnames=("model", "k", "route_width"))
+def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes: jax.Array,
+             query_tokens: jax.Array, target_sids: jax.Array, history=None,
+             history_table=None, exclude=None, *, route_width: int,
              k: int = DENSE_K) -> Diagnostics:
   """The diagnostics of requests [B, Lq] (history [B, H] read through `history_table`
   when the model reads history items), encoded once.
@@ -51,12 +60,14 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax
     model: The DGI model.
     params: Its parameters.
     item_vectors: float32 [N, d] unit-length item embeddings (the index's).
+    item_first_codes: int32 [N] the items' first SID codes (the index's).
     query_tokens: int32 [B, Lq] request tokens.
     target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
     history: int32 [B, H] history item indices (-1 padded), or None.
     history_table: the index's history table (`Retriever.history_table`), or None.
     exclude: int32 [B, E] items left out of the cosine ranking (-1 padded), or None.
-    k: Items of the cosine ranking.
+    route_width: W, the level-1 codewords (holding items) the routed ranking searches.
+    k: Items of the cosine rankings.
 
   The cross-entropy is teacher-forced: the decoder reads the targets' hard codewords, as
   in the search, and its softmax runs over the whole codebook (not the prefix tables), so
@@ -77,10 +88,30 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, query_tokens: jax
                    method=DGIModel.prefix_logits).astype(jnp.float32)  # [B, R, K_t]
     levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
                                        target_sids[..., t:t + 1], axis=-1)[..., 0])
+  # Routing: the W first codes nearest z_q among those holding items, then exact cosine
+  # over the items under them.
+  first_scores = apply(z_q, method=DGIModel.first_code_scores)  # [B, K_1]
+  holds_items = jnp.zeros(first_scores.shape[-1], bool).at[item_first_codes].set(True)
+  # W codes at most K_1 (a code holding no item may fill the W; it adds no candidate).
+  routed_codes = jax.lax.top_k(jnp.where(holds_items, first_scores, -jnp.inf),
+                               min(route_width, first_scores.shape[-1]))[1]  # [B, W]
+  routed = jnp.zeros_like(first_scores, bool).at[
+      jnp.arange(first_scores.shape[0])[:, None], routed_codes].set(True)  # [B, K_1]
+  in_region = routed[:, item_first_codes]  # [B, N]
+  scores = jnp.where(in_region, quantizer.l2_normalize(request.z_q) @ item_vectors.T,
+                     -jnp.inf)
+  if exclude is not None:
+    rows = jnp.arange(scores.shape[0])[:, None]  # Padding points past the end: dropped.
+    scores = scores.at[rows, jnp.where(exclude >= 0, exclude, scores.shape[1])].set(
+        -jnp.inf, mode="drop")
+  routed_scores, routed_top_k = jax.lax.top_k(scores, k)
   return Diagnostics(
       dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude),
       request_codes=apply(z_q, method=DGIModel.hard_codes),
-      code_cross_entropy=jnp.stack(levels, axis=-1))  # [B, R, m]
+      code_cross_entropy=jnp.stack(levels, axis=-1),  # [B, R, m]
+      routed_top_k=jnp.where(routed_scores > -jnp.inf, routed_top_k, -1),
+      routed_candidates=in_region.sum(axis=-1).astype(jnp.int32),
+      routed_codes=routed_codes.astype(jnp.int32))
 
 
 def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
@@ -105,19 +136,29 @@ def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
 
 
 def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
-                   prefix_agreement: np.ndarray) -> Dict[str, Any]:
-  """The trained encoder on its own (see the module doc, `encoder`).
+                   prefix_agreement: np.ndarray, routed_ranked: np.ndarray,
+                   routed_candidates: np.ndarray, routed_found: np.ndarray
+                   ) -> Dict[str, Any]:
+  """The trained encoder on its own (see the module doc, `encoder` and `routed`).
 
   Args:
     dense_ranked: int [Q, DENSE_K] items ranked by cosine(request, item) alone.
     relevant: int [Q, R] relevant item indices per request, padded with -1.
     prefix_agreement: bool/int [P, m], per (request, relevant item) pair and level t,
       whether the request's own SID agrees with the item's on levels 1..t.
+    routed_ranked: int [Q, DENSE_K] the routed ranking (-1 padded).
+    routed_candidates: int [Q] the items under each request's routed first codes.
+    routed_found: bool [P] whether the pair's item is under its request's routed codes.
 
   Returns:
-    dense (hit@10, ndcg@10 of the exact cosine ranking) and sid_prefix_agreement (mean
-    per level).
+    dense (hit@10, ndcg@10 of the exact cosine ranking), sid_prefix_agreement (mean per
+    level) and routed (hit@10, ndcg@10, candidates: the mean items under the routed
+    codes, recall: the share of pairs whose item is under them).
   """
-  means = metrics.retrieval_metrics(dense_ranked, relevant, (DENSE_K,), DENSE_K)
-  return {"dense": {name: float(means[f"{name}@{DENSE_K}"]) for name in ("hit", "ndcg")},
-          "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)]}
+  def top(ranked):
+    means = metrics.retrieval_metrics(ranked, relevant, (DENSE_K,), DENSE_K)
+    return {name: float(means[f"{name}@{DENSE_K}"]) for name in ("hit", "ndcg")}
+  return {"dense": top(dense_ranked),
+          "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)],
+          "routed": dict(top(routed_ranked), candidates=float(routed_candidates.mean()),
+                         recall=float(routed_found.mean()))}

@@ -101,7 +101,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     candidates.append(retriever.candidate_counts(result.beams)[batch["mask"]])
     found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
-      parts.append(_batch_diagnostics(retriever, batch))
+      parts.append(_batch_diagnostics(retriever, batch, beam_size))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
@@ -119,34 +119,41 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
                           "catalogue_share": mean_candidates / retriever.num_items,
                           "recall": float(np.concatenate(found).sum() / (relevant >= 0).sum())}
   if with_diagnostics:
-    dense_ranked, cross_entropy, target_sids, agreement = (np.concatenate(p)
-                                                           for p in zip(*parts))
+    (dense_ranked, cross_entropy, target_sids, agreement, routed_ranked, routed_candidates,
+     routed_found) = (np.concatenate(p) for p in zip(*parts))
     report["decoder"] = diagnostics.decoder_report(cross_entropy, target_sids,
                                                    retriever.model.cfg.codebook_sizes)
-    report["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement)
+    report["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement,
+                                                   routed_ranked, routed_candidates,
+                                                   routed_found)
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
     report["rankings"] = ranked
   return report
 
 
-def _batch_diagnostics(retriever: retrieval.Retriever, batch):
+def _batch_diagnostics(retriever: retrieval.Retriever, batch, route_width: int):
   """(dense ranking [B', 10] of the real requests, then per (request, relevant item)
   pair, relevant column by column: cross-entropy [P, m], the item's SID [P, m], SID
-  prefix agreement [P, m]) of one eval batch, from one `diagnostics.diagnose` call."""
+  prefix agreement [P, m]; then the routed ranking [B', 10], its candidate count [B'] and
+  per pair whether the item is under the routed codes [P]) of one eval batch, from one
+  `diagnostics.diagnose` call routing through `route_width` first codes."""
   relevant = batch["relevant"]  # [B, R], -1 padded.
   out = jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
-      jnp.asarray(batch["query_tokens"], jnp.int32),
+      jnp.asarray(retriever.sids[:, 0]), jnp.asarray(batch["query_tokens"], jnp.int32),
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
       *retriever.history_args(batch["history"]),
-      retriever.excluded_items(batch["history"])))
+      retriever.excluded_items(batch["history"]), route_width=route_width))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
   target_sids = retriever.sids[relevant.T[pairs]]
   request_codes = np.broadcast_to(out.request_codes, pairs.shape + target_sids.shape[1:])
+  routed_codes = np.broadcast_to(out.routed_codes, pairs.shape + out.routed_codes.shape[1:])
   return (out.dense_top_k[batch["mask"]],
           out.code_cross_entropy.transpose(1, 0, 2)[pairs], target_sids,
-          np.cumprod(request_codes[pairs] == target_sids, axis=1))
+          np.cumprod(request_codes[pairs] == target_sids, axis=1),
+          out.routed_top_k[batch["mask"]], out.routed_candidates[batch["mask"]],
+          np.any(routed_codes[pairs] == target_sids[:, :1], axis=1))
 
 
 def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
@@ -188,6 +195,7 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
   if "decoder" in report:
     out["level1_information"] = report["decoder"]["level1_information"]
     out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
+    out["routed_hit@10"] = report["encoder"]["routed"]["hit"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
 
 
@@ -327,4 +335,10 @@ def format_report(report: Dict[str, Any]) -> str:
                  f"{_fmt(encoder['dense']['hit'])}, ndcg {_fmt(encoder['dense']['ndcg'])}; "
                  "requests quantized to the relevant SID prefix per level "
                  + " / ".join(_fmt(x) for x in encoder["sid_prefix_agreement"]))
+    routed = encoder["routed"]
+    lines.append(f"routed without the decoder (the {report['beam_size']} first codes "
+                 "nearest the request, then cosine): hit "
+                 f"{_fmt(routed['hit'])}, ndcg {_fmt(routed['ndcg'])}; "
+                 f"{routed['candidates']:,.0f} candidates holding {_fmt(routed['recall'])} "
+                 "of the relevant items")
   return "\n".join(lines)

@@ -1,11 +1,13 @@
 """The retriever of a trained tiny run: existing SIDs, agreement with evaluation, added
 items, and the `dgi index` table."""
 
+import functools
 import json
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +15,8 @@ from dgi_jax import diagnostics, evaluate, index, metrics, retrieval
 from dgi_jax import trained_run
 from dgi_jax.baselines import dense
 from dgi_jax.data import pipeline
+from dgi_jax.models import quantizer
+from dgi_jax.models.dgi import DGIModel
 from conftest import REPO_ROOT
 
 NEW_ITEMS = [("new-lamp", "Aurora brass desk lamp with linen shade, warm white"),
@@ -36,12 +40,13 @@ def retriever(trained):
                              trained.config)
 
 
-def _diagnose(retriever, tokens, target_items):
+def _diagnose(retriever, tokens, target_items, route_width=3):
   """`diagnostics.diagnose` of request tokens [B, Lq] (history as text), one target item
   [B] each."""
   return jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
-      np.asarray(tokens, np.int32), retriever.sids[np.asarray(target_items)][:, None]))
+      retriever.sids[:, 0], np.asarray(tokens, np.int32),
+      retriever.sids[np.asarray(target_items)][:, None], route_width=route_width))
 
 
 def _first_test_batch(trained):
@@ -196,6 +201,31 @@ def test_a_request_made_of_an_item_text_quantizes_to_the_item_sid(trained, retri
                                 retriever.sids[:64])
 
 
+def test_routed_ranking_is_the_cosine_ranking_under_the_nearest_first_codes(trained):
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  tokens = _first_test_batch(trained)["query_tokens"][:4]
+  apply = functools.partial(retriever.model.apply, {"params": retriever.params})
+  request = apply(jnp.asarray(tokens), method=DGIModel.encode_requests)
+  z_q = np.asarray(quantizer.l2_normalize(request.z_q))  # Unit items in this config.
+  assert trained.config.model.normalize_item_embedding
+  codebook = np.asarray(apply(method=DGIModel.get_codebooks)[0])
+  scores = z_q @ codebook.T / np.linalg.norm(codebook, axis=1)  # Cosine geometry.
+  first = retriever.sids[:, 0]
+  scores[:, ~np.isin(np.arange(len(codebook)), first)] = -np.inf  # Codes holding no item.
+  cosines = z_q @ np.asarray(retriever.item_embeddings).T
+  for width in (1, 2):
+    out = _diagnose(retriever, tokens, np.zeros(len(tokens), int), route_width=width)
+    for b in range(len(tokens)):
+      codes = np.argsort(-scores[b])[:width]
+      assert set(out.routed_codes[b]) == set(codes)
+      members = np.flatnonzero(np.isin(first, codes))
+      assert out.routed_candidates[b] == len(members)
+      expected = members[np.argsort(-cosines[b, members])][:diagnostics.DENSE_K]
+      np.testing.assert_array_equal(out.routed_top_k[b][:len(expected)], expected)
+      assert np.all(out.routed_top_k[b][len(expected):] == -1)
+
+
 def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():
   cross_entropy = np.array([[1.0, 2.0], [3.0, 4.0], [2.0, 0.0], [0.0, 2.0]])
   sids = np.array([[0, 1], [1, 1], [2, 1], [2, 1]])  # Level 1: 1/4, 1/4, 1/2; level 2: one.
@@ -300,5 +330,6 @@ def test_validation_can_skip_the_diagnostics(trained, retriever):
   assert 0 < full["metrics"]["recall@20"] <= full["candidates"]["recall"] <= 1
   assert 0 < full["candidates"]["mean"] <= retriever.num_items  # Beams hold distinct SIDs.
   flat_full, flat_lean = evaluate.flat_metrics(full), evaluate.flat_metrics(lean)
-  assert set(flat_full) - set(flat_lean) == {"level1_information", "encoder_dense_hit@10"}
+  assert set(flat_full) - set(flat_lean) == {"level1_information", "encoder_dense_hit@10",
+                                             "routed_hit@10"}
   assert all(flat_lean[name] == flat_full[name] for name in flat_lean)

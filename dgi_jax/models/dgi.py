@@ -189,6 +189,12 @@ class DGIModel(nn.Module):
     return quantizer.hard_quantize(z_base, self.codebooks, self.gamma_quantizer,
                                    self.cfg.geometry)
 
+  def first_code_scores(self, z):
+    """The quantizer's level-1 scores of vectors [B, d] -> [B, K_1] (argmax: `hard_codes`'
+    first code)."""
+    return quantizer.similarity(z.astype(jnp.float32), self.codebooks[0].astype(jnp.float32),
+                                self.gamma_quantizer, self.cfg.geometry)
+
   def get_codebooks(self):
     """The raw codebook weights, one [K_t, d] array per level."""
     return list(self.codebooks)
