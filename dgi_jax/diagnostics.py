@@ -30,7 +30,7 @@ import numpy as np
 from dgi_jax import metrics
 from dgi_jax.baselines import dense
 from dgi_jax.models import quantizer
-from dgi_jax.models.dgi import DGIModel
+from dgi_jax.models.dgi import DGIModel, EncodedRequests
 
 DENSE_K = 10  # The encoder section reports Hit/NDCG@10 of the cosine ranking.
 
@@ -50,21 +50,18 @@ class Diagnostics:
 # so every evaluation of the same model shares one compilation per shape.
 @functools.partial(jax.jit, static_argnames=("model", "k", "route_width"))
 def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes: jax.Array,
-             query_tokens: jax.Array, target_sids: jax.Array, history=None,
-             history_table=None, exclude=None, *, route_width: int,
-             k: int = DENSE_K) -> Diagnostics:
-  """The diagnostics of requests [B, Lq] (history [B, H] read through `history_table`
-  when the model reads history items), encoded once.
+             request: EncodedRequests, target_sids: jax.Array, exclude=None, *,
+             route_width: int, k: int = DENSE_K) -> Diagnostics:
+  """The diagnostics of B encoded requests (`Retriever.encode`: the search's encoding,
+  shared with it in evaluation).
 
   Args:
     model: The DGI model.
     params: Its parameters.
     item_vectors: float32 [N, d] unit-length item embeddings (the index's).
     item_first_codes: int32 [N] the items' first SID codes (the index's).
-    query_tokens: int32 [B, Lq] request tokens.
+    request: `DGIModel.encode_requests`' output for the B requests.
     target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
-    history: int32 [B, H] history item indices (-1 padded), or None.
-    history_table: the index's history table (`Retriever.history_table`), or None.
     exclude: int32 [B, E] items left out of the cosine ranking (-1 padded), or None.
     route_width: W, the level-1 codewords (holding items) the routed ranking searches.
     k: Items of the cosine rankings.
@@ -76,7 +73,6 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
   inputs do.
   """
   apply = functools.partial(model.apply, {"params": params})
-  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
   z_q = (quantizer.l2_normalize(request.z_q) if model.cfg.normalize_item_embedding
          else request.z_q)
   num_levels = target_sids.shape[-1]

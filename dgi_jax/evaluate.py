@@ -95,13 +95,15 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
   for batch in batches:
-    result = retriever.search(batch["query_tokens"], beam_size, k, batch["history"])
+    # Encoded once for the search and the diagnostics.
+    request = retriever.encode(batch["query_tokens"], batch["history"])
+    result = retriever.search_encoded(request, beam_size, k, batch["history"])
     ranked.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
     candidates.append(retriever.candidate_counts(result.beams)[batch["mask"]])
     found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
-      parts.append(_batch_diagnostics(retriever, batch, beam_size))
+      parts.append(_batch_diagnostics(retriever, batch, request, beam_size))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
@@ -132,18 +134,18 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   return report
 
 
-def _batch_diagnostics(retriever: retrieval.Retriever, batch, route_width: int):
+def _batch_diagnostics(retriever: retrieval.Retriever, batch, request, route_width: int):
   """(dense ranking [B', 10] of the real requests, then per (request, relevant item)
   pair, relevant column by column: cross-entropy [P, m], the item's SID [P, m], SID
   prefix agreement [P, m]; then the routed ranking [B', 10], its candidate count [B'] and
   per pair whether the item is under the routed codes [P]) of one eval batch, from one
-  `diagnostics.diagnose` call routing through `route_width` first codes."""
+  `diagnostics.diagnose` call on the batch's encoded `request`, routing through
+  `route_width` first codes."""
   relevant = batch["relevant"]  # [B, R], -1 padded.
   out = jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
-      jnp.asarray(retriever.sids[:, 0]), jnp.asarray(batch["query_tokens"], jnp.int32),
+      jnp.asarray(retriever.sids[:, 0]), request,
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
-      *retriever.history_args(batch["history"]),
       retriever.excluded_items(batch["history"]), route_width=route_width))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
   target_sids = retriever.sids[relevant.T[pairs]]

@@ -33,7 +33,7 @@ from dgi_jax.data import jsonl_format
 from dgi_jax.data import pipeline
 from dgi_jax.data import records
 from dgi_jax.models import quantizer
-from dgi_jax.models.dgi import DGIModel
+from dgi_jax.models.dgi import DGIModel, EncodedRequests
 
 
 class ItemError(ValueError):
@@ -80,18 +80,27 @@ def grouped_logits_fn(apply, request, batch: int, beam_size: int
   return tokens_to_logits
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "k", "bucket_cap",
-                                             "ranking", "cosine_weight", "candidate_level"))
-def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
-            inverted: index_lib.InvertedIndex, item_emb: jax.Array,
-            query_tokens: jax.Array, history, history_table, exclude=None, *,
-            beam_size: int, k: int, bucket_cap: int, ranking: str,
-            cosine_weight: float, candidate_level: int) -> SearchResult:
-  """Encode requests -> constrained beam search -> ranking of the beams' items (without
-  those of `exclude`, int [B, E] -1 padded, when given)."""
+_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "cosine_weight",
+                  "candidate_level")
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _encode(model: DGIModel, params, query_tokens: jax.Array, history,
+            history_table) -> EncodedRequests:
+  """`DGIModel.encode_requests`, jitted: the request side of `_search`."""
+  return model.apply({"params": params}, query_tokens, history, history_table,
+                     method=DGIModel.encode_requests)
+
+
+def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
+                     inverted: index_lib.InvertedIndex, item_emb: jax.Array,
+                     request: EncodedRequests, exclude, *, beam_size: int, k: int,
+                     bucket_cap: int, ranking: str, cosine_weight: float,
+                     candidate_level: int) -> SearchResult:
+  """Constrained beam search from encoded requests -> ranking of the beams' items
+  (without those of `exclude`, int [B, E] -1 padded, when given)."""
   apply = functools.partial(model.apply, {"params": params})
-  request = apply(query_tokens, history, history_table, method=DGIModel.encode_requests)
-  batch = query_tokens.shape[0]
+  batch = request.z_q.shape[0]
   # With candidate_level t the search stops at the best t-code prefixes.
   beams = decoding.beam_search(grouped_logits_fn(apply, request, batch, beam_size), batch,
                                beam_size, tables, model.cfg.codebook_sizes,
@@ -101,6 +110,25 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
+
+
+# The search of encoded requests (evaluation shares them with the diagnostics).
+_search_encoded = jax.jit(_search_requests, static_argnames=_SEARCH_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_SEARCH_STATIC)
+def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
+            inverted: index_lib.InvertedIndex, item_emb: jax.Array,
+            query_tokens: jax.Array, history, history_table, exclude=None, *,
+            beam_size: int, k: int, bucket_cap: int, ranking: str,
+            cosine_weight: float, candidate_level: int) -> SearchResult:
+  """Encode requests -> constrained beam search -> ranking, as one jitted call."""
+  request = model.apply({"params": params}, query_tokens, history, history_table,
+                        method=DGIModel.encode_requests)
+  return _search_requests(model, params, tables, inverted, item_emb, request, exclude,
+                          beam_size=beam_size, k=k, bucket_cap=bucket_cap,
+                          ranking=ranking, cosine_weight=cosine_weight,
+                          candidate_level=candidate_level)
 
 
 # Narrowest request width a search batch is trimmed to (but for an empty part): with
@@ -335,6 +363,21 @@ class Retriever:
                    beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
                    ranking=self.ranking, cosine_weight=self.cosine_weight,
                    candidate_level=self.candidate_level)
+
+  def encode(self, query_tokens, history=None) -> EncodedRequests:
+    """The requests of `search(query_tokens, ..., history)`, encoded as it encodes them
+    (trimmed by `search_inputs`), for `search_encoded` and the diagnostics."""
+    return _encode(self.model, self.params, *self.search_inputs(query_tokens, history))
+
+  def search_encoded(self, request: EncodedRequests, beam_size: int, k: int,
+                     history=None) -> SearchResult:
+    """`search` of requests already encoded by `encode` (`history` [B, H]: the same
+    requests' history, for `exclude_history`)."""
+    return _search_encoded(self.model, self.params, self.tables, self.inverted_index,
+                           self._device_embeddings, request, self.excluded_items(history),
+                           beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
+                           ranking=self.ranking, cosine_weight=self.cosine_weight,
+                           candidate_level=self.candidate_level)
 
   def candidate_counts(self, beams: decoding.BeamResult) -> np.ndarray:
     """int [B]: how many items the ranking scored for each request of a `search` result's

@@ -255,9 +255,8 @@ def test_search_reads_the_history_and_added_items_join_it_at_once(run):
   np.testing.assert_array_equal(history, [[2, 3, 4], [5, 6, -1]])
   codes = diagnostics.diagnose(trained.model, retriever.params,
                                retriever.device_item_embeddings, retriever.sids[:, 0],
-                               tokens, retriever.sids[:2, None],
-                               *retriever.history_args(history), route_width=2
-                               ).request_codes
+                               retriever.encode(tokens, history), retriever.sids[:2, None],
+                               route_width=2).request_codes
   assert codes.shape == (2, 3)
   hits = retriever.search_text("", ids[:3], k=5)
   assert len(hits) == 5

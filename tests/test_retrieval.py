@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -45,7 +44,7 @@ def _diagnose(retriever, tokens, target_items, route_width=3):
   [B] each."""
   return jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
-      retriever.sids[:, 0], np.asarray(tokens, np.int32),
+      retriever.sids[:, 0], retriever.encode(np.asarray(tokens, np.int32)),
       retriever.sids[np.asarray(target_items)][:, None], route_width=route_width))
 
 
@@ -206,8 +205,7 @@ def test_routed_ranking_is_the_cosine_ranking_under_the_nearest_first_codes(trai
                                   trained.config)
   tokens = _first_test_batch(trained)["query_tokens"][:4]
   apply = functools.partial(retriever.model.apply, {"params": retriever.params})
-  request = apply(jnp.asarray(tokens), method=DGIModel.encode_requests)
-  z_q = np.asarray(quantizer.l2_normalize(request.z_q))  # Unit items in this config.
+  z_q = np.asarray(quantizer.l2_normalize(retriever.encode(tokens).z_q))  # Unit items here.
   assert trained.config.model.normalize_item_embedding
   codebook = np.asarray(apply(method=DGIModel.get_codebooks)[0])
   scores = z_q @ codebook.T / np.linalg.norm(codebook, axis=1)  # Cosine geometry.
