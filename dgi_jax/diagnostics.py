@@ -94,13 +94,8 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
   routed = jnp.zeros_like(first_scores, bool).at[
       jnp.arange(first_scores.shape[0])[:, None], routed_codes].set(True)  # [B, K_1]
   in_region = routed[:, item_first_codes]  # [B, N]
-  scores = jnp.where(in_region, quantizer.l2_normalize(request.z_q) @ item_vectors.T,
-                     -jnp.inf)
-  if exclude is not None:
-    rows = jnp.arange(scores.shape[0])[:, None]  # Padding points past the end: dropped.
-    scores = scores.at[rows, jnp.where(exclude >= 0, exclude, scores.shape[1])].set(
-        -jnp.inf, mode="drop")
-  routed_scores, routed_top_k = jax.lax.top_k(scores, k)
+  routed_scores, routed_top_k = jax.lax.top_k(
+      dense.cosine_scores(request.z_q, item_vectors, exclude, allowed=in_region), k)
   return Diagnostics(
       dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude),
       request_codes=apply(z_q, method=DGIModel.hard_codes),

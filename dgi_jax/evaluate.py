@@ -84,8 +84,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     hubness, index, candidates (mean items ranked per request, that mean's share of the
     catalogue, and recall: the share of (request, relevant item) pairs whose item is
     among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
-    timing (seconds,
-    requests_per_sec; the search with the diagnostics).
+    timing (seconds, requests_per_sec; the search with the diagnostics).
   """
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)

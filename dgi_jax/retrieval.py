@@ -123,8 +123,7 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             beam_size: int, k: int, bucket_cap: int, ranking: str,
             cosine_weight: float, candidate_level: int) -> SearchResult:
   """Encode requests -> constrained beam search -> ranking, as one jitted call."""
-  request = model.apply({"params": params}, query_tokens, history, history_table,
-                        method=DGIModel.encode_requests)
+  request = _encode(model, params, query_tokens, history, history_table)
   return _search_requests(model, params, tables, inverted, item_emb, request, exclude,
                           beam_size=beam_size, k=k, bucket_cap=bucket_cap,
                           ranking=ranking, cosine_weight=cosine_weight,

@@ -31,18 +31,29 @@ def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, history=No
   return cosine_ranking(z_q, item_vectors, k, exclude)
 
 
-def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int,
-                   exclude: Optional[jax.Array] = None) -> jax.Array:
-  """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine to the
-  request vectors `z_q` [B, d], best first; items of `exclude` (int [B, E], -1 padded)
-  are left out."""
+def cosine_scores(z_q: jax.Array, item_vectors: jax.Array,
+                  exclude: Optional[jax.Array] = None,
+                  allowed: Optional[jax.Array] = None) -> jax.Array:
+  """float32 [B, N] cosines of the request vectors `z_q` [B, d] with the unit-length
+  `item_vectors` [N, d]; -inf for the items of `exclude` (int [B, E], -1 padded) and
+  where `allowed` (bool [B, N]) is False."""
   scores = l2_normalize(z_q) @ item_vectors.T
+  if allowed is not None:
+    scores = jnp.where(allowed, scores, -jnp.inf)
   if exclude is not None:
     num_items = item_vectors.shape[0]  # Padding points past the end and is dropped.
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, jnp.where(exclude >= 0, exclude, num_items)].set(
         -jnp.inf, mode="drop")
-  return jax.lax.top_k(scores, k)[1]
+  return scores
+
+
+def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int,
+                   exclude: Optional[jax.Array] = None) -> jax.Array:
+  """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine to the
+  request vectors `z_q` [B, d], best first; items of `exclude` (int [B, E], -1 padded)
+  are left out."""
+  return jax.lax.top_k(cosine_scores(z_q, item_vectors, exclude), k)[1]
 
 
 def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
