@@ -90,6 +90,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   k = int(k or config.eval.k)
   start = time.perf_counter()
   ranked, relevant, candidates, found, parts = [], [], [], [], []
+  item_first_codes = jnp.asarray(retriever.sids[:, 0])  # For the routed diagnostic.
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
@@ -102,7 +103,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     candidates.append(retriever.candidate_counts(result.beams)[batch["mask"]])
     found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
-      parts.append(_batch_diagnostics(retriever, batch, request, beam_size))
+      parts.append(_batch_diagnostics(retriever, batch, request, item_first_codes,
+                                      beam_size))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
@@ -133,17 +135,18 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   return report
 
 
-def _batch_diagnostics(retriever: retrieval.Retriever, batch, request, route_width: int):
+def _batch_diagnostics(retriever: retrieval.Retriever, batch, request,
+                       item_first_codes: jax.Array, route_width: int):
   """(dense ranking [B', 10] of the real requests, then per (request, relevant item)
   pair, relevant column by column: cross-entropy [P, m], the item's SID [P, m], SID
   prefix agreement [P, m]; then the routed ranking [B', 10], its candidate count [B'] and
   per pair whether the item is under the routed codes [P]) of one eval batch, from one
   `diagnostics.diagnose` call on the batch's encoded `request`, routing through
-  `route_width` first codes."""
+  `route_width` of the items' first codes `item_first_codes` [N], on the device)."""
   relevant = batch["relevant"]  # [B, R], -1 padded.
   out = jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
-      jnp.asarray(retriever.sids[:, 0]), request,
+      item_first_codes, request,
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
       retriever.excluded_items(batch["history"]), route_width=route_width))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]

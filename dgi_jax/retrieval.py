@@ -358,10 +358,13 @@ class Retriever:
     request width (`search_inputs`), index and ranking."""
     return _search(self.model, self.params, self.tables, self.inverted_index,
                    self._device_embeddings, *self.search_inputs(query_tokens, history),
-                   self.excluded_items(history),
-                   beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
-                   ranking=self.ranking, cosine_weight=self.cosine_weight,
-                   candidate_level=self.candidate_level)
+                   self.excluded_items(history), **self._search_options(beam_size, k))
+
+  def _search_options(self, beam_size: int, k: int) -> dict:
+    """The static arguments of `_search` and `_search_encoded` (`_SEARCH_STATIC`)."""
+    return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
+                ranking=self.ranking, cosine_weight=self.cosine_weight,
+                candidate_level=self.candidate_level)
 
   def encode(self, query_tokens, history=None) -> EncodedRequests:
     """The requests of `search(query_tokens, ..., history)`, encoded as it encodes them
@@ -374,9 +377,7 @@ class Retriever:
     requests' history, for `exclude_history`)."""
     return _search_encoded(self.model, self.params, self.tables, self.inverted_index,
                            self._device_embeddings, request, self.excluded_items(history),
-                           beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
-                           ranking=self.ranking, cosine_weight=self.cosine_weight,
-                           candidate_level=self.candidate_level)
+                           **self._search_options(beam_size, k))
 
   def candidate_counts(self, beams: decoding.BeamResult) -> np.ndarray:
     """int [B]: how many items the ranking scored for each request of a `search` result's

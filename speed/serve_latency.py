@@ -297,11 +297,11 @@ def run(args, scratch):
   start = time.perf_counter()
   model, params, run_data, config, what = load(args, scratch)
   batch_sizes = [int(b) for b in args.batches.split(",")]
-  bucket_cap = config.eval.bucket_cap if args.bucket_cap is None else args.bucket_cap
   with config.unlocked():
     for field in ("bucket_cap", "candidate_level", "ranking"):
       if getattr(args, field) is not None:
         config.eval[field] = getattr(args, field)
+  bucket_cap = config.eval.bucket_cap
   config_checks.check_candidate_level("--candidate_level", config.eval.candidate_level,
                                       len(config.model.codebook_sizes))
   if args.old and config.eval.candidate_level:
