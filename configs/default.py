@@ -158,6 +158,13 @@ def get_config() -> ml_collections.ConfigDict:
   # data.history_repr 'codes' / 'embedding': steps between recomputing every item's SID
   # and embedding (the history table requests read) with the current parameters.
   c.train.history_refresh_every = 100
+  # With every encoder parameter frozen (and dropout off, history as text) the encoder is
+  # a constant: encode the catalogue and the training requests once and let each step run
+  # only the quantizer, decoder and losses (dgi_jax/encoder_cache.py). The request states
+  # are held in host memory in encoder_cache_dtype ('bfloat16' or 'float32', which
+  # reproduces the uncached steps exactly at twice the memory).
+  c.train.cache_frozen_encoder = True
+  c.train.encoder_cache_dtype = "bfloat16"
   c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.
   c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
   # With init_from: replace its codebooks by k-means over the loaded encoder's item

@@ -26,6 +26,7 @@ NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "optim.decoder_lr", "eval.bucket_cap", "eval.candidate_level")
 PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
+ENCODER_CACHE_DTYPES = ("bfloat16", "float32")
 # Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
 RANKINGS = ("beam", "cosine", "blend")
 
@@ -74,6 +75,10 @@ def check_values(config) -> None:
   if history_repr not in (None, "text") and not _value(config, "data.max_history"):
     raise ConfigError(f"data.history_repr={history_repr!r} reads history items but "
                       "data.max_history=0; give data.max_history >= 1")
+  cache_dtype = _value(config, "train.encoder_cache_dtype")
+  if cache_dtype is not None and cache_dtype not in ENCODER_CACHE_DTYPES:
+    raise ConfigError(f"train.encoder_cache_dtype={cache_dtype!r}: expected one of "
+                      f"{ENCODER_CACHE_DTYPES}")
   ranking = _value(config, "eval.ranking")
   if ranking is not None and ranking not in RANKINGS:
     raise ConfigError(f"eval.ranking={ranking!r}: expected one of {RANKINGS}")

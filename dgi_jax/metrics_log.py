@@ -128,6 +128,8 @@ def train_seconds(records: Iterable[Dict[str, Any]]) -> float:
 #   init             model and optimizer set-up, parameter init or checkpoint restore,
 #                    pre-trained weights, history table, the disk-space check.
 #   kmeans           k-means initialisation of the codebooks (item embedding included).
+#   encoder_cache    encoding the catalogue and training requests once, when the encoder
+#                    is frozen (encoder_cache.py).
 #   compile          the first step's wall time minus a typical (median) later step:
 #                    tracing and XLA compilation of the train step.
 #   steps            the other train-step time (dispatch to the metrics' arrival).
@@ -136,8 +138,8 @@ def train_seconds(records: Iterable[Dict[str, Any]]) -> float:
 #   validation       `evaluate_fn` passes (indexing and search, their compilation too).
 #   checkpoint       saves, and the wait for the last asynchronous save to finish.
 # `other` is the rest of `total` (config checks, the run lock, logging, progress bar).
-PHASES = ("data", "init", "kmeans", "compile", "steps", "input", "history_refresh",
-          "validation", "checkpoint")
+PHASES = ("data", "init", "kmeans", "encoder_cache", "compile", "steps", "input",
+          "history_refresh", "validation", "checkpoint")
 
 
 class PhaseTimer:
@@ -219,7 +221,8 @@ def read_timing(workdir) -> Optional[Dict[str, Any]]:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-_LABELS = {"kmeans": "k-means", "history_refresh": "history refresh",
+_LABELS = {"kmeans": "k-means", "encoder_cache": "encoder cache",
+           "history_refresh": "history refresh",
            "checkpoint": "checkpoints"}
 
 

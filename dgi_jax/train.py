@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import tqdm
 
-from dgi_jax import checkpointing, config_checks, errors, metrics_log, optim, paths
+from dgi_jax import checkpointing, config_checks, encoder_cache, errors, metrics_log
+from dgi_jax import optim, paths
 from dgi_jax import preemption, resume_checks, run_lock, run_setup, sharding
 from dgi_jax import trained_run
 from dgi_jax import train_step as train_step_lib
@@ -265,6 +266,12 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
              else functools.partial(jax.device_put, device=replicated))
       refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
                        else 0)
+      cache = None
+      if encoder_cache.use_cache(model, on_host(state).params, config):
+        with timer.phase("encoder_cache"):
+          cache = encoder_cache.build(model, on_host(state).params, run_data, config)
+        _log(f"The encoder is frozen: steps read its outputs, cached once "
+             f"({cache.nbytes / 2**30:.2f} GiB, train.cache_frozen_encoder)")
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -281,7 +288,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
          preemption.PreemptionGuard() as guard:
       for step in range(first_step, last_step):
         with timer.phase("input"):
-          batch = to_device(next(data_iterator))
+          batch = next(data_iterator)
+          batch = to_device(cache.fill(batch) if cache else batch)
         with timer.step():  # Until the metrics arrive: the step has then run.
           state, metrics = step_fn(state, batch, run_rng)
           metrics = jax.device_get(on_host(metrics))

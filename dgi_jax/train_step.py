@@ -10,9 +10,16 @@ import optax
 
 from dgi_jax import losses, optim
 from dgi_jax.models import encoders
-from dgi_jax.models.dgi import DGIModel
+from dgi_jax.models.dgi import DGIModel, EncodedRequests
 
 Batch = Dict[str, jax.Array]
+
+# A frozen encoder's outputs, which a batch may carry in place of its tokens
+# (`encoder_cache.EncoderCache.fill`): the step then runs no encoder.
+ITEM_EMBEDDING = "item_embedding"  # float32 [B, d] z_base.
+REQUEST_STATES = "request_states"  # [B, Lq, d] token states (float32 or bfloat16).
+REQUEST_VECTOR = "request_vector"  # float32 [B, d] z_q.
+REQUEST_MASK = "request_mask"  # bool [B, Lq].
 
 
 @flax.struct.dataclass
@@ -84,17 +91,25 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
       # Frozen parameters enter as constants: no backward pass through frozen encoder
       # layers, and zero gradients that do not count in the clipping norm.
       params = _stop_frozen_gradients(params, labels)
-      item_encoder_params = _stop_frozen_gradients(item_encoder_params, labels[item_tower])
-      # The item path reads the encoder through its own argument, so its gradient (the
-      # paper's Figure 3 signal) is separable from the request path's.
-      z_base = model.apply({"params": dict(params, **{item_tower: item_encoder_params})},
-                           batch["item_tokens"], deterministic, rngs=rngs,
-                           method=DGIModel.embed_items)
-      if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
-        z_base = jax.lax.stop_gradient(z_base)
-      outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise, tau,
-                            deterministic, batch.get("history"), history_table, rngs=rngs,
-                            method=DGIModel.forward_from_item_embedding)
+      if REQUEST_STATES in batch:  # The encoder's outputs, read from its cache.
+        request = EncodedRequests(batch[REQUEST_STATES], batch[REQUEST_VECTOR],
+                                  batch[REQUEST_MASK])
+        outputs = model.apply({"params": params}, batch[ITEM_EMBEDDING], request, noise,
+                              tau, deterministic, rngs=rngs,
+                              method=DGIModel.forward_from_encoded)
+      else:
+        item_encoder_params = _stop_frozen_gradients(item_encoder_params,
+                                                     labels[item_tower])
+        # The item path reads the encoder through its own argument, so its gradient (the
+        # paper's Figure 3 signal) is separable from the request path's.
+        z_base = model.apply({"params": dict(params, **{item_tower: item_encoder_params})},
+                             batch["item_tokens"], deterministic, rngs=rngs,
+                             method=DGIModel.embed_items)
+        if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
+          z_base = jax.lax.stop_gradient(z_base)
+        outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise,
+                              tau, deterministic, batch.get("history"), history_table,
+                              rngs=rngs, method=DGIModel.forward_from_item_embedding)
       terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
                                 gather, offset)
       return terms["total"], terms
@@ -131,7 +146,9 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
 
   Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
   `example_id [B]` int32, and `history [B, H]` int32 (item indices, -1 padded; read
-  with data.history_repr 'codes' / 'embedding'). The step's randomness is `fold_in(rng, state.step)`.
+  with data.history_repr 'codes' / 'embedding'); or, with a frozen encoder's cache, the
+  ITEM_EMBEDDING / REQUEST_* fields in place of the two token arrays. The step's
+  randomness is `fold_in(rng, state.step)`.
   """
   loss_and_grads = make_loss_and_grads(model, config, total_steps, axis_name)
   last_encoder_layer = encoders.last_layer_name(model.cfg)

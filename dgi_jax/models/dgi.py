@@ -212,8 +212,16 @@ class DGIModel(nn.Module):
     request path's, although both go through the one shared encoder. `history` and
     `history_table` as in `encode_requests`.
     """
-    cfg = self.cfg
     request = self.encode_requests(query_tokens, history, history_table, deterministic)
+    return self.forward_from_encoded(z_base, request, gumbel_noise, tau, deterministic)
+
+  def forward_from_encoded(self, z_base, request: EncodedRequests,
+                           gumbel_noise: Sequence[jax.Array], tau,
+                           deterministic: bool = True) -> Dict[str, Any]:
+    """`forward_from_item_embedding` after the encoder: `z_base` [B, d] and the encoded
+    requests, computed in the step or read from a frozen encoder's cache
+    (`encoder_cache.py`)."""
+    cfg = self.cfg
     z_q = request.z_q
     quant = quantizer.soft_quantize(z_base, self.codebooks, self.gamma_quantizer,
                                     gumbel_noise, tau, cfg.geometry, cfg.grad_path)

@@ -1,0 +1,114 @@
+"""A frozen encoder's outputs, computed once per training session instead of every step.
+
+With every encoder parameter frozen (`optim.frozen` naming the tower, or
+`optim.freeze_encoder_layers` covering all of a pre-trained encoder's layers), no dropout
+and requests made of text (`data.history_repr = 'text'`), the encoder is a constant
+function of an item's tokens and of a request's tokens. The train step would then run the
+same encoder forward pass over the same examples every epoch, although only the
+quantizer, the decoder and the gammas learn. The cache encodes the catalogue and the
+training split once, and each batch reads its rows: the step runs only the quantizer, the
+decoder and the losses (all-MiniLM-L6-v2 on Beauty: see docs/DESIGN.md, "The frozen
+encoder cached").
+
+Host memory: the request states are `[R, max_query_len, d]` for the R training requests
+(`train.encoder_cache_dtype`, bfloat16 by default: 6.5 GB for Beauty's 131k requests at 64
+tokens and d 384; float32 doubles it). Every host encodes every training request, since
+its batches may hold any of them.
+"""
+
+import dataclasses
+import functools
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import tqdm
+
+from dgi_jax import optim, run_setup
+from dgi_jax.data import pipeline
+from dgi_jax.models import encoders
+from dgi_jax.models.dgi import DGIModel
+from dgi_jax.train_step import (ITEM_EMBEDDING, REQUEST_MASK, REQUEST_STATES,
+                                REQUEST_VECTOR)
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def encoder_is_constant(model: DGIModel, params, config) -> bool:
+  """Whether the encoder's outputs are fixed functions of the tokens for the whole run:
+  every parameter of the encoder tower(s) frozen, dropout off, no history items (whose
+  projection would be trained inside the request encoder)."""
+  if model.cfg.dropout_rate > 0 or model.cfg.history_items:
+    return False
+  labels = optim.param_labels(params, config.optim)
+  towers = [labels[name] for name in encoders.ENCODER_COLLECTIONS if name in labels]
+  return bool(towers) and all(label == "frozen" for label in jax.tree.leaves(towers))
+
+
+def use_cache(model: DGIModel, params, config) -> bool:
+  """Whether training reads the encoder from the cache (`train.cache_frozen_encoder` and a
+  constant encoder)."""
+  return bool(config.train.cache_frozen_encoder) and encoder_is_constant(model, params,
+                                                                          config)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderCache:
+  """The frozen encoder's view of the catalogue and of the training split."""
+  item_embeddings: np.ndarray  # float32 [N, d]: z_base of every catalogue item.
+  request_states: np.ndarray  # [R, Lq, d] (the cache dtype), row = example_id.
+  request_vectors: np.ndarray  # float32 [R, d]: z_q.
+  request_masks: np.ndarray  # bool [R, Lq]: True at real tokens.
+
+  def fill(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A training batch with the encoder's outputs in place of its tokens: `query_tokens`
+    and `item_tokens` give way to item_embedding [b, d], request_states [b, Lq, d],
+    request_vector [b, d] and request_mask [b, Lq]; the other fields stay."""
+    rows = batch["example_id"]
+    filled = {k: v for k, v in batch.items() if k not in ("query_tokens", "item_tokens")}
+    filled[ITEM_EMBEDDING] = self.item_embeddings[batch["item_index"]]
+    filled[REQUEST_STATES] = self.request_states[rows]
+    filled[REQUEST_VECTOR] = self.request_vectors[rows]
+    filled[REQUEST_MASK] = self.request_masks[rows]
+    return filled
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in dataclasses.astuple(self))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_requests(model: DGIModel, params, query_tokens):
+  request = model.apply({"params": params}, query_tokens, method=DGIModel.encode_requests)
+  return request.states, request.z_q, request.mask
+
+
+def build(model: DGIModel, params, run_data: run_setup.RunData, config,
+          show_progress: bool = True) -> EncoderCache:
+  """Encodes the catalogue and every training request under `params` (batches of
+  `eval.item_batch_size` items and `eval.batch_size` x 4 requests, the layouts training
+  uses)."""
+  dtype = DTYPES[config.train.encoder_cache_dtype]
+  items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
+                                int(config.eval.item_batch_size))
+  dataset = run_data.dataset
+  num_requests = dataset.num_examples("train")
+  batch_size = 4 * int(config.eval.batch_size)
+  width, d = int(config.data.max_query_len), model.cfg.d_model
+  states = np.zeros((num_requests, width, d), dtype)
+  vectors = np.zeros((num_requests, d), np.float32)
+  masks = np.zeros((num_requests, width), bool)
+  batches = pipeline.iterate_eval(dataset, run_data.tokenizer, config.data, "train",
+                                  batch_size, catalogue_tokens=run_data.catalogue_tokens)
+  for batch in tqdm.tqdm(batches, total=-(-num_requests // batch_size), desc="encoder cache",
+                         disable=not show_progress or jax.process_index() != 0,
+                         dynamic_ncols=True, leave=False):
+    rows = batch["example_id"][batch["mask"]]
+    s, z, m = jax.device_get(_encode_requests(model, params,
+                                              jnp.asarray(batch["query_tokens"])))
+    states[rows] = s[:len(rows)].astype(dtype)
+    vectors[rows] = z[:len(rows)]
+    masks[rows] = m[:len(rows)]
+  return EncoderCache(items, states, vectors, masks)

@@ -1,0 +1,113 @@
+"""The frozen encoder's cache: when it applies, that its rows are the model's own encoding,
+and that training from it follows the uncached run step for step (jit and pmap, resumed)."""
+
+import jax
+import numpy as np
+import pytest
+
+from dgi_jax import checkpointing, encoder_cache, metrics_log, run_setup, train
+from dgi_jax.data import pipeline
+from dgi_jax.models.dgi import DGIModel
+from run_fixtures import tiny_config
+
+STEPS = 10
+
+
+def _frozen_config(tfds_dir, **train_fields):
+  config = tiny_config(tfds_dir, num_steps=STEPS, checkpoint_every=5, **train_fields)
+  with config.unlocked():
+    config.optim.frozen = ("encoder",)  # The whole tower: embeddings to the final LayerNorm.
+  return config
+
+
+def _model_params(config):
+  model = run_setup.build_model(config)
+  return model, run_setup.init_params(model, config, jax.random.PRNGKey(0))
+
+
+def test_only_a_constant_encoder_is_cached(tmp_path):
+  config = _frozen_config(tmp_path)
+  model, params = _model_params(config)
+  assert encoder_cache.use_cache(model, params, config)
+
+  def variant(**fields):
+    changed = _frozen_config(tmp_path)
+    with changed.unlocked():
+      for path, value in fields.items():
+        section, name = path.split("__")
+        changed[section][name] = value
+    return changed
+
+  # The bottom layers frozen, the final LayerNorm trained: not constant.
+  partly = variant(optim__frozen=(), optim__freeze_encoder_layers=1)
+  assert not encoder_cache.encoder_is_constant(*_model_params(partly), partly)
+  for fields in ({"model__dropout_rate": 0.1},  # Each step draws its own dropout.
+                 {"data__history_repr": "embedding"},  # Its projection trains.
+                 {"train__cache_frozen_encoder": False}):
+    changed = variant(**fields)
+    assert not encoder_cache.use_cache(*_model_params(changed), changed), fields
+
+
+def test_cached_rows_are_the_models_own_encoding(tmp_path):
+  config = _frozen_config(tmp_path, encoder_cache_dtype="float32")
+  model, params = _model_params(config)
+  run_data = run_setup.prepare_run_data(config, tmp_path / "run")
+  cache = encoder_cache.build(model, params, run_data, config, show_progress=False)
+  assert cache.request_states.shape[0] == run_data.dataset.num_examples("train")
+
+  batch = next(pipeline.make_train_iterator(run_data.dataset, run_data.tokenizer,
+                                            config.data, 16, seed=3,
+                                            catalogue_tokens=run_data.catalogue_tokens))
+  filled = cache.fill(batch)
+  assert "query_tokens" not in filled and "item_tokens" not in filled
+  np.testing.assert_array_equal(filled["example_id"], batch["example_id"])
+  apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)  # noqa: E731
+  request = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  np.testing.assert_array_equal(filled["request_mask"], request.mask)
+  np.testing.assert_allclose(filled["request_states"], request.states, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(filled["request_vector"], request.z_q, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(filled["item_embedding"],
+                             apply(batch["item_tokens"], method=DGIModel.embed_items),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _train(config, workdir, stop_at_step=None):
+  train.train_and_evaluate(config, workdir, stop_at_step=stop_at_step)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  params = checkpointer.read_params()
+  checkpointer.close()
+  return params, metrics_log.read_timing(workdir)
+
+
+@pytest.fixture(scope="module")
+def uncached(tmp_path_factory):
+  root = tmp_path_factory.mktemp("uncached")
+  return _train(_frozen_config(root / "tfds", cache_frozen_encoder=False), root / "run")
+
+
+@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
+def test_cached_training_follows_the_uncached_run(uncached, tmp_path, parallelism):
+  config = _frozen_config(tmp_path / "tfds", encoder_cache_dtype="float32",
+                          parallelism=parallelism)
+  params, timing = _train(config, tmp_path / "run")
+  uncached_params, uncached_timing = uncached
+  assert timing["seconds"]["encoder_cache"] > 0  # The steps read the cache ...
+  assert uncached_timing["seconds"]["encoder_cache"] == 0
+  for name in ("codebook_0", "codebook_2", "gamma_quantizer", "decoder"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+                 params[name], uncached_params[name])
+  # ... and the frozen encoder is where it started.
+  jax.tree.map(np.testing.assert_array_equal, params["encoder"], uncached_params["encoder"])
+  initial = _model_params(config)[1]["decoder"]
+  moved = max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(params["decoder"]),
+                                                  jax.tree.leaves(initial)))
+  assert moved > 1e-3  # The comparison is not between two untrained decoders.
+
+
+def test_a_resumed_cached_run_equals_an_uninterrupted_one(tmp_path):
+  config = _frozen_config(tmp_path / "tfds")  # The default bfloat16 cache.
+  whole, _ = _train(config, tmp_path / "whole")
+  _train(config, tmp_path / "parts", stop_at_step=5)
+  resumed, timing = _train(config, tmp_path / "parts")
+  assert timing["first_step"] == 5
+  jax.tree.map(np.testing.assert_array_equal, resumed, whole)
