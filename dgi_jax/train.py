@@ -266,12 +266,6 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
              else functools.partial(jax.device_put, device=replicated))
       refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
                        else 0)
-      cache = None
-      if encoder_cache.use_cache(model, on_host(state).params, config):
-        with timer.phase("encoder_cache"):
-          cache = encoder_cache.build(model, on_host(state).params, run_data, config)
-        _log(f"The encoder is frozen: steps read its outputs, cached once "
-             f"({cache.nbytes / 2**30:.2f} GiB, train.cache_frozen_encoder)")
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -282,6 +276,13 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
     last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_good_step = checkpointer.latest_step()
     summary, done = {}, first_step
+    cache = None
+    if first_step < last_step and encoder_cache.use_cache(model, on_host(state).params,
+                                                          config):
+      with timer.phase("encoder_cache"):
+        cache = encoder_cache.build(model, on_host(state).params, run_data, config)
+      _log(f"The encoder is frozen: the steps read its outputs, encoded once "
+           f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
     # The bar ends its line however the loop ends, so an error message starts a new one.
     with tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
                    disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \

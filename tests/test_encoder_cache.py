@@ -1,5 +1,6 @@
 """The frozen encoder's cache: when it applies, that its rows are the model's own encoding,
-and that training from it follows the uncached run step for step (jit and pmap, resumed)."""
+and that training from it follows the uncached run step for step (jit and pmap, resumed,
+skipped when no steps are left)."""
 
 import jax
 import numpy as np
@@ -111,3 +112,6 @@ def test_a_resumed_cached_run_equals_an_uninterrupted_one(tmp_path):
   resumed, timing = _train(config, tmp_path / "parts")
   assert timing["first_step"] == 5
   jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+  # A finished run has no steps left: nothing is encoded.
+  again = train.train_and_evaluate(config, tmp_path / "parts")
+  assert again.step == STEPS and again.timing["seconds"]["encoder_cache"] == 0
