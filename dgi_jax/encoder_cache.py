@@ -18,6 +18,7 @@ its batches may hold any of them.
 
 import dataclasses
 import functools
+import os
 from typing import Dict
 
 import jax
@@ -52,6 +53,24 @@ def use_cache(model: DGIModel, params, config) -> bool:
   constant encoder)."""
   return bool(config.train.cache_frozen_encoder) and encoder_is_constant(model, params,
                                                                           config)
+
+
+# The share of the host's available memory a cache may take; past it training runs the
+# frozen encoder every step instead.
+MAX_MEMORY_SHARE = 0.5
+
+
+def cache_bytes(num_items: int, num_requests: int, config, d_model: int) -> int:
+  """Host memory an `EncoderCache` of this data takes."""
+  width = int(config.data.max_query_len)
+  state_bytes = np.dtype(DTYPES[config.train.encoder_cache_dtype]).itemsize
+  return (num_items * d_model * 4 +
+          num_requests * (width * d_model * state_bytes + d_model * 4 + width))
+
+
+def available_memory_bytes() -> int:
+  """Free physical memory now (sysconf), the figure the cache is sized against."""
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclasses.dataclass(frozen=True)

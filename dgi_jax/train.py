@@ -106,6 +106,26 @@ def _refresh_history_table(model, state, run_data, config, on_host, put):
   return state.replace(history_table=put(table))
 
 
+def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.PhaseTimer
+                         ) -> Optional[encoder_cache.EncoderCache]:
+  """The frozen encoder's outputs for the run's data (timed as `encoder_cache`), or None
+  when they would take more than `encoder_cache.MAX_MEMORY_SHARE` of the free memory."""
+  needed = encoder_cache.cache_bytes(run_data.dataset.num_items,
+                                     run_data.dataset.num_examples("train"), config,
+                                     model.cfg.d_model)
+  available = encoder_cache.available_memory_bytes()
+  if needed > encoder_cache.MAX_MEMORY_SHARE * available:
+    _log(f"The encoder is frozen, but its outputs would take {needed / 2**30:.1f} GiB of "
+         f"the {available / 2**30:.1f} GiB free: the steps run it instead (a bfloat16 "
+         "train.encoder_cache_dtype halves the request states)")
+    return None
+  with timer.phase("encoder_cache"):
+    cache = encoder_cache.build(model, params, run_data, config)
+  _log(f"The encoder is frozen: the steps read its outputs, encoded once "
+       f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
+  return cache
+
+
 class _MetricsWindow:
   """Averages step metrics between log lines and times them."""
 
@@ -279,10 +299,7 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
     cache = None
     if first_step < last_step and encoder_cache.use_cache(model, on_host(state).params,
                                                           config):
-      with timer.phase("encoder_cache"):
-        cache = encoder_cache.build(model, on_host(state).params, run_data, config)
-      _log(f"The encoder is frozen: the steps read its outputs, encoded once "
-           f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
+      cache = _build_encoder_cache(model, on_host(state).params, run_data, config, timer)
     # The bar ends its line however the loop ends, so an error message starts a new one.
     with tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
                    disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \

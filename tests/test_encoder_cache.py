@@ -1,6 +1,6 @@
 """The frozen encoder's cache: when it applies, that its rows are the model's own encoding,
-and that training from it follows the uncached run step for step (jit and pmap, resumed,
-skipped when no steps are left)."""
+and that training from it follows the uncached run step for step (jit and pmap, resumed;
+not built when no steps are left or memory is short)."""
 
 import jax
 import numpy as np
@@ -54,7 +54,10 @@ def test_cached_rows_are_the_models_own_encoding(tmp_path):
   model, params = _model_params(config)
   run_data = run_setup.prepare_run_data(config, tmp_path / "run")
   cache = encoder_cache.build(model, params, run_data, config, show_progress=False)
-  assert cache.request_states.shape[0] == run_data.dataset.num_examples("train")
+  num_requests = run_data.dataset.num_examples("train")
+  assert cache.request_states.shape[0] == num_requests
+  assert cache.nbytes == encoder_cache.cache_bytes(run_data.dataset.num_items, num_requests,
+                                                   config, model.cfg.d_model)
 
   batch = next(pipeline.make_train_iterator(run_data.dataset, run_data.tokenizer,
                                             config.data, 16, seed=3,
@@ -115,3 +118,11 @@ def test_a_resumed_cached_run_equals_an_uninterrupted_one(tmp_path):
   # A finished run has no steps left: nothing is encoded.
   again = train.train_and_evaluate(config, tmp_path / "parts")
   assert again.step == STEPS and again.timing["seconds"]["encoder_cache"] == 0
+
+
+def test_a_cache_larger_than_half_the_free_memory_is_not_built(uncached, tmp_path,
+                                                               monkeypatch):
+  monkeypatch.setattr(encoder_cache, "available_memory_bytes", lambda: 2**20)
+  params, timing = _train(_frozen_config(tmp_path / "tfds"), tmp_path / "run")
+  assert timing["seconds"]["encoder_cache"] == 0
+  jax.tree.map(np.testing.assert_array_equal, params, uncached[0])  # The uncached steps.
