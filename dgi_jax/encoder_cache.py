@@ -17,13 +17,11 @@ its batches may hold any of them.
 """
 
 import dataclasses
-import functools
 import os
 from typing import Dict
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import tqdm
 
@@ -33,9 +31,6 @@ from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 from dgi_jax.train_step import (ITEM_EMBEDDING, REQUEST_MASK, REQUEST_STATES,
                                 REQUEST_VECTOR)
-
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-
 
 def encoder_is_constant(model: DGIModel, params, config) -> bool:
   """Whether the encoder's outputs are fixed functions of the tokens for the whole run:
@@ -63,7 +58,7 @@ MAX_MEMORY_SHARE = 0.5
 def cache_bytes(num_items: int, num_requests: int, config, d_model: int) -> int:
   """Host memory an `EncoderCache` of this data takes."""
   width = int(config.data.max_query_len)
-  state_bytes = np.dtype(DTYPES[config.train.encoder_cache_dtype]).itemsize
+  state_bytes = jnp.dtype(config.train.encoder_cache_dtype).itemsize
   return (num_items * d_model * 4 +
           num_requests * (width * d_model * state_bytes + d_model * 4 + width))
 
@@ -98,18 +93,12 @@ class EncoderCache:
     return sum(a.nbytes for a in dataclasses.astuple(self))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_requests(model: DGIModel, params, query_tokens):
-  request = model.apply({"params": params}, query_tokens, method=DGIModel.encode_requests)
-  return request.states, request.z_q, request.mask
-
-
 def build(model: DGIModel, params, run_data: run_setup.RunData, config,
           show_progress: bool = True) -> EncoderCache:
   """Encodes the catalogue and every training request under `params` (batches of
   `eval.item_batch_size` items and `eval.batch_size` x 4 requests, the layouts training
   uses)."""
-  dtype = DTYPES[config.train.encoder_cache_dtype]
+  dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
   items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
                                 int(config.eval.item_batch_size))
   dataset = run_data.dataset
@@ -125,8 +114,8 @@ def build(model: DGIModel, params, run_data: run_setup.RunData, config,
                          disable=not show_progress or jax.process_index() != 0,
                          dynamic_ncols=True, leave=False):
     rows = batch["example_id"][batch["mask"]]
-    s, z, m = jax.device_get(_encode_requests(model, params,
-                                              jnp.asarray(batch["query_tokens"])))
+    s, z, m = jax.device_get(run_setup.encode_requests(model, params,
+                                                       jnp.asarray(batch["query_tokens"])))
     states[rows] = s[:len(rows)].astype(dtype)
     vectors[rows] = z[:len(rows)]
     masks[rows] = m[:len(rows)]

@@ -84,14 +84,6 @@ _SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "cosine_we
                   "candidate_level")
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _encode(model: DGIModel, params, query_tokens: jax.Array, history,
-            history_table) -> EncodedRequests:
-  """`DGIModel.encode_requests`, jitted: the request side of `_search`."""
-  return model.apply({"params": params}, query_tokens, history, history_table,
-                     method=DGIModel.encode_requests)
-
-
 def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                      inverted: index_lib.InvertedIndex, item_emb: jax.Array,
                      request: EncodedRequests, exclude, *, beam_size: int, k: int,
@@ -123,7 +115,8 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             beam_size: int, k: int, bucket_cap: int, ranking: str,
             cosine_weight: float, candidate_level: int) -> SearchResult:
   """Encode requests -> constrained beam search -> ranking, as one jitted call."""
-  request = _encode(model, params, query_tokens, history, history_table)
+  request = run_setup.encode_requests(model, params, query_tokens, history,
+                                       history_table)
   return _search_requests(model, params, tables, inverted, item_emb, request, exclude,
                           beam_size=beam_size, k=k, bucket_cap=bucket_cap,
                           ranking=ranking, cosine_weight=cosine_weight,
@@ -369,7 +362,8 @@ class Retriever:
   def encode(self, query_tokens, history=None) -> EncodedRequests:
     """The requests of `search(query_tokens, ..., history)`, encoded as it encodes them
     (trimmed by `search_inputs`), for `search_encoded` and the diagnostics."""
-    return _encode(self.model, self.params, *self.search_inputs(query_tokens, history))
+    return run_setup.encode_requests(self.model, self.params,
+                                     *self.search_inputs(query_tokens, history))
 
   def search_encoded(self, request: EncodedRequests, beam_size: int, k: int,
                      history=None) -> SearchResult:

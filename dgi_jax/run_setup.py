@@ -24,7 +24,7 @@ from dgi_jax.data import tokenizer as tokenizer_lib
 from dgi_jax.models import quantizer
 from dgi_jax.models import history as history_lib
 from dgi_jax.models.config import ModelConfig
-from dgi_jax.models.dgi import DGIModel
+from dgi_jax.models.dgi import DGIModel, EncodedRequests
 
 
 @dataclasses.dataclass
@@ -131,6 +131,15 @@ def embed_items(model: DGIModel, params, item_tokens: np.ndarray,
   """z_base of every row of `item_tokens` [N, L] -> float32 [N, d] (batched, jitted)."""
   return map_batches(functools.partial(_embed_batch, model, params), item_tokens,
                      batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def encode_requests(model: DGIModel, params, query_tokens: jax.Array, history=None,
+                    history_table=None) -> EncodedRequests:
+  """`DGIModel.encode_requests`, jitted: the request side of the search
+  (`retrieval.py`) and of the frozen encoder's cache (`encoder_cache.py`)."""
+  return model.apply({"params": params}, query_tokens, history, history_table,
+                     method=DGIModel.encode_requests)
 
 
 @functools.partial(jax.jit, static_argnums=0)
