@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dgi_jax import optim, run_setup
+from dgi_jax import optim, retrieval, run_setup
 from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
@@ -93,30 +93,51 @@ class EncoderCache:
     return sum(a.nbytes for a in dataclasses.astuple(self))
 
 
+def _training_request_tokens(run_data: run_setup.RunData, config,
+                             batch_size: int) -> np.ndarray:
+  """int32 [R, Lq]: the query tokens of every training request (row = example_id), as
+  the training batches hold them."""
+  num_requests = run_data.dataset.num_examples("train")
+  tokens = np.zeros((num_requests, int(config.data.max_query_len)), np.int32)
+  for batch in pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
+                                     "train", batch_size,
+                                     catalogue_tokens=run_data.catalogue_tokens):
+    tokens[batch["example_id"][batch["mask"]]] = batch["query_tokens"][batch["mask"]]
+  return tokens
+
+
 def build(model: DGIModel, params, run_data: run_setup.RunData, config,
           show_progress: bool = True) -> EncoderCache:
   """Encodes the catalogue and every training request under `params` (batches of
-  `eval.item_batch_size` items and `eval.batch_size` x 4 requests, the layouts training
-  uses)."""
+  `eval.item_batch_size` items and `eval.batch_size` x 4 requests).
+
+  The requests are encoded shortest first, each batch cut to the width its longest
+  request needs (`retrieval.trim_for_encoder`, a few power-of-two widths, one compilation
+  each), so that little of the work is padding; their rows keep the full width
+  `data.max_query_len` the training batches have, zeros past the batch's width: padding,
+  which the decoder's cross-attention masks out.
+  """
   dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
   items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
                                 int(config.eval.item_batch_size))
-  dataset = run_data.dataset
-  num_requests = dataset.num_examples("train")
   batch_size = 4 * int(config.eval.batch_size)
-  width, d = int(config.data.max_query_len), model.cfg.d_model
+  tokens = _training_request_tokens(run_data, config, batch_size)
+  num_requests, width = tokens.shape
+  d = model.cfg.d_model
   states = np.zeros((num_requests, width, d), dtype)
   vectors = np.zeros((num_requests, d), np.float32)
   masks = np.zeros((num_requests, width), bool)
-  batches = pipeline.iterate_eval(dataset, run_data.tokenizer, config.data, "train",
-                                  batch_size, catalogue_tokens=run_data.catalogue_tokens)
-  for batch in tqdm.tqdm(batches, total=-(-num_requests // batch_size), desc="encoder cache",
-                         disable=not show_progress or jax.process_index() != 0,
-                         dynamic_ncols=True, leave=False):
-    rows = batch["example_id"][batch["mask"]]
-    s, z, m = jax.device_get(run_setup.encode_requests(model, params,
-                                                       jnp.asarray(batch["query_tokens"])))
-    states[rows] = s[:len(rows)].astype(dtype)
+  order = np.argsort((tokens != model.cfg.pad_token_id).sum(axis=1), kind="stable")
+  for start in tqdm.trange(0, num_requests, batch_size, desc="encoder cache",
+                           disable=not show_progress or jax.process_index() != 0,
+                           dynamic_ncols=True, leave=False):
+    rows = order[start:start + batch_size]
+    trimmed, _ = retrieval.trim_for_encoder(model.cfg, tokens[rows])
+    # Fixed batch rows (the last batch padded), so each width compiles once.
+    padded = np.full((batch_size, trimmed.shape[1]), model.cfg.pad_token_id, np.int32)
+    padded[:len(rows)] = trimmed
+    s, z, m = jax.device_get(run_setup.encode_requests(model, params, jnp.asarray(padded)))
+    states[rows, :trimmed.shape[1]] = s[:len(rows)].astype(dtype)
     vectors[rows] = z[:len(rows)]
-    masks[rows] = m[:len(rows)]
+    masks[rows, :trimmed.shape[1]] = m[:len(rows)]
   return EncoderCache(items, states, vectors, masks)

@@ -204,16 +204,19 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
 
 
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:
-  """`evaluate_fn(params, run_data) -> {metric: float}` for `train.train_and_evaluate`.
+  """`evaluate_fn(params, run_data, item_embeddings=None) -> {metric: float}` for
+  `train.train_and_evaluate`.
 
-  Each call indexes the catalogue with the current params, then evaluates `split`, with
-  the diagnostics when `eval.validation_diagnostics`.
+  Each call indexes the catalogue with the current params (quantizing `item_embeddings`,
+  float32 [N, d], when training already holds them), then evaluates `split`, with the
+  diagnostics when `eval.validation_diagnostics`.
   """
   config = encoders.resolve_pretrained(config)  # As training resolves it.
   model = run_setup.build_model(config)
 
-  def evaluate_fn(params, run_data: run_setup.RunData) -> Dict[str, float]:
-    retriever = retrieval.Retriever(model, params, run_data, config)
+  def evaluate_fn(params, run_data: run_setup.RunData,
+                  item_embeddings: Optional[np.ndarray] = None) -> Dict[str, float]:
+    retriever = retrieval.Retriever(model, params, run_data, config, item_embeddings)
     return flat_metrics(evaluate_split(
         retriever, run_data, config, split,
         with_diagnostics=config.eval.validation_diagnostics))

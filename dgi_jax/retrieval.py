@@ -17,7 +17,7 @@ extended SID array (see `index.py`, "Adding items").
 import functools
 import json
 import pathlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -58,6 +58,12 @@ def _embed_and_quantize(model: DGIModel, params, item_tokens: jax.Array):
   apply = functools.partial(model.apply, {"params": params})
   z_base = apply(item_tokens, method=DGIModel.embed_items)
   return z_base, apply(z_base, method=DGIModel.hard_codes)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _quantize(model: DGIModel, params, z_base: jax.Array):
+  """Item embeddings z_base [n, d] -> hard SIDs [n, m]."""
+  return model.apply({"params": params}, z_base, method=DGIModel.hard_codes)
 
 
 def grouped_logits_fn(apply, request, batch: int, beam_size: int
@@ -182,6 +188,14 @@ def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bo
   return query_tokens, history
 
 
+def trim_for_encoder(cfg, query_tokens: np.ndarray, history=None):
+  """`trim_requests` under the rules of `cfg`'s encoder (a `ModelConfig`): the query
+  tokens keep their width with a T5 encoder, and may go down to none only with the
+  scratch encoder (a pre-trained one may pool its first position, 'cls')."""
+  return trim_requests(query_tokens, history, cfg.pad_token_id,
+                       trim_query=cfg.encoder != "t5", empty_query=cfg.encoder == "scratch")
+
+
 class Retriever:
   """A trained model's index over a catalogue, and the search over it.
 
@@ -195,7 +209,8 @@ class Retriever:
     stats: `index.collision_stats` of the current SIDs.
   """
 
-  def __init__(self, model: DGIModel, params, run_data: run_setup.RunData, config):
+  def __init__(self, model: DGIModel, params, run_data: run_setup.RunData, config,
+               item_embeddings: Optional[np.ndarray] = None):
     """Indexes the catalogue of `run_data` with `params`.
 
     Args:
@@ -203,6 +218,9 @@ class Retriever:
       params: Its trained parameters (host or device arrays).
       run_data: The run's dataset, tokenizer and catalogue tokens.
       config: The full config (`data` layouts and the `eval` section).
+      item_embeddings: float32 [N, d], z_base of the catalogue under `params` when it
+        is already known (a frozen encoder's cache, `encoder_cache.py`): the index then
+        only quantizes it instead of running the item encoder again.
     """
     self.model = model
     # Training leaves the params replicated over the whole mesh.
@@ -230,7 +248,7 @@ class Retriever:
     self.item_embeddings = np.zeros((0, model.cfg.d_model), np.float32)
     self.item_norms = np.zeros((0,), np.float32)
     self._append(run_data.dataset.item_ids, run_data.dataset.item_texts,
-                 run_data.catalogue_tokens)
+                 run_data.catalogue_tokens, item_embeddings)
 
   # ------------------------------------------------------------------ indexing
   @property
@@ -247,9 +265,15 @@ class Retriever:
         np.asarray(item_tokens, np.int32), self._item_batch_size)
     return z_base.astype(np.float32), codes.astype(np.int32)
 
-  def _append(self, ids: Sequence[str], texts: Sequence[str],
-              item_tokens: np.ndarray) -> np.ndarray:
-    z_base, sids = self.quantize_tokens(item_tokens)
+  def _append(self, ids: Sequence[str], texts: Sequence[str], item_tokens: np.ndarray,
+              z_base: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indexes items by their tokens, or by their z_base [n, d] when given."""
+    if z_base is None:
+      z_base, sids = self.quantize_tokens(item_tokens)
+    else:
+      z_base = np.asarray(z_base, np.float32)
+      sids = run_setup.map_batches(functools.partial(_quantize, self.model, self.params),
+                                   z_base, self._item_batch_size).astype(np.int32)
     start = self.num_items
     for offset, item_id in enumerate(ids):
       self._index_of[item_id] = start + offset
@@ -327,21 +351,16 @@ class Retriever:
     history arguments of `history_args`), on the device.
 
     With `trim_padding` they are cut to the width the batch's longest request needs
-    (`trim_requests`: the same results up to float rounding), since most positions of a
-    request are usually padding and the encoder's and the decoder's cross-attention cost
-    grows with the width; the query tokens keep their width with a T5 encoder, and may
-    go down to none only with the scratch encoder (a pre-trained one may pool its first
-    position, 'cls').
+    (`trim_for_encoder`: the same results up to float rounding), since most positions of
+    a request are usually padding and the encoder's and the decoder's cross-attention
+    cost grows with the width.
     """
     cfg = self.model.cfg
     query_tokens = np.asarray(query_tokens, np.int32)
     history = (np.asarray(history, np.int32)
                if cfg.history_items and history is not None else None)
     if self.trim_padding:
-      pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
-      query_tokens, history = trim_requests(
-          query_tokens, history, pad_id, trim_query=cfg.encoder != "t5",
-          empty_query=cfg.encoder == "scratch")
+      query_tokens, history = trim_for_encoder(cfg, query_tokens, history)
     return (jnp.asarray(query_tokens), *self.history_args(history))
 
   def search(self, query_tokens, beam_size: int, k: int, history=None) -> SearchResult:

@@ -156,9 +156,11 @@ def train_and_evaluate(config, workdir, evaluate_fn: Optional[Callable] = None,
   Args:
     config: the full (locked) ml_collections config.
     workdir: output directory: checkpoints, metrics.jsonl, tokenizer, TFDS data.
-    evaluate_fn: optional `(params, run_data) -> {metric: value}` run every
-      `train.eval_every` steps on the validation split; its `train.best_metric` picks the
-      best checkpoint.
+    evaluate_fn: optional `(params, run_data, item_embeddings) -> {metric: value}` run
+      every `train.eval_every` steps on the validation split; its `train.best_metric`
+      picks the best checkpoint. `item_embeddings` is z_base of the catalogue [N, d]
+      when the frozen encoder's cache holds it (the same under every step's params),
+      else None.
     stop_at_step: leave the loop (with a checkpoint) after this step although the run is
       longer. The schedules always follow `train.num_steps`.
     allow_dataset_change: resume although the dataset differs from the checkpoint's.
@@ -332,7 +334,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
         eval_metrics = None
         if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
           with timer.phase("validation"):
-            eval_metrics = evaluate_fn(on_host(state).params, run_data)
+            eval_metrics = evaluate_fn(on_host(state).params, run_data,
+                                       cache.item_embeddings if cache else None)
           writer.write(done, eval_metrics, kind="valid")
         if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
           with timer.phase("checkpoint"):

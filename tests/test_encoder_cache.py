@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import checkpointing, encoder_cache, metrics_log, run_setup, train
+from dgi_jax import (checkpointing, encoder_cache, evaluate, metrics_log, retrieval, run_setup,
+                     train)
 from dgi_jax.data import pipeline
 from dgi_jax.models.dgi import DGIModel
 from run_fixtures import tiny_config
@@ -18,6 +19,9 @@ def _frozen_config(tfds_dir, **train_fields):
   config = tiny_config(tfds_dir, num_steps=STEPS, checkpoint_every=5, **train_fields)
   with config.unlocked():
     config.optim.frozen = ("encoder",)  # The whole tower: embeddings to the final LayerNorm.
+    # The cache encodes 4 x 4 requests a batch, shortest first: the first batches fit in
+    # 16 of the 32 tokens, so the cached states come at more than one width.
+    config.eval.batch_size = 4
   return config
 
 
@@ -49,11 +53,21 @@ def test_only_a_constant_encoder_is_cached(tmp_path):
     assert not encoder_cache.use_cache(*_model_params(changed), changed), fields
 
 
-def test_cached_rows_are_the_models_own_encoding(tmp_path):
+def test_cached_rows_are_the_models_own_encoding(tmp_path, monkeypatch):
   config = _frozen_config(tmp_path, encoder_cache_dtype="float32")
   model, params = _model_params(config)
   run_data = run_setup.prepare_run_data(config, tmp_path / "run")
+  widths = []
+  encode = run_setup.encode_requests
+
+  def recording_encode(model, params, query_tokens):
+    widths.append(query_tokens.shape[1])
+    return encode(model, params, query_tokens)
+
+  monkeypatch.setattr(run_setup, "encode_requests", recording_encode)
   cache = encoder_cache.build(model, params, run_data, config, show_progress=False)
+  # Some batches were encoded narrower than the rows they fill, some at full width.
+  assert min(widths) < config.data.max_query_len == max(widths)
   num_requests = run_data.dataset.num_examples("train")
   assert cache.request_states.shape[0] == num_requests
   assert cache.nbytes == encoder_cache.cache_bytes(run_data.dataset.num_items, num_requests,
@@ -68,7 +82,11 @@ def test_cached_rows_are_the_models_own_encoding(tmp_path):
   apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)  # noqa: E731
   request = apply(batch["query_tokens"], method=DGIModel.encode_requests)
   np.testing.assert_array_equal(filled["request_mask"], request.mask)
-  np.testing.assert_allclose(filled["request_states"], request.states, rtol=1e-5, atol=1e-6)
+  # Encoded at their batch's width (shortest requests first): the states agree at the
+  # real tokens; the padding, which the decoder masks out, may differ.
+  real = request.mask
+  np.testing.assert_allclose(filled["request_states"][real], np.asarray(request.states)[real],
+                             rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(filled["request_vector"], request.z_q, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(filled["item_embedding"],
                              apply(batch["item_tokens"], method=DGIModel.embed_items),
@@ -126,3 +144,32 @@ def test_a_cache_larger_than_half_the_free_memory_is_not_built(uncached, tmp_pat
   params, timing = _train(_frozen_config(tmp_path / "tfds"), tmp_path / "run")
   assert timing["seconds"]["encoder_cache"] == 0
   jax.tree.map(np.testing.assert_array_equal, params, uncached[0])  # The uncached steps.
+
+
+def test_validation_indexes_the_cached_item_embeddings(tmp_path, monkeypatch):
+  """With the cache, each validation pass quantizes the cached catalogue embeddings instead
+  of running the item encoder again, and scores as the index built from tokens does."""
+  config = _frozen_config(tmp_path / "tfds", encoder_cache_dtype="float32", eval_every=5)
+  validate = evaluate.make_validation_fn(config)
+  passes = []
+
+  def evaluate_fn(params, run_data, item_embeddings):
+    assert item_embeddings is not None
+    np.testing.assert_allclose(
+        item_embeddings, run_setup.embed_items(run_setup.build_model(config), params,
+                                               run_data.catalogue_tokens), rtol=1e-6)
+    with monkeypatch.context() as patch:  # The item encoder must not run.
+      patch.setattr(retrieval, "_embed_and_quantize", None)
+      from_cache = retrieval.Retriever(run_setup.build_model(config), params, run_data,
+                                       config, item_embeddings)
+      metrics = validate(params, run_data, item_embeddings)
+    from_tokens = retrieval.Retriever(run_setup.build_model(config), params, run_data,
+                                      config)
+    np.testing.assert_array_equal(from_cache.sids, from_tokens.sids)
+    np.testing.assert_array_equal(from_cache.item_embeddings, from_tokens.item_embeddings)
+    assert metrics == validate(params, run_data)
+    passes.append(metrics)
+    return metrics
+
+  train.train_and_evaluate(config, tmp_path / "run", evaluate_fn=evaluate_fn)
+  assert len(passes) == STEPS // 5

@@ -45,8 +45,8 @@ def session(tmp_path_factory):
 
   calls = []
 
-  def evaluate_fn(params, run_data):
-    del params, run_data
+  def evaluate_fn(params, run_data, item_embeddings):
+    del params, run_data, item_embeddings
     calls.append(1)
     time.sleep(0.3)
     return {"hit@10": 0.5}

@@ -57,17 +57,20 @@ def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int,
 
 
 def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
-                   k: int):
+                   k: int, item_embeddings: Optional[np.ndarray] = None):
   """Ranks the catalogue for every request of `split` by cosine(z_q, z_base); without the
-  request's history items when `config.eval.exclude_history`.
+  request's history items when `config.eval.exclude_history`. `item_embeddings` (float32
+  [N, d]) is z_base of the catalogue when already computed under `params`.
 
   Returns:
     (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
   """
   params = sharding.to_local_device(params)
   item_batch = int(config.eval.item_batch_size)
-  item_vectors = l2_normalize(jnp.asarray(run_setup.embed_items(
-      model, params, run_data.catalogue_tokens, item_batch)))
+  if item_embeddings is None:
+    item_embeddings = run_setup.embed_items(model, params, run_data.catalogue_tokens,
+                                            item_batch)
+  item_vectors = l2_normalize(jnp.asarray(item_embeddings))
   table = (jnp.asarray(run_setup.history_table(model, params, run_data.catalogue_tokens,
                                            item_batch))
            if model.cfg.history_items else None)
@@ -85,15 +88,17 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
 
 
 def make_validation_fn(config, split: str = "validation"):
-  """`evaluate_fn(params, run_data) -> {metric: float}` for `train.train_and_evaluate`:
+  """`evaluate_fn(params, run_data, item_embeddings=None) -> {metric: float}` for
+  `train.train_and_evaluate`:
   the ranking metrics of `dense_rankings` on `split`, which pick the dense method's best
   checkpoint (`evaluate.make_validation_fn` is the generative search's)."""
   config = encoders.resolve_pretrained(config)  # As training resolves it.
   model = run_setup.build_model(config)
 
-  def evaluate_fn(params, run_data: run_setup.RunData):
+  def evaluate_fn(params, run_data: run_setup.RunData,
+                  item_embeddings: Optional[np.ndarray] = None):
     ranked, relevant = dense_rankings(model, params, run_data, config, split,
-                                      int(config.eval.k))
+                                      int(config.eval.k), item_embeddings)
     report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
                                      int(config.eval.num_popularity_buckets))
     return {name: float(value) for name, value in report["metrics"].items()}

@@ -88,6 +88,12 @@ class ModelConfig:
     return self.history_repr != "text"
 
   @property
+  def pad_token_id(self) -> int:
+    """The token id that pads requests and items (a pre-trained encoder's own; 0 for the
+    scratch encoder's WordPiece)."""
+    return self.encoder_spec.pad_token_id if self.encoder_spec else 0
+
+  @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 

@@ -120,7 +120,6 @@ class DGIModel(nn.Module):
     item indices [B, H], -1 padded, read through `history_table`, see models/history.py)
     -> EncodedRequests(states [B, Lq (+ H), d], z_q [B, d], mask [B, Lq (+ H)])."""
     cfg = self.cfg
-    pad_id = cfg.encoder_spec.pad_token_id if cfg.encoder_spec else 0
     extra = None
     if cfg.history_items:
       if history is None or history_table is None:
@@ -130,7 +129,7 @@ class DGIModel(nn.Module):
                                    cfg.history_code_gradient)
       extra = (self.history_embed(vectors, history), history_lib.history_mask(history))
     states, z_q = self.encoder(query_tokens, deterministic, extra)
-    mask = query_tokens != pad_id
+    mask = query_tokens != cfg.pad_token_id
     if extra is not None:
       mask = jnp.concatenate([mask, extra[1]], axis=1)
     return EncodedRequests(states, z_q, mask)
