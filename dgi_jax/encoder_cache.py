@@ -93,7 +93,7 @@ class EncoderCache:
     return sum(a.nbytes for a in dataclasses.astuple(self))
 
 
-def _training_request_tokens(run_data: run_setup.RunData, config,
+def training_request_tokens(run_data: run_setup.RunData, config,
                              batch_size: int) -> np.ndarray:
   """int32 [R, Lq]: the query tokens of every training request (row = example_id), as
   the training batches hold them."""
@@ -106,22 +106,23 @@ def _training_request_tokens(run_data: run_setup.RunData, config,
   return tokens
 
 
-def build(model: DGIModel, params, run_data: run_setup.RunData, config,
-          show_progress: bool = True) -> EncoderCache:
-  """Encodes the catalogue and every training request under `params` (batches of
-  `eval.item_batch_size` items and `eval.batch_size` x 4 requests).
+# The cache's request batches are cut to multiples of this width: one compilation per
+# multiple up to data.max_query_len (8 at 64 tokens), against the search's powers of two,
+# which would leave a batch needing 20 of 32 columns at full width.
+CACHE_WIDTH_MULTIPLE = 8
 
-  The requests are encoded shortest first, each batch cut to the width its longest
-  request needs (`retrieval.trim_for_encoder`, a few power-of-two widths, one compilation
-  each), so that little of the work is padding; their rows keep the full width
-  `data.max_query_len` the training batches have, zeros past the batch's width: padding,
-  which the decoder's cross-attention masks out.
+
+def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size: int,
+                        dtype=jnp.float32, show_progress: bool = False):
+  """Encodes request tokens int32 [R, Lq], shortest first, each batch of `batch_size`
+  cut to the width its longest request needs (`retrieval.trim_for_encoder`, rounded up
+  to `CACHE_WIDTH_MULTIPLE`), so that little of the work is padding.
+
+  Returns:
+    (states `dtype` [R, Lq, d], z_q float32 [R, d], mask bool [R, Lq]) in the rows' order,
+    at the full width Lq the training batches have: zeros past a batch's width, padding
+    that the decoder's cross-attention masks out.
   """
-  dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
-  items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
-                                int(config.eval.item_batch_size))
-  batch_size = 4 * int(config.eval.batch_size)
-  tokens = _training_request_tokens(run_data, config, batch_size)
   num_requests, width = tokens.shape
   d = model.cfg.d_model
   states = np.zeros((num_requests, width, d), dtype)
@@ -132,7 +133,8 @@ def build(model: DGIModel, params, run_data: run_setup.RunData, config,
                            disable=not show_progress or jax.process_index() != 0,
                            dynamic_ncols=True, leave=False):
     rows = order[start:start + batch_size]
-    trimmed, _ = retrieval.trim_for_encoder(model.cfg, tokens[rows])
+    trimmed, _ = retrieval.trim_for_encoder(model.cfg, tokens[rows],
+                                            multiple_of=CACHE_WIDTH_MULTIPLE)
     # Fixed batch rows (the last batch padded), so each width compiles once.
     padded = np.full((batch_size, trimmed.shape[1]), model.cfg.pad_token_id, np.int32)
     padded[:len(rows)] = trimmed
@@ -140,4 +142,18 @@ def build(model: DGIModel, params, run_data: run_setup.RunData, config,
     states[rows, :trimmed.shape[1]] = s[:len(rows)].astype(dtype)
     vectors[rows] = z[:len(rows)]
     masks[rows, :trimmed.shape[1]] = m[:len(rows)]
-  return EncoderCache(items, states, vectors, masks)
+  return states, vectors, masks
+
+
+def build(model: DGIModel, params, run_data: run_setup.RunData, config,
+          show_progress: bool = True) -> EncoderCache:
+  """Encodes the catalogue and every training request under `params` (batches of
+  `eval.item_batch_size` items and `eval.batch_size` x 4 requests, the requests shortest
+  first: `encode_request_rows`)."""
+  dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
+  items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
+                                int(config.eval.item_batch_size))
+  batch_size = 4 * int(config.eval.batch_size)
+  tokens = training_request_tokens(run_data, config, batch_size)
+  return EncoderCache(items, *encode_request_rows(model, params, tokens, batch_size, dtype,
+                                                  show_progress))

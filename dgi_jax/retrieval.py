@@ -134,17 +134,21 @@ def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
 MIN_REQUEST_WIDTH = 8
 
 
-def bucket_width(needed: int, full: int, allow_zero: bool = True) -> int:
+def bucket_width(needed: int, full: int, allow_zero: bool = True,
+                 multiple_of: Optional[int] = None) -> int:
   """Width a request part is trimmed to when its batch needs `needed` of `full` columns:
-  the smallest power of two >= max(needed, MIN_REQUEST_WIDTH), capped at `full`; 0 when
-  none is needed and `allow_zero`."""
+  the smallest power of two >= max(needed, MIN_REQUEST_WIDTH), or with `multiple_of` the
+  smallest multiple of it >= needed (finer buckets, more shapes), capped at `full`; 0
+  when none is needed and `allow_zero`."""
   if needed == 0 and allow_zero:
     return 0
+  if multiple_of:
+    return min(full, max(multiple_of, -(-needed // multiple_of) * multiple_of))
   return min(full, max(MIN_REQUEST_WIDTH, 1 << max(needed - 1, 0).bit_length()))
 
 
 def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bool = True,
-                  empty_query: bool = True):
+                  empty_query: bool = True, multiple_of: Optional[int] = None):
   """A search batch cut to the width its longest request needs, bucketed.
 
   Args:
@@ -157,6 +161,7 @@ def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bo
       them, so cutting query padding moves the items).
     empty_query: Whether the token columns may all go when every query is padding
       (not for an encoder that may pool its first position, BERT's 'cls').
+    multiple_of: `bucket_width`'s buckets: powers of two (None) or multiples of this.
 
   Returns:
     (query_tokens [B, Lq'], history [B, H'] or None), Lq' and H' by `bucket_width`.
@@ -179,7 +184,7 @@ def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bo
   def width(real_columns: np.ndarray, allow_zero: bool) -> int:  # bool [B, W] -> width.
     used = np.flatnonzero(real_columns.any(axis=0))
     needed = int(used[-1]) + 1 if used.size else 0
-    return bucket_width(needed, real_columns.shape[1], allow_zero)
+    return bucket_width(needed, real_columns.shape[1], allow_zero, multiple_of)
 
   if trim_query:
     query_tokens = query_tokens[:, :width(real_tokens, empty_query)]
@@ -188,12 +193,14 @@ def trim_requests(query_tokens: np.ndarray, history, pad_id: int, trim_query: bo
   return query_tokens, history
 
 
-def trim_for_encoder(cfg, query_tokens: np.ndarray, history=None):
+def trim_for_encoder(cfg, query_tokens: np.ndarray, history=None,
+                     multiple_of: Optional[int] = None):
   """`trim_requests` under the rules of `cfg`'s encoder (a `ModelConfig`): the query
   tokens keep their width with a T5 encoder, and may go down to none only with the
   scratch encoder (a pre-trained one may pool its first position, 'cls')."""
   return trim_requests(query_tokens, history, cfg.pad_token_id,
-                       trim_query=cfg.encoder != "t5", empty_query=cfg.encoder == "scratch")
+                       trim_query=cfg.encoder != "t5", empty_query=cfg.encoder == "scratch",
+                       multiple_of=multiple_of)
 
 
 class Retriever:

@@ -20,7 +20,7 @@ def _frozen_config(tfds_dir, **train_fields):
   with config.unlocked():
     config.optim.frozen = ("encoder",)  # The whole tower: embeddings to the final LayerNorm.
     # The cache encodes 4 x 4 requests a batch, shortest first: the first batches fit in
-    # 16 of the 32 tokens, so the cached states come at more than one width.
+    # fewer than the 32 tokens, so the cached states come at more than one width.
     config.eval.batch_size = 4
   return config
 

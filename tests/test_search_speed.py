@@ -235,6 +235,10 @@ def test_trim_requests_cuts_trailing_padding_to_bucketed_widths():
   assert retrieval.trim_requests(tokens, None, pad_id=0)[0].shape == (3, 32)
   assert [retrieval.bucket_width(n, 20) for n in (0, 1, 8, 9, 16, 17, 20)] == [
       0, 8, 8, 16, 16, 20, 20]
+  # The encoder cache's finer buckets: multiples of 8.
+  assert retrieval.trim_requests(tokens, None, pad_id=0, multiple_of=8)[0].shape == (3, 24)
+  assert [retrieval.bucket_width(n, 36, multiple_of=8) for n in (0, 1, 8, 9, 17, 33)] == [
+      0, 8, 8, 16, 24, 36]
 
 
 @pytest.mark.parametrize("spec", [BERT, T5], ids=["bert_cls", "t5"])
