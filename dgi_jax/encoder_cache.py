@@ -112,11 +112,25 @@ def training_request_tokens(run_data: run_setup.RunData, config,
 CACHE_WIDTH_MULTIPLE = 8
 
 
+def request_batches(cfg, tokens: np.ndarray, batch_size: int):
+  """The batches the cache encodes request tokens int32 [R, Lq] in: shortest first, each
+  of `batch_size` rows cut to the width its longest request needs
+  (`retrieval.trim_for_encoder`, rounded up to `CACHE_WIDTH_MULTIPLE`).
+
+  Yields:
+    (row indices int [b], their tokens int32 [b, width]), b <= batch_size.
+  """
+  order = np.argsort((tokens != cfg.pad_token_id).sum(axis=1), kind="stable")
+  for start in range(0, len(tokens), batch_size):
+    rows = order[start:start + batch_size]
+    yield rows, retrieval.trim_for_encoder(cfg, tokens[rows],
+                                           multiple_of=CACHE_WIDTH_MULTIPLE)[0]
+
+
 def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size: int,
                         dtype=jnp.float32, show_progress: bool = False):
-  """Encodes request tokens int32 [R, Lq], shortest first, each batch of `batch_size`
-  cut to the width its longest request needs (`retrieval.trim_for_encoder`, rounded up
-  to `CACHE_WIDTH_MULTIPLE`), so that little of the work is padding.
+  """Encodes request tokens int32 [R, Lq] in `request_batches`, so that little of the
+  work is padding.
 
   Returns:
     (states `dtype` [R, Lq, d], z_q float32 [R, d], mask bool [R, Lq]) in the rows' order,
@@ -128,13 +142,10 @@ def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size:
   states = np.zeros((num_requests, width, d), dtype)
   vectors = np.zeros((num_requests, d), np.float32)
   masks = np.zeros((num_requests, width), bool)
-  order = np.argsort((tokens != model.cfg.pad_token_id).sum(axis=1), kind="stable")
-  for start in tqdm.trange(0, num_requests, batch_size, desc="encoder cache",
-                           disable=not show_progress or jax.process_index() != 0,
-                           dynamic_ncols=True, leave=False):
-    rows = order[start:start + batch_size]
-    trimmed, _ = retrieval.trim_for_encoder(model.cfg, tokens[rows],
-                                            multiple_of=CACHE_WIDTH_MULTIPLE)
+  batches = request_batches(model.cfg, tokens, batch_size)
+  for rows, trimmed in tqdm.tqdm(batches, total=-(-num_requests // batch_size),
+                                 desc="encoder cache", dynamic_ncols=True, leave=False,
+                                 disable=not show_progress or jax.process_index() != 0):
     # Fixed batch rows (the last batch padded), so each width compiles once.
     padded = np.full((batch_size, trimmed.shape[1]), model.cfg.pad_token_id, np.int32)
     padded[:len(rows)] = trimmed

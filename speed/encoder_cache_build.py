@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import machine_description  # noqa: E402
 
-from dgi_jax import encoder_cache, retrieval, run_setup, trained_run  # noqa: E402
+from dgi_jax import encoder_cache, run_setup, trained_run  # noqa: E402
 
 
 def file_order(model, params, tokens: np.ndarray, batch_size: int) -> None:
@@ -48,11 +48,8 @@ def padding_shares(model, tokens: np.ndarray, batch_size: int):
   """(share of padding in file order at full width, share in the cache's order)."""
   real = int((tokens != model.cfg.pad_token_id).sum())
   full = -(-len(tokens) // batch_size) * batch_size * tokens.shape[1]
-  order = np.argsort((tokens != model.cfg.pad_token_id).sum(axis=1), kind="stable")
-  trimmed = sum(batch_size * retrieval.trim_for_encoder(
-      model.cfg, tokens[order[i:i + batch_size]],
-      multiple_of=encoder_cache.CACHE_WIDTH_MULTIPLE)[0].shape[1]
-                for i in range(0, len(tokens), batch_size))
+  trimmed = sum(batch_size * batch.shape[1] for _, batch in
+                encoder_cache.request_batches(model.cfg, tokens, batch_size))
   return 1 - real / full, 1 - real / trimmed
 
 
@@ -92,6 +89,7 @@ def main() -> None:
     print(f"{name:>24}: {len(tokens) / best[name]:8.1f} requests/s (best of {args.repeats})")
   ratio = best["file order, full width"] / best["shortest first, trimmed"]
   print(f"speed-up: {ratio:.2f}x")
+
 
 if __name__ == "__main__":
   main()

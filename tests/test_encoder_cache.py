@@ -151,20 +151,19 @@ def test_validation_indexes_the_cached_item_embeddings(tmp_path, monkeypatch):
   of running the item encoder again, and scores as the index built from tokens does."""
   config = _frozen_config(tmp_path / "tfds", encoder_cache_dtype="float32", eval_every=5)
   validate = evaluate.make_validation_fn(config)
+  model = run_setup.build_model(config)
   passes = []
 
   def evaluate_fn(params, run_data, item_embeddings):
     assert item_embeddings is not None
     np.testing.assert_allclose(
-        item_embeddings, run_setup.embed_items(run_setup.build_model(config), params,
-                                               run_data.catalogue_tokens), rtol=1e-6)
+        item_embeddings, run_setup.embed_items(model, params, run_data.catalogue_tokens),
+        rtol=1e-6)
     with monkeypatch.context() as patch:  # The item encoder must not run.
       patch.setattr(retrieval, "_embed_and_quantize", None)
-      from_cache = retrieval.Retriever(run_setup.build_model(config), params, run_data,
-                                       config, item_embeddings)
+      from_cache = retrieval.Retriever(model, params, run_data, config, item_embeddings)
       metrics = validate(params, run_data, item_embeddings)
-    from_tokens = retrieval.Retriever(run_setup.build_model(config), params, run_data,
-                                      config)
+    from_tokens = retrieval.Retriever(model, params, run_data, config)
     np.testing.assert_array_equal(from_cache.sids, from_tokens.sids)
     np.testing.assert_array_equal(from_cache.item_embeddings, from_tokens.item_embeddings)
     assert metrics == validate(params, run_data)
