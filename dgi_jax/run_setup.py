@@ -161,13 +161,19 @@ def history_table(model: DGIModel, params, catalogue_tokens: np.ndarray,
 
 
 def kmeans_init_codebooks(model: DGIModel, params, catalogue_tokens: np.ndarray, config,
-                          rng: jax.Array):
-  """Replaces the codebooks (and untied heads) by residual k-means of item embeddings."""
+                          rng: jax.Array, item_embeddings: Optional[np.ndarray] = None):
+  """Replaces the codebooks (and untied heads) by residual k-means of item embeddings:
+  those of `train.kmeans_items` catalogue items, drawn with `rng`, from the encoder under
+  `params` or, when given, from `item_embeddings` float32 [N, d] (every item's z_base
+  under these params, e.g. the frozen encoder's cache)."""
   cfg = model.cfg
   rng, sample_rng = jax.random.split(rng)
   n = catalogue_tokens.shape[0]
   take = np.asarray(jax.random.permutation(sample_rng, n))[:min(n, config.train.kmeans_items)]
-  embeddings = embed_items(model, params, catalogue_tokens[np.sort(take)])
+  if item_embeddings is None:
+    embeddings = embed_items(model, params, catalogue_tokens[np.sort(take)])
+  else:
+    embeddings = item_embeddings[np.sort(take)]
   codebooks = kmeans.residual_kmeans(jnp.asarray(embeddings), cfg.codebook_sizes,
                                      config.train.kmeans_iters, rng, cfg.geometry)
   params = dict(params)

@@ -73,24 +73,30 @@ def _abstract_state(model, optimizer, config, rng, state_sharding_of, num_items:
                                                      sharding=state_sharding_of), shapes)
 
 
-def _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng, abstract_state,
-                   replicated, timer: metrics_log.PhaseTimer):
-  """A new run's state: `init_from` params (codebooks optionally re-initialised by k-means
-  over the loaded encoder's item embeddings), or fresh params -- the encoder's from
-  `model.pretrained` when set -- with k-means codebooks (timed as `kmeans`)."""
-  params = run_setup.init_params(model, config, init_rng, out_sharding=replicated)
-  if config.model.pretrained and not config.train.init_from:
-    params = encoders.load_pretrained_params(params, model.cfg, config.model.pretrained)
+def _initial_params(model, config, init_rng, abstract_state, replicated):
+  """A new run's parameters before k-means: `init_from`'s, or fresh ones -- the encoder's
+  from `model.pretrained` when set."""
   if config.train.init_from:
-    params = checkpointing.restore_params(config.train.init_from, abstract_state.params)
-    if config.train.init_from_kmeans:
-      with timer.phase("kmeans"):
-        params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
-                                                 config, kmeans_rng)
-  elif config.train.kmeans_init:
+    return checkpointing.restore_params(config.train.init_from, abstract_state.params)
+  params = run_setup.init_params(model, config, init_rng, out_sharding=replicated)
+  if config.model.pretrained:
+    params = encoders.load_pretrained_params(params, model.cfg, config.model.pretrained)
+  return params
+
+
+def _initial_state(model, optimizer, config, run_data, params, kmeans_rng, replicated,
+                   timer: metrics_log.PhaseTimer,
+                   cache: Optional[encoder_cache.EncoderCache]):
+  """A new run's state from `_initial_params`: codebooks by k-means over the encoder's
+  item embeddings (timed as `kmeans`; `train.kmeans_init`, or `train.init_from_kmeans`
+  for an `init_from` run), read from the frozen encoder's `cache` when there is one."""
+  run_kmeans = (config.train.init_from_kmeans if config.train.init_from
+                else config.train.kmeans_init)
+  if run_kmeans:
     with timer.phase("kmeans"):
-      params = run_setup.kmeans_init_codebooks(model, params, run_data.catalogue_tokens,
-                                               config, kmeans_rng)
+      params = run_setup.kmeans_init_codebooks(
+          model, params, run_data.catalogue_tokens, config, kmeans_rng,
+          item_embeddings=cache.item_embeddings if cache else None)
   table = (run_setup.history_table(model, params, run_data.catalogue_tokens,
                                    int(config.eval.item_batch_size))
            if model.cfg.history_items else None)
@@ -106,10 +112,16 @@ def _refresh_history_table(model, state, run_data, config, on_host, put):
   return state.replace(history_table=put(table))
 
 
-def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.PhaseTimer
-                         ) -> Optional[encoder_cache.EncoderCache]:
-  """The frozen encoder's outputs for the run's data (timed as `encoder_cache`), or None
-  when they would take more than `encoder_cache.MAX_MEMORY_SHARE` of the free memory."""
+def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.PhaseTimer,
+                         steps_left: bool) -> Optional[encoder_cache.EncoderCache]:
+  """The frozen encoder's outputs for the run's data (timed as `encoder_cache`), or None:
+  when the encoder is not constant (`encoder_cache.use_cache`), no steps are left, or the
+  cache would take more than `encoder_cache.MAX_MEMORY_SHARE` of the free memory.
+
+  `params` may be a new run's before k-means: the cache reads only the encoder's.
+  """
+  if not steps_left or not encoder_cache.use_cache(model, params, config):
+    return None
   needed = encoder_cache.cache_bytes(run_data.dataset.num_items,
                                      run_data.dataset.num_examples("train"), config,
                                      model.cfg.d_model)
@@ -264,6 +276,7 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
           abstract_state, abstract_rng, data_iterator,
           check=_resume_check(config, workdir, run_data.dataset.version,
                               allow_dataset_change))
+      last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
       if restored is not None:
         state, run_rng, step = restored
         if step > total_steps:
@@ -271,9 +284,16 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
               f"train.num_steps={total_steps} is below step {step} of the checkpoint in "
               f"{checkpointing.checkpoint_dir(workdir)}; give train.num_steps >= {step}")
         _log(f"Resumed from step {step} of {checkpointing.checkpoint_dir(workdir)}")
+        cache = _build_encoder_cache(model, state.params, run_data, config, timer,
+                                     steps_left=step < last_step)
       else:
-        state = _initial_state(model, optimizer, config, run_data, init_rng, kmeans_rng,
-                               abstract_state, replicated, timer)
+        params = _initial_params(model, config, init_rng, abstract_state, replicated)
+        # Before k-means, which then reads the cached item embeddings instead of running
+        # the encoder over the catalogue once more.
+        cache = _build_encoder_cache(model, params, run_data, config, timer,
+                                     steps_left=0 < last_step)
+        state = _initial_state(model, optimizer, config, run_data, params, kmeans_rng,
+                               replicated, timer, cache)
         run_rng = jax.device_put(run_rng, replicated)
 
       tokenizer_json = run_data.tokenizer.to_json()
@@ -295,13 +315,8 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
     window = _MetricsWindow()
     first_step = int(on_host(state).step)
     writer.truncate_after(first_step)  # The steps after it are trained (and logged) again.
-    last_step = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_good_step = checkpointer.latest_step()
     summary, done = {}, first_step
-    cache = None
-    if first_step < last_step and encoder_cache.use_cache(model, on_host(state).params,
-                                                          config):
-      cache = _build_encoder_cache(model, on_host(state).params, run_data, config, timer)
     # The bar ends its line however the loop ends, so an error message starts a new one.
     with tqdm.tqdm(total=total_steps, initial=first_step, desc="train",
                    disable=jax.process_index() != 0, dynamic_ncols=True) as progress, \

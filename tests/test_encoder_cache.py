@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import (checkpointing, encoder_cache, evaluate, metrics_log, retrieval, run_setup,
-                     train)
+from dgi_jax import (checkpointing, encoder_cache, evaluate, kmeans, metrics_log, retrieval,
+                     run_setup, train)
 from dgi_jax.data import pipeline
 from dgi_jax.models.dgi import DGIModel
 from run_fixtures import tiny_config
@@ -144,6 +144,34 @@ def test_a_cache_larger_than_half_the_free_memory_is_not_built(uncached, tmp_pat
   params, timing = _train(_frozen_config(tmp_path / "tfds"), tmp_path / "run")
   assert timing["seconds"]["encoder_cache"] == 0
   jax.tree.map(np.testing.assert_array_equal, params, uncached[0])  # The uncached steps.
+
+
+def test_kmeans_of_a_new_cached_run_reads_the_cached_item_embeddings(tmp_path, monkeypatch):
+  """A new run with the cache embeds the catalogue once, for the cache: k-means clusters
+  the cache's rows of its sample, the embeddings an uncached run computes for it."""
+
+  def first_step_recording(cache_frozen_encoder):
+    embedded, clustered = [], []  # Rows per catalogue pass; k-means' input.
+    with monkeypatch.context() as patch:
+      patch.setattr(run_setup, "embed_items",
+                    lambda model, params, tokens, *args, embed=run_setup.embed_items:
+                    embedded.append(len(tokens)) or embed(model, params, tokens, *args))
+      patch.setattr(kmeans, "residual_kmeans",
+                    lambda x, *args, cluster=kmeans.residual_kmeans:
+                    clustered.append(np.asarray(x)) or cluster(x, *args))
+      config = _frozen_config(tmp_path / "tfds", encoder_cache_dtype="float32",
+                              cache_frozen_encoder=cache_frozen_encoder, kmeans_items=40)
+      train.train_and_evaluate(config, tmp_path / f"run_{cache_frozen_encoder}",
+                               stop_at_step=1)
+    return embedded, clustered
+
+  embedded, clustered = first_step_recording(cache_frozen_encoder=True)
+  uncached_embedded, uncached_clustered = first_step_recording(cache_frozen_encoder=False)
+  assert uncached_embedded == [40]  # k-means embeds its sample ...
+  # ... which the cached run takes from the cache, built over the whole catalogue.
+  assert len(embedded) == 1 and embedded[0] > 40
+  assert len(clustered) == len(uncached_clustered) == 1
+  np.testing.assert_allclose(clustered[0], uncached_clustered[0], rtol=1e-6, atol=1e-7)
 
 
 def test_validation_indexes_the_cached_item_embeddings(tmp_path, monkeypatch):
