@@ -160,9 +160,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.history_refresh_every = 100
   # With every encoder parameter frozen (and dropout off, history as text) the encoder is
   # a constant: encode the catalogue and the training requests once and let each step run
-  # only the quantizer, decoder and losses (dgi_jax/encoder_cache.py). The request states
-  # are held in host memory in encoder_cache_dtype ('bfloat16' or 'float32', which
-  # reproduces the uncached steps exactly at twice the memory).
+  # only the quantizer, decoder and losses (dgi_jax/encoder_cache.py). With only the
+  # bottom optim.freeze_encoder_layers frozen (a BERT-family encoder), cache those layers'
+  # output and run the top layers from it. The states are held in host memory in
+  # encoder_cache_dtype ('bfloat16' or 'float32', which reproduces the uncached steps
+  # exactly at twice the memory).
   c.train.cache_frozen_encoder = True
   c.train.encoder_cache_dtype = "bfloat16"
   c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.

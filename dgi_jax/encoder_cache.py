@@ -10,13 +10,21 @@ training split once, and each batch reads its rows: the step runs only the quant
 decoder and the losses (all-MiniLM-L6-v2 on Beauty: see docs/DESIGN.md, "The frozen
 encoder cached").
 
+A partly frozen encoder (`optim.freeze_encoder_layers` = k < the layer count, the
+benchmark default) has a constant bottom instead: its embeddings and layers below k.
+`BottomCache` holds their output, layer k's input, for the catalogue and the training
+requests; the step runs the top layers from it, forward and backward, and every
+catalogue pass (k-means, validation) runs only the top layers over the cached items.
+BERT-family encoders shared by items and requests only (`frozen_bottom_layers`).
+
 Host memory: the request states are `[R, max_query_len, d]` for the R training requests
 (`train.encoder_cache_dtype`, bfloat16 by default: 6.5 GB for Beauty's 131k requests at 64
-tokens and d 384; float32 doubles it). Every host encodes every training request, since
-its batches may hold any of them.
+tokens and d 384; float32 doubles it); the bottom cache adds `[N, Li, d]` for the items.
+Every host encodes every training request, since its batches may hold any of them.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Dict
 
@@ -29,8 +37,9 @@ from dgi_jax import optim, retrieval, run_setup
 from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
-from dgi_jax.train_step import (ITEM_EMBEDDING, REQUEST_MASK, REQUEST_STATES,
-                                REQUEST_VECTOR)
+from dgi_jax.train_step import (ITEM_BOTTOM, ITEM_BOTTOM_MASK, ITEM_EMBEDDING,
+                                REQUEST_BOTTOM, REQUEST_BOTTOM_MASK, REQUEST_MASK,
+                                REQUEST_STATES, REQUEST_VECTOR)
 
 def encoder_is_constant(model: DGIModel, params, config) -> bool:
   """Whether the encoder's outputs are fixed functions of the tokens for the whole run:
@@ -41,6 +50,19 @@ def encoder_is_constant(model: DGIModel, params, config) -> bool:
   labels = optim.param_labels(params, config.optim)
   towers = [labels[name] for name in encoders.ENCODER_COLLECTIONS if name in labels]
   return bool(towers) and all(label == "frozen" for label in jax.tree.leaves(towers))
+
+
+def frozen_bottom_layers(model: DGIModel, config) -> int:
+  """How many bottom layers of the shared encoder are constant functions of the tokens,
+  so that `BottomCache` may hold their output: `optim.freeze_encoder_layers` of a
+  BERT-family encoder shared by items and requests, without dropout or history items;
+  0 where that does not hold. (T5's layers read a position bias that its first layer
+  computes, and a separate item tower would need its own cache: both are left out.)"""
+  cfg = model.cfg
+  if (cfg.encoder != "bert" or cfg.separate_item_encoder or cfg.dropout_rate > 0
+      or cfg.history_items):
+    return 0
+  return int(config.optim.freeze_encoder_layers)
 
 
 def use_cache(model: DGIModel, params, config) -> bool:
@@ -88,6 +110,12 @@ class EncoderCache:
     filled[REQUEST_MASK] = self.request_masks[rows]
     return filled
 
+  def catalogue_embeddings(self, model: DGIModel, params, batch_size: int) -> np.ndarray:
+    """z_base of every catalogue item float32 [N, d]: the cached ones, the same under
+    every step's params."""
+    del model, params, batch_size
+    return self.item_embeddings
+
   @property
   def nbytes(self) -> int:
     return sum(a.nbytes for a in dataclasses.astuple(self))
@@ -127,6 +155,24 @@ def request_batches(cfg, tokens: np.ndarray, batch_size: int):
                                            multiple_of=CACHE_WIDTH_MULTIPLE)[0]
 
 
+def _fixed_row_batches(cfg, tokens: np.ndarray, batch_size: int, desc: str,
+                       show_progress: bool):
+  """`request_batches` with each batch padded to `batch_size` rows, so that each width
+  compiles once, under a progress bar.
+
+  Yields:
+    (row indices int [b], width, tokens int32 [batch_size, width]): the first b rows are
+    the batch's.
+  """
+  batches = request_batches(cfg, tokens, batch_size)
+  for rows, trimmed in tqdm.tqdm(batches, total=-(-len(tokens) // batch_size), desc=desc,
+                                 dynamic_ncols=True, leave=False,
+                                 disable=not show_progress or jax.process_index() != 0):
+    padded = np.full((batch_size, trimmed.shape[1]), cfg.pad_token_id, np.int32)
+    padded[:len(rows)] = trimmed
+    yield rows, trimmed.shape[1], jnp.asarray(padded)
+
+
 def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size: int,
                         dtype=jnp.float32, show_progress: bool = False):
   """Encodes request tokens int32 [R, Lq] in `request_batches`, so that little of the
@@ -142,17 +188,12 @@ def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size:
   states = np.zeros((num_requests, width, d), dtype)
   vectors = np.zeros((num_requests, d), np.float32)
   masks = np.zeros((num_requests, width), bool)
-  batches = request_batches(model.cfg, tokens, batch_size)
-  for rows, trimmed in tqdm.tqdm(batches, total=-(-num_requests // batch_size),
-                                 desc="encoder cache", dynamic_ncols=True, leave=False,
-                                 disable=not show_progress or jax.process_index() != 0):
-    # Fixed batch rows (the last batch padded), so each width compiles once.
-    padded = np.full((batch_size, trimmed.shape[1]), model.cfg.pad_token_id, np.int32)
-    padded[:len(rows)] = trimmed
-    s, z, m = jax.device_get(run_setup.encode_requests(model, params, jnp.asarray(padded)))
-    states[rows, :trimmed.shape[1]] = s[:len(rows)].astype(dtype)
+  for rows, used, padded in _fixed_row_batches(model.cfg, tokens, batch_size,
+                                               "encoder cache", show_progress):
+    s, z, m = jax.device_get(run_setup.encode_requests(model, params, padded))
+    states[rows, :used] = s[:len(rows)].astype(dtype)
     vectors[rows] = z[:len(rows)]
-    masks[rows, :trimmed.shape[1]] = m[:len(rows)]
+    masks[rows, :used] = m[:len(rows)]
   return states, vectors, masks
 
 
@@ -168,3 +209,98 @@ def build(model: DGIModel, params, run_data: run_setup.RunData, config,
   tokens = training_request_tokens(run_data, config, batch_size)
   return EncoderCache(items, *encode_request_rows(model, params, tokens, batch_size, dtype,
                                                   show_progress))
+
+
+@dataclasses.dataclass(frozen=True)
+class BottomCache:
+  """The frozen bottom layers' output for the catalogue and for the training split: the
+  input of the first trained layer (`frozen_bottom_layers`), at real tokens."""
+  num_layers: int  # The frozen bottom layers k: the arrays hold layer k's input.
+  item_hidden: np.ndarray  # [N, Li, d] (the cache dtype).
+  item_masks: np.ndarray  # bool [N, Li]: True at real tokens.
+  request_hidden: np.ndarray  # [R, Lq, d] (the cache dtype), row = example_id.
+  request_masks: np.ndarray  # bool [R, Lq].
+
+  def fill(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A training batch with the bottom's outputs in place of its tokens:
+    `query_tokens` and `item_tokens` give way to the ITEM_BOTTOM / REQUEST_BOTTOM fields
+    (and their masks); the other fields stay."""
+    rows, items = batch["example_id"], batch["item_index"]
+    filled = {k: v for k, v in batch.items() if k not in ("query_tokens", "item_tokens")}
+    filled[ITEM_BOTTOM] = self.item_hidden[items]
+    filled[ITEM_BOTTOM_MASK] = self.item_masks[items]
+    filled[REQUEST_BOTTOM] = self.request_hidden[rows]
+    filled[REQUEST_BOTTOM_MASK] = self.request_masks[rows]
+    return filled
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in dataclasses.astuple(self)[1:])
+
+  def catalogue_embeddings(self, model: DGIModel, params, batch_size: int) -> np.ndarray:
+    """z_base of every catalogue item under `params` -> float32 [N, d]: the top layers
+    from the cached bottom (for k-means and for each validation pass)."""
+    return run_setup.map_batches(
+        lambda rows: _top_item_embeddings(model, params, self.item_hidden[rows],
+                                          self.item_masks[rows], self.num_layers),
+        np.arange(len(self.item_hidden)), batch_size)
+
+
+def use_bottom_cache(model: DGIModel, params, config) -> bool:
+  """Whether training reads the frozen bottom layers' output from a `BottomCache`
+  (`train.cache_frozen_encoder`, `frozen_bottom_layers` > 0, and the whole encoder not
+  constant, where `EncoderCache` holds more)."""
+  return (bool(config.train.cache_frozen_encoder) and frozen_bottom_layers(model, config) > 0
+          and not encoder_is_constant(model, params, config))
+
+
+def bottom_cache_bytes(num_items: int, item_width: int, num_requests: int, config,
+                       d_model: int) -> int:
+  """Host memory a `BottomCache` of this data takes."""
+  width = int(config.data.max_query_len)
+  state_bytes = jnp.dtype(config.train.encoder_cache_dtype).itemsize
+  return (num_items * item_width * (d_model * state_bytes + 1)
+          + num_requests * width * (d_model * state_bytes + 1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _bottom(model: DGIModel, params, tokens, num_layers: int):
+  return model.apply({"params": params}, tokens, num_layers,
+                     method=DGIModel.encoder_bottom)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _top_item_embeddings(model: DGIModel, params, hidden, mask, first_layer: int):
+  return model.apply({"params": params}, hidden, mask, first_layer,
+                     method=DGIModel.embed_items_from_bottom)
+
+
+def encode_bottom_rows(model: DGIModel, params, tokens: np.ndarray, num_layers: int,
+                       batch_size: int, dtype, desc: str = "encoder cache",
+                       show_progress: bool = False):
+  """`encoder_bottom` of token rows int32 [R, L] in `request_batches` (shortest first,
+  trimmed) -> (hidden `dtype` [R, L, d], mask bool [R, L]), zeros past a batch's width."""
+  num_rows, width = tokens.shape
+  hidden = np.zeros((num_rows, width, model.cfg.d_model), dtype)
+  masks = np.zeros((num_rows, width), bool)
+  for rows, used, padded in _fixed_row_batches(model.cfg, tokens, batch_size, desc,
+                                               show_progress):
+    x, m = jax.device_get(_bottom(model, params, padded, num_layers))
+    hidden[rows, :used] = x[:len(rows)].astype(dtype)
+    masks[rows, :used] = m[:len(rows)]
+  return hidden, masks
+
+
+def build_bottom(model: DGIModel, params, run_data: run_setup.RunData, config,
+                 show_progress: bool = True) -> BottomCache:
+  """Runs the frozen bottom (`frozen_bottom_layers`) over the catalogue and every
+  training request under `params`, both shortest first at the width each batch needs."""
+  dtype = jnp.dtype(config.train.encoder_cache_dtype)
+  num_layers = frozen_bottom_layers(model, config)
+  batch_size = 4 * int(config.eval.batch_size)
+  items = encode_bottom_rows(model, params, run_data.catalogue_tokens, num_layers,
+                             batch_size, dtype, "encoder cache: items", show_progress)
+  tokens = training_request_tokens(run_data, config, batch_size)
+  requests = encode_bottom_rows(model, params, tokens, num_layers, batch_size, dtype,
+                                "encoder cache: requests", show_progress)
+  return BottomCache(num_layers, *items, *requests)

@@ -86,7 +86,7 @@ def _initial_params(model, config, init_rng, abstract_state, replicated):
 
 def _initial_state(model, optimizer, config, run_data, params, kmeans_rng, replicated,
                    timer: metrics_log.PhaseTimer,
-                   cache: Optional[encoder_cache.EncoderCache]):
+                   cache):
   """A new run's state from `_initial_params`: codebooks by k-means over the encoder's
   item embeddings (timed as `kmeans`; `train.kmeans_init`, or `train.init_from_kmeans`
   for an `init_from` run), read from the frozen encoder's `cache` when there is one."""
@@ -96,7 +96,7 @@ def _initial_state(model, optimizer, config, run_data, params, kmeans_rng, repli
     with timer.phase("kmeans"):
       params = run_setup.kmeans_init_codebooks(
           model, params, run_data.catalogue_tokens, config, kmeans_rng,
-          item_embeddings=cache.item_embeddings if cache else None)
+          item_embeddings=_catalogue_embeddings(cache, model, params, config))
   table = (run_setup.history_table(model, params, run_data.catalogue_tokens,
                                    int(config.eval.item_batch_size))
            if model.cfg.history_items else None)
@@ -112,28 +112,47 @@ def _refresh_history_table(model, state, run_data, config, on_host, put):
   return state.replace(history_table=put(table))
 
 
+def _catalogue_embeddings(cache, model, params, config) -> Optional[np.ndarray]:
+  """Every catalogue item's z_base under `params` float32 [N, d], from the frozen
+  encoder's cache (all of it, or the bottom layers' output through the top); None
+  without a cache."""
+  if cache is None:
+    return None
+  return cache.catalogue_embeddings(model, params, int(config.eval.item_batch_size))
+
+
 def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.PhaseTimer,
-                         steps_left: bool) -> Optional[encoder_cache.EncoderCache]:
-  """The frozen encoder's outputs for the run's data (timed as `encoder_cache`), or None:
-  when the encoder is not constant (`encoder_cache.use_cache`), no steps are left, or the
-  cache would take more than `encoder_cache.MAX_MEMORY_SHARE` of the free memory.
+                         steps_left: bool):
+  """The frozen encoder's outputs for the run's data (timed as `encoder_cache`): an
+  `EncoderCache` when the whole encoder is constant (`encoder_cache.use_cache`), a
+  `BottomCache` when its bottom layers are (`use_bottom_cache`); None otherwise, when no
+  steps are left, or when the cache would take more than
+  `encoder_cache.MAX_MEMORY_SHARE` of the free memory.
 
   `params` may be a new run's before k-means: the cache reads only the encoder's.
   """
-  if not steps_left or not encoder_cache.use_cache(model, params, config):
+  if not steps_left:
     return None
-  needed = encoder_cache.cache_bytes(run_data.dataset.num_items,
-                                     run_data.dataset.num_examples("train"), config,
-                                     model.cfg.d_model)
+  num_items, num_requests = (run_data.dataset.num_items,
+                             run_data.dataset.num_examples("train"))
+  if encoder_cache.use_cache(model, params, config):
+    what, build = "its outputs", encoder_cache.build
+    needed = encoder_cache.cache_bytes(num_items, num_requests, config, model.cfg.d_model)
+  elif encoder_cache.use_bottom_cache(model, params, config):
+    what, build = "its frozen bottom layers' outputs", encoder_cache.build_bottom
+    needed = encoder_cache.bottom_cache_bytes(num_items, run_data.catalogue_tokens.shape[1],
+                                              num_requests, config, model.cfg.d_model)
+  else:
+    return None
   available = encoder_cache.available_memory_bytes()
   if needed > encoder_cache.MAX_MEMORY_SHARE * available:
-    _log(f"The encoder is frozen, but its outputs would take {needed / 2**30:.1f} GiB of "
+    _log(f"The encoder is frozen, but {what} would take {needed / 2**30:.1f} GiB of "
          f"the {available / 2**30:.1f} GiB free: the steps run it instead (a bfloat16 "
-         "train.encoder_cache_dtype halves the request states)")
+         "train.encoder_cache_dtype halves them)")
     return None
   with timer.phase("encoder_cache"):
-    cache = encoder_cache.build(model, params, run_data, config)
-  _log(f"The encoder is frozen: the steps read its outputs, encoded once "
+    cache = build(model, params, run_data, config)
+  _log(f"The encoder is frozen: the steps read {what}, encoded once "
        f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
   return cache
 
@@ -349,8 +368,9 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
         eval_metrics = None
         if eval_enabled and (done % config.train.eval_every == 0 or done == total_steps):
           with timer.phase("validation"):
-            eval_metrics = evaluate_fn(on_host(state).params, run_data,
-                                       cache.item_embeddings if cache else None)
+            current = on_host(state).params
+            eval_metrics = evaluate_fn(current, run_data,
+                                       _catalogue_embeddings(cache, model, current, config))
           writer.write(done, eval_metrics, kind="valid")
         if done % config.train.checkpoint_every == 0 or done == last_step or preempted:
           with timer.phase("checkpoint"):

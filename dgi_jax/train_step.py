@@ -20,6 +20,13 @@ ITEM_EMBEDDING = "item_embedding"  # float32 [B, d] z_base.
 REQUEST_STATES = "request_states"  # [B, Lq, d] token states (float32 or bfloat16).
 REQUEST_VECTOR = "request_vector"  # float32 [B, d] z_q.
 REQUEST_MASK = "request_mask"  # bool [B, Lq].
+# A frozen bottom's outputs (`optim.freeze_encoder_layers` = k of a BERT-family encoder's
+# layers, `encoder_cache.BottomCache.fill`) in place of the tokens: the step runs the
+# encoder's top layers from them.
+ITEM_BOTTOM = "item_bottom"  # [B, Li, d] layer k's input for the items.
+ITEM_BOTTOM_MASK = "item_bottom_mask"  # bool [B, Li].
+REQUEST_BOTTOM = "request_bottom"  # [B, Lq, d] layer k's input for the requests.
+REQUEST_BOTTOM_MASK = "request_bottom_mask"  # bool [B, Lq].
 
 
 @flax.struct.dataclass
@@ -67,6 +74,7 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
   deterministic = cfg.dropout_rate == 0.0
   item_tower = model.item_encoder_name
   item_tower_frozen = optim.is_frozen(item_tower, config.optim)
+  bottom_layers = int(config.optim.freeze_encoder_layers)  # With ITEM_ / REQUEST_BOTTOM.
   if axis_name is None:
     gather = losses.identity_gather
   else:
@@ -102,14 +110,26 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
                                                      labels[item_tower])
         # The item path reads the encoder through its own argument, so its gradient (the
         # paper's Figure 3 signal) is separable from the request path's.
-        z_base = model.apply({"params": dict(params, **{item_tower: item_encoder_params})},
-                             batch["item_tokens"], deterministic, rngs=rngs,
-                             method=DGIModel.embed_items)
+        item_params = {"params": dict(params, **{item_tower: item_encoder_params})}
+        if ITEM_BOTTOM in batch:  # The frozen bottom's outputs, read from its cache.
+          z_base = model.apply(item_params, batch[ITEM_BOTTOM], batch[ITEM_BOTTOM_MASK],
+                               bottom_layers, deterministic, rngs=rngs,
+                               method=DGIModel.embed_items_from_bottom)
+        else:
+          z_base = model.apply(item_params, batch["item_tokens"], deterministic, rngs=rngs,
+                               method=DGIModel.embed_items)
         if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
           z_base = jax.lax.stop_gradient(z_base)
-        outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise,
-                              tau, deterministic, batch.get("history"), history_table,
-                              rngs=rngs, method=DGIModel.forward_from_item_embedding)
+        if REQUEST_BOTTOM in batch:
+          request = model.apply({"params": params}, batch[REQUEST_BOTTOM],
+                                batch[REQUEST_BOTTOM_MASK], bottom_layers, deterministic,
+                                rngs=rngs, method=DGIModel.encode_requests_from_bottom)
+          outputs = model.apply({"params": params}, z_base, request, noise, tau,
+                                deterministic, rngs=rngs, method=DGIModel.forward_from_encoded)
+        else:
+          outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise,
+                                tau, deterministic, batch.get("history"), history_table,
+                                rngs=rngs, method=DGIModel.forward_from_item_embedding)
       terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
                                 gather, offset)
       return terms["total"], terms

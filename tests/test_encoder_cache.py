@@ -9,6 +9,7 @@ import pytest
 from dgi_jax import (checkpointing, encoder_cache, evaluate, kmeans, metrics_log, retrieval,
                      run_setup, train)
 from dgi_jax.data import pipeline
+from dgi_jax.models import encoders, pretrained
 from dgi_jax.models.dgi import DGIModel
 from run_fixtures import tiny_config
 
@@ -95,6 +96,10 @@ def test_cached_rows_are_the_models_own_encoding(tmp_path, monkeypatch):
 
 def _train(config, workdir, stop_at_step=None):
   train.train_and_evaluate(config, workdir, stop_at_step=stop_at_step)
+  return _params_and_timing(workdir)
+
+
+def _params_and_timing(workdir):
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   params = checkpointer.read_params()
   checkpointer.close()
@@ -200,3 +205,82 @@ def test_validation_indexes_the_cached_item_embeddings(tmp_path, monkeypatch):
 
   train.train_and_evaluate(config, tmp_path / "run", evaluate_fn=evaluate_fn)
   assert len(passes) == STEPS // 5
+
+
+def _bottom_config(tfds_dir, **train_fields):
+  """all-MiniLM-L6-v2 with its embeddings and bottom 4 of 6 layers frozen."""
+  config = tiny_config(tfds_dir, num_steps=6, checkpoint_every=6, **train_fields)
+  with config.unlocked():
+    config.model.encoder = "bert"
+    config.model.pretrained = pretrained.bundled_minilm_dir()
+    config.optim.freeze_encoder_layers = 4
+    config.optim.backbone_lr = 1e-4  # The top layers visibly move.
+    config.eval.batch_size = 4  # Bottom batches at several widths, as above.
+  return config
+
+
+@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
+def test_training_from_the_cached_bottom_follows_the_uncached_run(tmp_path, parallelism):
+  """A partly frozen BERT encoder: the steps run its top layers from the cached bottom
+  layers' output and end where the uncached steps end (float32 cache)."""
+  config = _bottom_config(tmp_path / "tfds", encoder_cache_dtype="float32",
+                          parallelism=parallelism, eval_every=3)
+  model = run_setup.build_model(encoders.resolve_pretrained(config))
+  validated = []
+
+  def evaluate_fn(params, run_data, item_embeddings):
+    # The catalogue through the top layers from the cached bottom, under the step's
+    # params, is the catalogue through the whole encoder.
+    np.testing.assert_allclose(
+        item_embeddings, run_setup.embed_items(model, params, run_data.catalogue_tokens),
+        rtol=1e-5, atol=1e-6)
+    validated.append(True)
+    return {"hit@10": 0.0}
+
+  train.train_and_evaluate(config, tmp_path / "cached", evaluate_fn=evaluate_fn)
+  assert len(validated) == 2
+  cached, timing = _params_and_timing(tmp_path / "cached")
+  uncached, uncached_timing = _train(
+      _bottom_config(tmp_path / "tfds", cache_frozen_encoder=False,
+                     parallelism=parallelism), tmp_path / "uncached")
+  assert timing["seconds"]["encoder_cache"] > 0
+  assert uncached_timing["seconds"]["encoder_cache"] == 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               cached, uncached)
+  initial = pretrained.load_params(pretrained.bundled_minilm_dir(),
+                                   pretrained.read_spec(pretrained.bundled_minilm_dir()))
+  moved = np.abs(cached["encoder"]["layer_5"]["output"]["kernel"]
+                 - initial["layer_5"]["output"]["kernel"]).max()
+  assert moved > 1e-5  # The top layers trained, through the cached bottom.
+  jax.tree.map(np.testing.assert_array_equal, cached["encoder"]["layer_3"],
+               initial["layer_3"])
+
+
+def test_bottom_cache_rows_are_the_frozen_layers_output(tmp_path):
+  config = encoders.resolve_pretrained(_bottom_config(tmp_path / "tfds",
+                                                      encoder_cache_dtype="float32"))
+  model = run_setup.build_model(config)
+  params = encoders.load_pretrained_params(
+      run_setup.init_params(model, config, jax.random.PRNGKey(0)), model.cfg,
+      config.model.pretrained)
+  assert encoder_cache.use_bottom_cache(model, params, config)
+  assert not encoder_cache.use_cache(model, params, config)
+  run_data = run_setup.prepare_run_data(config, tmp_path / "run")
+  cache = encoder_cache.build_bottom(model, params, run_data, config, show_progress=False)
+  num_items, num_requests = run_data.dataset.num_items, run_data.dataset.num_examples("train")
+  assert cache.num_layers == 4 and len(cache.request_hidden) == num_requests
+  assert cache.nbytes == encoder_cache.bottom_cache_bytes(
+      num_items, run_data.catalogue_tokens.shape[1], num_requests, config, model.cfg.d_model)
+
+  batch = next(pipeline.make_train_iterator(run_data.dataset, run_data.tokenizer,
+                                            config.data, 16, seed=3,
+                                            catalogue_tokens=run_data.catalogue_tokens))
+  filled = cache.fill(batch)
+  assert "query_tokens" not in filled and "item_tokens" not in filled
+  for tokens, hidden, mask in ((batch["query_tokens"], "request_bottom", "request_bottom_mask"),
+                               (batch["item_tokens"], "item_bottom", "item_bottom_mask")):
+    x, want_mask = model.apply({"params": params}, tokens, 4, method=DGIModel.encoder_bottom)
+    np.testing.assert_array_equal(filled[mask], want_mask)
+    real = np.asarray(want_mask)  # Padding, which attention masks out, may differ.
+    np.testing.assert_allclose(filled[hidden][real], np.asarray(x)[real], rtol=1e-5,
+                               atol=1e-5)

@@ -168,6 +168,24 @@ def test_minilm_gradients_match_torch(minilm):
 # ----------------------------------------------------------------- tiny random models
 
 
+@pytest.mark.parametrize("split", [1, 4, 5])
+def test_bert_layers_split_at_any_layer_compose_to_the_whole(minilm, split):
+  """The bottom `split` layers, then the rest from their output (a frozen bottom cached
+  once, the top trained every step), give the whole encoder's states and pooled vector."""
+  spec, params, _, tokens = minilm
+  encoder = BertEncoder(spec)
+  states, pooled = encoder.apply({"params": params}, jnp.asarray(tokens))
+  x, mask = encoder.apply({"params": params}, jnp.asarray(tokens), layers=(0, split))
+  assert x.shape == states.shape and (np.asarray(mask) == (tokens != 0)).all()
+  top_states, top_pooled = encoder.apply({"params": params}, None, hidden=(x, mask),
+                                         layers=(split, spec.num_layers))
+  np.testing.assert_array_equal(top_states, states)
+  np.testing.assert_array_equal(top_pooled, pooled)
+  # The hidden state really is layer `split`'s input, not the embeddings' output.
+  assert rel_err(flax_forward(spec, params, tokens)[2][split], x) < 1e-5
+  assert rel_err(flax_forward(spec, params, tokens)[2][0], x) > 1e-2
+
+
 def save_bert(directory, cls=None, seed=0, **save_kwargs):
   torch.manual_seed(seed)
   config = transformers.BertConfig(**TINY_BERT, attn_implementation="eager")

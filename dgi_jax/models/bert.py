@@ -128,22 +128,37 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True,
-               extra: Optional[Tuple[jax.Array, jax.Array]] = None):
+               extra: Optional[Tuple[jax.Array, jax.Array]] = None, *,
+               layers: Optional[Tuple[int, int]] = None,
+               hidden: Optional[Tuple[jax.Array, jax.Array]] = None):
     """tokens [B, L] int (spec.pad_token_id = padding) -> (states [B, L', d], pooled [B, d]).
 
     `extra` = (embeddings [B, H, d], mask [B, H]) are input positions appended after the
     embedding layer's output (history items, with their own position embedding); then
     L' = L + H and the pooling covers them too.
+
+    `layers` = (start, stop) runs only layers start .. stop - 1 (a frozen bottom's output
+    computed once, then the trained top every step: `encoder_cache.py`). With start > 0
+    the input is `hidden` = (x [B, L', d], mask [B, L']) as a run stopping at `start`
+    returns it, and `tokens` and `extra` are not read; with stop < num_layers the result
+    is that (x, mask), the input of layer `stop`, instead of (states, pooled).
     """
     spec = self.spec
     if spec.kind != "bert":
       raise ValueError(f"BertEncoder needs a 'bert' spec, got kind {spec.kind!r}")
+    start, stop = layers if layers is not None else (0, spec.num_layers)
     settings = dict(spec=spec, dtype=self.dtype, dropout_rate=self.dropout_rate)
-    x = BertEmbeddings(**settings, name="embeddings")(tokens, deterministic)
-    x, mask = append_inputs(x, tokens != spec.pad_token_id, extra)
-    for i in range(spec.num_layers):
+    if start == 0:
+      x = BertEmbeddings(**settings, name="embeddings")(tokens, deterministic)
+      x, mask = append_inputs(x, tokens != spec.pad_token_id, extra)
+    else:
+      x, mask = hidden
+      x = x.astype(self.dtype)
+    for i in range(start, stop):
       self.sow("intermediates", "hidden_states", x)
       x = BertLayer(**settings, name=f"layer_{i}")(x, mask, deterministic)
+    if stop < spec.num_layers:
+      return x, mask
     states = x.astype(jnp.float32)
     self.sow("intermediates", "hidden_states", states)
     return states, pool(states, mask, spec.pooling)

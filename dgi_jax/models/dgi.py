@@ -109,10 +109,34 @@ class DGIModel(nn.Module):
     with the raw pooled vector (norm ~sqrt(d)) the squared-distance L_Local is ~100x the
     other terms, dominates the clipped gradient, and collapses the item embeddings.
     """
-    pooled = self.item_encoder(item_tokens, deterministic)[1]
+    return self._item_vector(self.item_encoder(item_tokens, deterministic)[1])
+
+  def _item_vector(self, pooled):
     if self.cfg.normalize_item_embedding:
       return quantizer.l2_normalize(pooled)
     return pooled
+
+  def encoder_bottom(self, tokens, num_layers: int):
+    """tokens [B, L] -> (x [B, L, d], mask bool [B, L]): the shared encoder's embeddings
+    and its bottom `num_layers` layers, which the step would run unchanged while they are
+    frozen (`encoder_cache.py` computes them once). BERT-family encoders only."""
+    return self.encoder(tokens, True, layers=(0, num_layers))
+
+  def embed_items_from_bottom(self, hidden, mask, first_layer: int,
+                              deterministic: bool = True):
+    """`embed_items` from `encoder_bottom(item_tokens, first_layer)`'s (hidden [B, Li, d],
+    mask [B, Li]) -> z_base [B, d]."""
+    top = (first_layer, self.cfg.encoder_spec.num_layers)
+    return self._item_vector(self.item_encoder(None, deterministic, layers=top,
+                                               hidden=(hidden, mask))[1])
+
+  def encode_requests_from_bottom(self, hidden, mask, first_layer: int,
+                                  deterministic: bool = True) -> EncodedRequests:
+    """`encode_requests` of text requests from `encoder_bottom(query_tokens,
+    first_layer)`'s (hidden [B, Lq, d], mask [B, Lq])."""
+    top = (first_layer, self.cfg.encoder_spec.num_layers)
+    states, z_q = self.encoder(None, deterministic, layers=top, hidden=(hidden, mask))
+    return EncodedRequests(states, z_q, mask)
 
   def encode_requests(self, query_tokens, history=None, history_table=None,
                       deterministic: bool = True) -> EncodedRequests:
