@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import machine_description  # noqa: E402
+from common import best_interleaved, machine_description  # noqa: E402
 
 from dgi_jax import encoder_cache, optim, run_setup, train_step, trained_run  # noqa: E402
 from dgi_jax.data import pipeline  # noqa: E402
@@ -81,15 +81,7 @@ def main() -> None:
                                                                      item_batch),
       "catalogue pass, top layers": lambda: cache.catalogue_embeddings(model, params,
                                                                         item_batch)}
-  for fn in variants.values():
-    fn()  # Compiles.
-  seconds = {name: [] for name in variants}
-  for _ in range(args.repeats):  # Interleaved, so that a busy spell slows each.
-    for name, fn in variants.items():
-      begin = time.perf_counter()
-      fn()
-      seconds[name].append(time.perf_counter() - begin)
-  best = {name: min(times) for name, times in seconds.items()}
+  best = best_interleaved(variants, args.repeats)  # The first calls compile.
 
   print(machine_description())
   print(f"{args.workdir}: encoder {config.model.encoder}, {num_layers} of "

@@ -20,6 +20,21 @@ def time_calls(fn, repeats: int) -> float:
   return times[len(times) // 2]
 
 
+def best_interleaved(variants, repeats: int) -> dict:
+  """{name: best wall seconds} of each `variants[name]()` (blocking), each called once
+  first to compile, then all in turn `repeats` times, so that a busy spell of the machine
+  slows every variant alike."""
+  for fn in variants.values():
+    fn()
+  seconds = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, fn in variants.items():
+      start = time.perf_counter()
+      fn()
+      seconds[name].append(time.perf_counter() - start)
+  return {name: min(times) for name, times in seconds.items()}
+
+
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   """Measured float32 FLOP/s of a jitted n x n matmul: the practical peak of this machine."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)

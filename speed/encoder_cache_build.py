@@ -14,7 +14,6 @@ columns in either order, requests/s and their ratio.
 import argparse
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import machine_description  # noqa: E402
+from common import best_interleaved, machine_description  # noqa: E402
 
 from dgi_jax import encoder_cache, run_setup, trained_run  # noqa: E402
 
@@ -76,15 +75,7 @@ def main() -> None:
       "file order, full width": lambda: file_order(model, params, tokens, batch_size),
       "shortest first, trimmed": lambda: encoder_cache.encode_request_rows(
           model, params, tokens, batch_size)}
-  for fn in variants.values():
-    fn()  # Compiles every width it uses.
-  seconds = {name: [] for name in variants}
-  for _ in range(args.repeats):  # Interleaved, so that a busy spell slows both.
-    for name, fn in variants.items():
-      start = time.perf_counter()
-      fn()
-      seconds[name].append(time.perf_counter() - start)
-  best = {name: min(times) for name, times in seconds.items()}
+  best = best_interleaved(variants, args.repeats)  # The first calls compile.
   for name in variants:
     print(f"{name:>24}: {len(tokens) / best[name]:8.1f} requests/s (best of {args.repeats})")
   ratio = best["file order, full width"] / best["shortest first, trimmed"]
