@@ -167,7 +167,9 @@ def make_train_step(model: DGIModel, optimizer: optax.GradientTransformation, co
   Batch fields: `item_tokens [B, Li]`, `query_tokens [B, Lq]` int32, `item_index [B]`,
   `example_id [B]` int32, and `history [B, H]` int32 (item indices, -1 padded; read
   with data.history_repr 'codes' / 'embedding'); or, with a frozen encoder's cache, the
-  ITEM_EMBEDDING / REQUEST_* fields in place of the two token arrays. The step's
+  ITEM_EMBEDDING / REQUEST_STATES / REQUEST_VECTOR / REQUEST_MASK fields, or with a frozen
+  bottom's cache the ITEM_BOTTOM / REQUEST_BOTTOM fields and their masks, in place of the
+  two token arrays. The step's
   randomness is `fold_in(rng, state.step)`.
   """
   loss_and_grads = make_loss_and_grads(model, config, total_steps, axis_name)
