@@ -144,8 +144,9 @@ CACHE_WIDTH_MULTIPLE = 8
 
 
 def request_batches(cfg, tokens: np.ndarray, batch_size: int):
-  """The batches the cache encodes request tokens int32 [R, Lq] in: shortest first, each
-  of `batch_size` rows cut to the width its longest request needs
+  """The batches the cache encodes token rows int32 [R, L] in (requests, and for
+  `BottomCache` the catalogue's items too): shortest first, each of `batch_size` rows cut
+  to the width its longest row needs
   (`retrieval.trim_for_encoder`, rounded up to `CACHE_WIDTH_MULTIPLE`).
 
   Yields:

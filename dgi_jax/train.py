@@ -85,8 +85,7 @@ def _initial_params(model, config, init_rng, abstract_state, replicated):
 
 
 def _initial_state(model, optimizer, config, run_data, params, kmeans_rng, replicated,
-                   timer: metrics_log.PhaseTimer,
-                   cache):
+                   timer: metrics_log.PhaseTimer, cache):
   """A new run's state from `_initial_params`: codebooks by k-means over the encoder's
   item embeddings (timed as `kmeans`; `train.kmeans_init`, or `train.init_from_kmeans`
   for an `init_from` run), read from the frozen encoder's `cache` when there is one."""
