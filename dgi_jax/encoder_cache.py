@@ -239,7 +239,8 @@ class BottomCache:
 
   @property
   def nbytes(self) -> int:
-    return sum(a.nbytes for a in dataclasses.astuple(self)[1:])
+    arrays = (self.item_hidden, self.item_masks, self.request_hidden, self.request_masks)
+    return sum(a.nbytes for a in arrays)
 
   def catalogue_embeddings(self, model: DGIModel, params, batch_size: int) -> np.ndarray:
     """z_base of every catalogue item under `params` -> float32 [N, d]: the top layers

@@ -124,7 +124,8 @@ def run(args):
       r = rows[(size, name)]
       print(f"  {name:<10} {r['qps']:>10.0f} q/s (batch {args.batch})   "
             f"p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms (batch 1)", flush=True)
-    del item_emb, tables, inverted
+    # Free this size's index before the next is built (the lambdas above read these names).
+    item_emb = tables = inverted = None
 
   sizes = sorted({s for s, _ in rows})
   if len(sizes) > 1:
