@@ -40,6 +40,10 @@ def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
     # --config.eval.candidate_level=0 --config.eval.ranking=beam is the paper's ranking.
     c.eval.candidate_level = 1
     c.benchmark = ml_collections.ConfigDict()
+    # With eval.ranking 'blend' or 'sid', each generative method's cosine weight is the one
+    # of these that scores best on validation (train.best_metric), chosen after training;
+    # empty: eval.cosine_weight.
+    c.benchmark.cosine_weight_grid = ()
     # Two-Stage: share of train.num_steps spent on stage 1 (item tower + quantizer); the
     # rest (after the encoder warm-up) trains the retriever on the frozen SIDs, so its
     # total equals the others'.

@@ -182,10 +182,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.item_batch_size = 512  # Items per embedding / quantization call when indexing.
   c.eval.bucket_cap = 0  # Items ranked per SID bucket (0 = all; caps search memory).
   # Order of the beams' items: 'beam' (beam score, then cosine inside a SID bucket: the
-  # paper's), 'cosine' (cosine over the union of the beams' items) or 'blend' (beam score
-  # + cosine_weight * cosine). Each costs O(beam * bucket), not O(catalogue).
+  # paper's), 'cosine' (cosine over the union of the beams' items), 'blend' (beam score
+  # + cosine_weight * cosine) or 'sid' (the decoder's log P(item's whole SID | request) +
+  # cosine_weight * cosine: with candidate_level it orders the items under a prefix by
+  # their remaining codes too; a decoder pass per candidate). Each costs O(beam * bucket),
+  # not O(catalogue).
   c.eval.ranking = "beam"
-  c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend'.
+  c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend' or 'sid'.
   # Candidates: the items of the beams' SIDs (0, the paper's), or (t in 1..m-1) the search
   # stops at the best beam_size prefixes of t codes and every item under them competes: a
   # wider net when the decoder finds the right region of the index more often than the

@@ -28,15 +28,18 @@ PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
 ENCODER_CACHE_DTYPES = ("bfloat16", "float32")
 # Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
-RANKINGS = ("beam", "cosine", "blend")
+RANKINGS = ("beam", "cosine", "blend", "sid")
 
 
-def describe_ranking(ranking: str, cosine_weight: float, exclude_history: bool,
+def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
                      candidate_level: int = 0) -> str:
-  """The order of the beams' items in words, for reports and results tables."""
+  """The order of the beams' items in words, for reports and results tables; the cosine
+  weight is a number or words (a weight chosen per method)."""
+  weight = f"{cosine_weight:g}" if isinstance(cosine_weight, (int, float)) else cosine_weight
   words = {"beam": "beam score, then cosine (the paper's order)",
            "cosine": "cosine over the beams' items",
-           "blend": f"beam score + {cosine_weight:g} x cosine"}[ranking]
+           "blend": f"beam score + {weight} x cosine",
+           "sid": f"log P(whole SID) + {weight} x cosine"}[ranking]
   if candidate_level:
     words += (f", the beams over the first {candidate_level} code(s) and every item under "
               "them a candidate")

@@ -163,7 +163,9 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                query_emb: jax.Array, item_emb: jax.Array, k: int,
                bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0,
                cosines_from: str = "auto", exclude: Optional[jax.Array] = None,
-               candidate_level: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
+               candidate_level: int = 0,
+               sid_log_prob: Optional[Callable[[jax.Array], jax.Array]] = None
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Top-k items per query among the items of the beams' SIDs (or prefixes); jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
@@ -177,8 +179,13 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     'beam':   the paper's: beam score, then cosine inside a SID bucket (or prefix);
     'cosine': cosine z^_q . z^_item over the union of the beams' items (the beams only
               choose the candidates);
-    'blend':  beam score + cosine_weight * cosine.
-  All three cost O(batch * beam * cap), independent of the catalogue size. Items of
+    'blend':  beam score + cosine_weight * cosine;
+    'sid':    log P(the item's whole SID | request) + cosine_weight * cosine, from
+              `sid_log_prob`: under a beam's prefix its items' SIDs differ, so the decoder
+              orders them by their remaining codes, which 'blend' (one score per prefix)
+              cannot. Without candidate_level it equals 'blend' (the beams are whole SIDs).
+  All four cost O(batch * beam * cap), independent of the catalogue size ('sid' a decoder
+  pass per candidate, the others a dot product). Items of
   `exclude` (the request's history with `eval.exclude_history`) are no candidates.
 
   The candidates' cosines (`cosines_from`, static): 'candidates' gathers their vectors,
@@ -197,12 +204,14 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     item_emb: [N, d] l2-normalised item embeddings z^_item.
     k: number of items to return (static).
     bucket_cap: static bucket width, 0 = the largest bucket.
-    ranking: 'beam', 'cosine' or 'blend' (static).
-    cosine_weight: the cosine's weight in 'blend' (static).
+    ranking: 'beam', 'cosine', 'blend' or 'sid' (static).
+    cosine_weight: float scalar, the cosine's weight in 'blend' and 'sid'.
     cosines_from: 'auto', 'candidates' or 'catalogue' (static), see above.
     exclude: int [batch, E] item indices left out of the ranking (-1 padded), or None.
     candidate_level: static; 0 (or m): the items of the beams' SIDs; t in 1..m-1: the
       items under the beams' length-t prefixes (beams of `beam_search(levels=t)`).
+    sid_log_prob: for 'sid': candidate item indices int [batch, C] (padding slots hold
+      item 0) -> float32 [batch, C] log P(item's SID | request).
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -232,7 +241,13 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   scores = jnp.broadcast_to(beams.scores[..., None], items.shape)
   flat = lambda x: x.reshape(batch, beam * cap)
   items, present, scores, cosines = map(flat, (items, present, scores, cosines))
-  order = jnp.lexsort(_ranking_keys(ranking, cosine_weight, present, scores, cosines),
+  if ranking == "sid":
+    if sid_log_prob is None:
+      raise ValueError("ranking='sid' needs sid_log_prob")
+    ranked_by = sid_log_prob(jnp.maximum(items, 0))
+  else:
+    ranked_by = scores
+  order = jnp.lexsort(_ranking_keys(ranking, cosine_weight, present, ranked_by, cosines),
                       axis=-1)
   take = lambda x: jnp.take_along_axis(x, order[:, :k], axis=1)
   items, present, scores, cosines = map(take, (items, present, scores, cosines))
@@ -266,7 +281,7 @@ def _ranking_keys(ranking: str, cosine_weight: float, present, scores, cosines):
     keys = (-cosines, -scores)
   elif ranking == "cosine":
     keys = (-scores, -cosines)
-  elif ranking == "blend":
+  elif ranking in ("blend", "sid"):  # scores: the beam's, or the item's SID's.
     keys = (-cosines, -(scores + cosine_weight * cosines))
   else:
     raise ValueError(f"ranking={ranking!r}: expected one of {RANKINGS}")

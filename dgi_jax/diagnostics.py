@@ -75,15 +75,10 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
   apply = functools.partial(model.apply, {"params": params})
   z_q = (quantizer.l2_normalize(request.z_q) if model.cfg.normalize_item_embedding
          else request.z_q)
-  num_levels = target_sids.shape[-1]
-  levels = []
-  for t in range(num_levels):
-    # The R targets of a request as one group of prefixes [B, R, t]: they share the
-    # request's states, projected once per request (not once per target).
-    logits = apply(request.z_q, request.states, request.mask, target_sids[..., :t],
-                   method=DGIModel.prefix_logits).astype(jnp.float32)  # [B, R, K_t]
-    levels.append(-jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                       target_sids[..., t:t + 1], axis=-1)[..., 0])
+  # The R targets of a request as one group [B, R, m]: they share the request's states,
+  # projected once per request (not once per target).
+  code_cross_entropy = -apply(request.z_q, request.states, request.mask, target_sids,
+                              method=DGIModel.sid_log_probs)  # [B, R, m]
   # Routing: the W first codes nearest z_q among those holding items, then exact cosine
   # over the items under them.
   first_scores = apply(z_q, method=DGIModel.first_code_scores)  # [B, K_1]
@@ -99,7 +94,7 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
   return Diagnostics(
       dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude),
       request_codes=apply(z_q, method=DGIModel.hard_codes),
-      code_cross_entropy=jnp.stack(levels, axis=-1),  # [B, R, m]
+      code_cross_entropy=code_cross_entropy,
       routed_top_k=jnp.where(routed_scores > -jnp.inf, routed_top_k, -1),
       routed_candidates=in_region.sum(axis=-1).astype(jnp.int32),
       routed_codes=routed_codes.astype(jnp.int32))

@@ -23,7 +23,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +110,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
                 exclude_history=retriever.exclude_history,
                 candidate_level=retriever.candidate_level)
-  if retriever.ranking == "blend":
+  if retriever.ranking in ("blend", "sid"):
     report["cosine_weight"] = retriever.cosine_weight
   report.update(ranking_report(ranked, relevant,
                                run_data.dataset.train_popularity,
@@ -201,6 +201,28 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
     out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
     out["routed_hit@10"] = report["encoder"]["routed"]["hit"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def choose_cosine_weight(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
+                         weights: Sequence[float], split: str = "validation"
+                         ) -> Dict[str, Any]:
+  """Sets `retriever.cosine_weight` to the weight of `weights` whose ranking ('blend' or
+  'sid') scores best on `split` by `config.train.best_metric` (ties: the first listed).
+
+  The cosine weight is a traced argument of the search, so the sweep compiles once.
+  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
+  """
+  if retriever.ranking not in ("blend", "sid"):
+    raise ValueError(f"ranking={retriever.ranking!r} has no cosine weight to choose")
+  metric = str(config.train.best_metric)
+  scores = {}
+  for weight in weights:
+    retriever.cosine_weight = float(weight)
+    report = evaluate_split(retriever, run_data, config, split, with_diagnostics=False)
+    scores[float(weight)] = flat_metrics(report)[metric]
+  retriever.cosine_weight = max(scores, key=scores.get)  # The first of equal scores.
+  return {"split": split, "metric": metric, "scores": scores,
+          "chosen": retriever.cosine_weight}
 
 
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:

@@ -58,7 +58,7 @@ COMMAND_USAGE = {
     "parity": ("dgi parity [--config CONFIG] [--torch_checkpoint FILE]",
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
-             "[--ranking beam|cosine|blend] [--cosine_weight W] [--[no]exclude_history] "
+             "[--ranking beam|cosine|blend|sid] [--cosine_weight W] [--[no]exclude_history] "
              "[--candidate_level T]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
@@ -84,9 +84,10 @@ flags.DEFINE_integer("k", None, "eval: items ranked per request (default config.
                      "search: items shown (default 10).")
 flags.DEFINE_enum("ranking", None, list(config_checks.RANKINGS),
                   "eval: order of the beams' items: 'beam' (beam score, then cosine: the "
-                  "paper's), 'cosine' (over the beams' union) or 'blend' (default: the "
-                  "checkpoint's config.eval.ranking).")
-flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight with --ranking blend "
+                  "paper's), 'cosine' (over the beams' union), 'blend' (beam score + "
+                  "W x cosine) or 'sid' (log P(item's whole SID) + W x cosine) (default: "
+                  "the checkpoint's config.eval.ranking).")
+flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight W with --ranking blend or sid "
                    "(default config.eval.cosine_weight).")
 flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
                   "of every ranking (default config.eval.exclude_history).")

@@ -7,7 +7,9 @@ re-rank inside a SID bucket.
 
 Online: `Retriever.search` encodes a batch of requests, runs the beam search over the
 SIDs that exist, and ranks the items of the returned SIDs (`eval.ranking`: by beam score
-then cosine, the paper's order, or by cosine, or a blend; `decoding.rank_items`).
+then cosine, the paper's order, or by cosine, or a blend of either the beam score or the
+decoder's log-probability of each item's whole SID with the cosine;
+`decoding.rank_items`).
 
 Items added after training (`add_items`) are embedded and quantized with the trained
 encoder and codebooks, without retraining; both index structures are rebuilt from the
@@ -17,7 +19,7 @@ extended SID array (see `index.py`, "Adding items").
 import functools
 import json
 import pathlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -66,6 +68,11 @@ def _quantize(model: DGIModel, params, z_base: jax.Array):
   return model.apply({"params": params}, z_base, method=DGIModel.hard_codes)
 
 
+# Candidates per request that one decoder pass of the 'sid' ranking scores: with a batch
+# of 64 requests, 64 * 128 * m decoder positions a pass.
+SID_SCORE_CHUNK = 128
+
+
 def grouped_logits_fn(apply, request, batch: int, beam_size: int
                       ) -> decoding.TokensToLogits:
   """The beam search's `tokens_to_logits` for `request` (`encode_requests`' output for
@@ -86,8 +93,28 @@ def grouped_logits_fn(apply, request, batch: int, beam_size: int
   return tokens_to_logits
 
 
-_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "cosine_weight",
-                  "candidate_level")
+def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
+                    chunk: int = SID_SCORE_CHUNK) -> Callable[[jax.Array], jax.Array]:
+  """`decoding.rank_items`' `sid_log_prob` for `request`: candidate items int [B, C] ->
+  float32 [B, C] log P(item's SID | request) (`DGIModel.sid_log_probs` summed over the
+  levels), `chunk` candidates of every request per decoder pass (`lax.map`), so that
+  memory stays O(B * chunk) however many items the beams' prefixes hold."""
+  def log_prob(items):
+    batch, width = items.shape
+    padded = -(-width // chunk) * chunk
+    items = jnp.pad(items, ((0, 0), (0, padded - width)))  # The padding scores item 0; cut below.
+    chunks = items.reshape(batch, padded // chunk, chunk).transpose(1, 0, 2)
+    def score(chunk_items):  # [B, chunk] -> [B, chunk]
+      sids = inverted.leaf_sids[inverted.item_leaf[chunk_items]]  # [B, chunk, m]
+      return apply(request.z_q, request.states, request.mask, sids,
+                   method=DGIModel.sid_log_probs).sum(axis=-1)
+    scores = jax.lax.map(score, chunks)  # [C' / chunk, B, chunk]
+    return scores.transpose(1, 0, 2).reshape(batch, padded)[:, :width]
+  return log_prob
+
+
+# The cosine weight is traced: a validation sweep over weights reuses one compilation.
+_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level")
 
 
 def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
@@ -105,7 +132,8 @@ def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                                levels=candidate_level)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
-      ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level)
+      ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level,
+      sid_log_prob=sid_log_prob_fn(apply, request, inverted) if ranking == "sid" else None)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -380,7 +408,8 @@ class Retriever:
                    self.excluded_items(history), **self._search_options(beam_size, k))
 
   def _search_options(self, beam_size: int, k: int) -> dict:
-    """The static arguments of `_search` and `_search_encoded` (`_SEARCH_STATIC`)."""
+    """The keyword arguments of `_search` and `_search_encoded` (all but the cosine weight
+    static, `_SEARCH_STATIC`)."""
     return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
                 ranking=self.ranking, cosine_weight=self.cosine_weight,
                 candidate_level=self.candidate_level)

@@ -114,6 +114,38 @@ def test_generative_result_equals_dgi_eval(bench):
   assert result["train_seconds"] > 0
 
 
+def test_cosine_weight_chosen_on_validation_then_test_reported_at_it(bench, tmp_path):
+  # A run trained under the 'cosine' ranking, reported under 'sid' with a weight grid:
+  # the report follows the benchmark's eval section, not the run's.
+  config = _benchmark_config()
+  with config.unlocked():
+    config.eval.ranking, config.eval.candidate_level = "sid", 1
+    config.benchmark.cosine_weight_grid = (0.0, 50.0)
+  run_dir = bench["workdir"] / "dgi" / "main"
+  assert trained_run.load_trained(run_dir).config.eval.ranking != "sid"
+  report = runner._generative_report(run_dir, config)  # pylint: disable=protected-access
+  selection = report["cosine_weight_selection"]
+  assert (report["ranking"], report["candidate_level"]) == ("sid", 1)
+  for weight in (0.0, 50.0):  # Each validation score is `dgi eval`'s at that weight.
+    valid, _, _, _ = evaluate.evaluate_workdir(run_dir, "validation", ranking="sid",
+                                               cosine_weight=weight, candidate_level=1)
+    assert selection["scores"][weight] == pytest.approx(valid["metrics"]["hit@10"])
+  scores = selection["scores"]
+  assert selection["chosen"] == (50.0 if scores[50.0] > scores[0.0] else 0.0)
+  assert report["cosine_weight"] == selection["chosen"]
+  test, _, _, _ = evaluate.evaluate_workdir(run_dir, "test", ranking="sid",
+                                            cosine_weight=selection["chosen"],
+                                            candidate_level=1)
+  assert report["metrics"] == pytest.approx(test["metrics"])
+  # results.md names the weight of each method and its grid.
+  path = runner.report_lib.write_results("tiny", config, {"dgi": {
+      **runner.read_result(bench["workdir"], "dgi"), "report": report}}, tmp_path, "dgi")
+  text = path.read_text()
+  assert "log P(whole SID) + w (chosen per method on validation, below) x cosine" in text
+  chosen = selection["chosen"]
+  assert f"**{chosen:g}: {scores[chosen]:.3f}**" in text
+
+
 def test_validation_picks_the_reported_checkpoint(tmp_path):
   raw = synthetic_catalogue.make_synthetic_dataset(300, 1200, 100, seed=4)
   data = jsonl_format.write_jsonl_dataset(tmp_path / "jsonl", raw.items, raw.splits)

@@ -326,6 +326,48 @@ def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
                         candidate_level=4)
 
 
+# log P(whole SID | request) of items 0..5 under the PREFIX_SIDS catalogue.
+ITEM_SID_LOG_PROBS = np.array([-1.0, -2.0, -0.4, -0.1, -3.0, -2.5], np.float32)
+
+
+@pytest.mark.parametrize("cosine_weight, expected", [
+    # The beams (1), (0), (2) hold every item; the SIDs' log-probabilities alone order
+    # them, across prefixes and inside one: 3 (-.1), 2 (-.4), 0, 1, 5, 4 (-3).
+    (0.0, [3, 2, 0, 1, 5, 4]),
+    # + 2 cos (1.0 .995 .980 .878 .362 .955 for items 4 1 2 0 3 5): 2: 1.56, 0: .756,
+    # 3: .624, 1: -.01, 5: -.59, 4: -1.0.
+    (2.0, [2, 0, 3, 1, 5, 4]),
+])
+def test_rank_items_sid_orders_items_under_a_prefix_by_their_whole_sid(cosine_weight,
+                                                                        expected):
+  inverted = index.build_inverted_index(PREFIX_SIDS)
+  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
+  item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+  codes, scores, nodes = PREFIX_BEAMS[1]
+  beams = decoding.BeamResult(
+      sequences=jnp.array([codes + [[-1, -1, -1]]], jnp.int32),
+      scores=jnp.array([scores + [-np.inf]], jnp.float32),
+      leaf_nodes=jnp.array([nodes + [-1]], jnp.int32),
+      valid=jnp.array([[True, True, True, False]]))
+  seen = []
+  def sid_log_prob(items):  # [1, C] candidate slots, padding as item 0.
+    seen.append(items.shape)
+    return jnp.asarray(ITEM_SID_LOG_PROBS)[items]
+  rank = jax.jit(functools.partial(decoding.rank_items, ranking="sid", candidate_level=1,
+                                   sid_log_prob=sid_log_prob), static_argnums=4)
+  items, beam_scores, cosines = map(np.asarray, rank(
+      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 7,
+      cosine_weight=jnp.float32(cosine_weight)))
+  assert seen and seen[0][0] == 1  # Traced once, over the request's candidate slots.
+  np.testing.assert_array_equal(items[0], expected + [-1])
+  prefix_score = {0: -1.0, 2: -1.0, 1: -0.5, 3: -0.5, 4: -0.5, 5: -3.0}
+  np.testing.assert_allclose(beam_scores[0, :6], [prefix_score[i] for i in expected])
+  np.testing.assert_allclose(cosines[0, :6], np.cos(angles[expected]), rtol=1e-6)
+  with pytest.raises(ValueError, match="needs sid_log_prob"):
+    decoding.rank_items(beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 7,
+                        ranking="sid", candidate_level=1)
+
+
 def test_rank_items_refuses_unknown_ranking():
   inverted = index.build_inverted_index(np.array([[0, 0, 0]]))
   beams = decoding.BeamResult(sequences=jnp.zeros((1, 1, 3), jnp.int32),

@@ -1,5 +1,7 @@
 """DGI model: shapes, one codebook owner, gradient paths, soft -> hard limit."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,6 +152,27 @@ def test_prefix_logits_match_training_decoder_on_hard_inputs():
     step = model.apply({"params": params}, z_q, h_q, mask, codes[:, :t],
                        method=DGIModel.prefix_logits)
     np.testing.assert_allclose(step, full[t], rtol=1e-5, atol=1e-5)
+
+
+def test_sid_log_probs_are_the_prefix_logits_log_softmax_at_every_level():
+  """One causal pass over whole SIDs gives each level's log P(c_t | request, c_<t) that
+  `prefix_logits` gives at that prefix length, for G SIDs per request."""
+  model = small_model()
+  batch = random_batch()
+  params = init(model, batch)
+  apply = functools.partial(model.apply, {"params": params})
+  h_q, z_q, mask = apply(batch["query_tokens"], method=DGIModel.encode_requests)
+  rng = np.random.default_rng(0)
+  sizes = model.cfg.codebook_sizes
+  sids = jnp.asarray(np.stack([rng.integers(0, k, (6, 4)) for k in sizes], -1), jnp.int32)
+  log_probs = apply(z_q, h_q, mask, sids, method=DGIModel.sid_log_probs)  # [6, 4, m]
+  assert log_probs.shape == (6, 4, len(sizes))
+  for t in range(len(sizes)):
+    logits = apply(z_q, h_q, mask, sids[..., :t], method=DGIModel.prefix_logits)
+    expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                                  np.asarray(sids[..., t:t + 1]), axis=-1)[..., 0]
+    np.testing.assert_allclose(log_probs[..., t], expected, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(log_probs) < 0)
 
 
 @pytest.mark.parametrize("geometry", ["cosine", "dot"])

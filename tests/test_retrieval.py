@@ -268,6 +268,41 @@ def test_candidate_level_ranks_every_item_under_the_best_first_codes(trained):
     assert len(items) < num_items and np.all(np.diff(narrow.cosines[b, :len(items)]) <= 0)
 
 
+def test_sid_ranking_orders_the_candidates_by_their_sids_log_probability(trained):
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  retriever.ranking, retriever.candidate_level, retriever.cosine_weight = "sid", 1, 3.0
+  tokens = _first_test_batch(trained)["query_tokens"][:4]
+  num_items = retriever.num_items
+  result = jax.device_get(retriever.search(tokens, 3, num_items))
+  # log P(SID | request) of every item from the decoder one level at a time.
+  request = retriever.encode(tokens)
+  apply = functools.partial(retriever.model.apply, {"params": retriever.params})
+  sids = np.broadcast_to(retriever.sids, (len(tokens), *retriever.sids.shape))
+  log_prob = 0.0
+  for t in range(sids.shape[-1]):
+    logits = apply(request.z_q, request.states, request.mask, sids[..., :t],
+                   method=DGIModel.prefix_logits)  # [B, N, K_t]
+    log_prob += np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                                   sids[..., t:t + 1], axis=-1)[..., 0]
+  z_q = np.asarray(quantizer.l2_normalize(request.z_q))
+  key = log_prob + 3.0 * z_q @ np.asarray(retriever.item_embeddings).T  # [B, N]
+  every_item = np.tile(np.arange(num_items), (len(tokens), 1))
+  under = retriever.under_beams(result.beams, every_item)
+  for b in range(len(tokens)):
+    items = result.items[b][result.items[b] >= 0]
+    assert set(items.tolist()) == set(np.flatnonzero(under[b]).tolist())
+    assert len(set(map(tuple, retriever.sids[items].tolist()))) > 3  # Not one SID a beam.
+    assert np.all(np.diff(key[b, items]) <= 1e-5)
+  # The candidates' scores do not depend on how many a decoder pass takes.
+  candidates = np.maximum(result.items, 0)
+  in_passes = {chunk: np.asarray(retrieval.sid_log_prob_fn(
+      apply, request, retriever.inverted_index, chunk)(candidates)) for chunk in (7, 128)}
+  np.testing.assert_allclose(in_passes[7], in_passes[128], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(in_passes[7], np.take_along_axis(log_prob, candidates, 1),
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_added_items_are_quantized_and_retrievable(trained):
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)

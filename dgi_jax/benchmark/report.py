@@ -74,6 +74,25 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines + [""]
 
 
+def _cosine_weight_lines(results: Sequence[Dict[str, Any]]) -> List[str]:
+  """The cosine weight each generative method's ranking took, and its validation scores
+  at every weight of the grid."""
+  rows = [r for r in results if "cosine_weight_selection" in r["report"]]
+  if not rows:
+    return []
+  metric = rows[0]["report"]["cosine_weight_selection"]["metric"]
+  lines = ["## Cosine weight of each ranking, chosen on validation", "",
+           f"Validation {metric} at each weight of the grid; the test split is reported at "
+           "the best (bold).", ""]
+  for r in rows:
+    selection = r["report"]["cosine_weight_selection"]
+    cells = [(f"**{weight:g}: {value:.3f}**" if weight == selection["chosen"]
+              else f"{weight:g}: {value:.3f}")
+             for weight, value in ((float(w), v) for w, v in selection["scores"].items())]
+    lines.append(f"- {r['label']}: " + ", ".join(cells))
+  return lines + [""]
+
+
 def _encoder_words(config) -> str:
   """The encoder and the model width: scratch layers and d_model, or the pre-trained
   checkpoint (whose width every part of the model takes) and its frozen layers."""
@@ -89,7 +108,9 @@ def _encoder_words(config) -> str:
 
 def _budget(config) -> str:
   m, t, b, e = config.model, config.train, config.benchmark, config.eval
-  order = config_checks.describe_ranking(e.ranking, e.cosine_weight, e.exclude_history,
+  weight = (e.cosine_weight if not tuple(b.get("cosine_weight_grid", ())) else
+            "w (chosen per method on validation, below)")
+  order = config_checks.describe_ranking(e.ranking, weight, e.exclude_history,
                                          e.candidate_level)
   selected = (f"the checkpoint with the best validation {t.best_metric} (scored every "
               f"{t.eval_every} steps)" if t.eval_every else "the final checkpoint")
@@ -144,6 +165,7 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
               "training popularity f; 'unseen' = items never a training target.", ""]
     lines += _long_tail_table(rows) + [""]
     lines += _decoder_table(rows)
+    lines += _cosine_weight_lines(rows)
     for r in rows:
       png = plots.plot_popularity_buckets(
           r["report"]["long_tail"], results_dir / f"longtail_{r['method']}.png",

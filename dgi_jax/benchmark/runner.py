@@ -150,10 +150,25 @@ def _num_params(params) -> int:
 
 
 def _generative_report(run_dir, config) -> Dict[str, Any]:
+  """The test report of a trained generative run, searched under the benchmark's `eval`
+  section (a run trained before that section changed is reported under the new one), the
+  cosine weight of 'blend' or 'sid' chosen on validation from benchmark.cosine_weight_grid
+  when it lists any."""
   trained = trained_run.load_trained(run_dir)
+  run_config = trained.config.copy_and_resolve_references()
+  with run_config.unlocked():
+    run_config.eval = config.eval.copy_and_resolve_references()
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
-                                  trained.config)
-  report = evaluate.evaluate_split(retriever, trained.run_data, trained.config, SPLIT)
+                                  run_config)
+  weights = tuple(config.benchmark.cosine_weight_grid)
+  selection = None
+  if weights and retriever.ranking in ("blend", "sid"):
+    # The one index serves the sweep on validation and the test report.
+    selection = evaluate.choose_cosine_weight(retriever, trained.run_data, run_config,
+                                              weights)
+  report = evaluate.evaluate_split(retriever, trained.run_data, run_config, SPLIT)
+  if selection is not None:
+    report["cosine_weight_selection"] = selection
   report["num_params"] = _num_params(trained.params)
   report["checkpoint"] = _checkpoint(trained)
   return report

@@ -191,6 +191,32 @@ class DGIModel(nn.Module):
         computed once per request instead of once per prefix.
     The decoder's inputs are the hard codewords of the prefix.
     """
+    t = prefix_codes.shape[-1]
+    hidden = self._prefix_hidden(z_q, request_states, request_mask, prefix_codes)
+    return quantizer.similarity(hidden[..., t, :], self.heads[t], self.gamma_decoder,
+                                self.cfg.geometry)
+
+  def sid_log_probs(self, z_q, request_states, request_mask, sids):
+    """Teacher-forced log P(c_t | request, c_<t) of whole SIDs, every level in one causal
+    decoder pass (`prefix_logits` at each prefix length gives the same logits).
+
+    z_q, request_states, request_mask as in `prefix_logits`; sids int [B, G, m], G SIDs
+    per request sharing its states. Returns float32 [B, G, m]; each level's softmax runs
+    over its whole codebook (not over the codes the index holds). Their sum over m is
+    log P(SID | request).
+    """
+    hidden = self._prefix_hidden(z_q, request_states, request_mask, sids[..., :-1])
+    levels = []
+    for t in range(sids.shape[-1]):
+      logits = quantizer.similarity(hidden[..., t, :], self.heads[t], self.gamma_decoder,
+                                    self.cfg.geometry).astype(jnp.float32)  # [B, G, K_t]
+      levels.append(jnp.take_along_axis(jax.nn.log_softmax(logits), sids[..., t:t + 1],
+                                        axis=-1)[..., 0])
+    return jnp.stack(levels, axis=-1)
+
+  def _prefix_hidden(self, z_q, request_states, request_mask, prefix_codes):
+    """The decoder's hidden states [B, t + 1, d] (or [B, G, t + 1, d]) after the hard
+    prefix codes [B, t] (or [B, G, t]); position j predicts level j."""
     grouped = prefix_codes.ndim == 3
     batch, t = prefix_codes.shape[0], prefix_codes.shape[-1]
     rows = prefix_codes.shape[1] if grouped else 1  # G
@@ -202,9 +228,7 @@ class DGIModel(nn.Module):
     inputs = self._decoder_inputs(jnp.repeat(z_q, rows, axis=0), prefix.astype(jnp.float32))
     if grouped:
       inputs = inputs.reshape(batch, rows, t + 1, -1)  # [B, G, t + 1, d]
-    hidden = self.decoder(inputs, request_states, request_mask, True)
-    return quantizer.similarity(hidden[..., t, :], self.heads[t], self.gamma_decoder,
-                                self.cfg.geometry)
+    return self.decoder(inputs, request_states, request_mask, True)
 
   # ------------------------------------------------------------------ quantizer
   def hard_codes(self, z_base):
