@@ -189,6 +189,9 @@ def get_config() -> ml_collections.ConfigDict:
   # not O(catalogue).
   c.eval.ranking = "beam"
   c.eval.cosine_weight = 10.0  # The cosine's weight with ranking='blend' or 'sid'.
+  # 'sid' runs the decoder over the candidates of highest cosine only, this many (at
+  # least eval.k), instead of over every candidate: 0 = all.
+  c.eval.sid_rerank_depth = 0
   # Candidates: the items of the beams' SIDs (0, the paper's), or (t in 1..m-1) the search
   # stops at the best beam_size prefixes of t codes and every item under them competes: a
   # wider net when the decoder finds the right region of the index more often than the

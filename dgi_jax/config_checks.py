@@ -32,7 +32,7 @@ RANKINGS = ("beam", "cosine", "blend", "sid")
 
 
 def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
-                     candidate_level: int = 0) -> str:
+                     candidate_level: int = 0, sid_rerank_depth: int = 0) -> str:
   """The order of the beams' items in words, for reports and results tables; the cosine
   weight is a number or words (a weight chosen per method)."""
   weight = f"{cosine_weight:g}" if isinstance(cosine_weight, (int, float)) else cosine_weight
@@ -40,6 +40,8 @@ def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
            "cosine": "cosine over the beams' items",
            "blend": f"beam score + {weight} x cosine",
            "sid": f"log P(whole SID) + {weight} x cosine"}[ranking]
+  if ranking == "sid" and sid_rerank_depth:
+    words += f" over the {sid_rerank_depth} candidates of highest cosine"
   if candidate_level:
     words += (f", the beams over the first {candidate_level} code(s) and every item under "
               "them a candidate")
@@ -85,6 +87,10 @@ def check_values(config) -> None:
   ranking = _value(config, "eval.ranking")
   if ranking is not None and ranking not in RANKINGS:
     raise ConfigError(f"eval.ranking={ranking!r}: expected one of {RANKINGS}")
+  depth = _value(config, "eval.sid_rerank_depth")
+  if depth is not None and depth < 0:
+    raise ConfigError(f"eval.sid_rerank_depth={depth}: expected 0 (every candidate) or a "
+                      "positive number of candidates")
   candidate_level = _value(config, "eval.candidate_level")
   if sizes and candidate_level is not None:
     check_candidate_level("eval.candidate_level", candidate_level, len(sizes))

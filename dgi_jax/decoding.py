@@ -164,8 +164,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                bucket_cap: int = 0, ranking: str = "beam", cosine_weight: float = 0.0,
                cosines_from: str = "auto", exclude: Optional[jax.Array] = None,
                candidate_level: int = 0,
-               sid_log_prob: Optional[Callable[[jax.Array], jax.Array]] = None
-               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+               sid_log_prob: Optional[Callable[[jax.Array], jax.Array]] = None,
+               sid_rerank_depth: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Top-k items per query among the items of the beams' SIDs (or prefixes); jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
@@ -184,6 +184,9 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
               `sid_log_prob`: under a beam's prefix its items' SIDs differ, so the decoder
               orders them by their remaining codes, which 'blend' (one score per prefix)
               cannot. Without candidate_level it equals 'blend' (the beams are whole SIDs).
+              With `sid_rerank_depth` R > 0 only the R (at least k) candidates of highest
+              cosine are scored and ranked: R decoder passes per request instead of one
+              per candidate slot.
   All four cost O(batch * beam * cap), independent of the catalogue size ('sid' a decoder
   pass per candidate, the others a dot product). Items of
   `exclude` (the request's history with `eval.exclude_history`) are no candidates.
@@ -212,6 +215,7 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
       items under the beams' length-t prefixes (beams of `beam_search(levels=t)`).
     sid_log_prob: for 'sid': candidate item indices int [batch, C] (padding slots hold
       item 0) -> float32 [batch, C] log P(item's SID | request).
+    sid_rerank_depth: static; for 'sid', 0 (every candidate) or R.
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -244,6 +248,11 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
   if ranking == "sid":
     if sid_log_prob is None:
       raise ValueError("ranking='sid' needs sid_log_prob")
+    depth = max(sid_rerank_depth, k)
+    if sid_rerank_depth and depth < items.shape[1]:  # The best `depth` by cosine.
+      best = jnp.lexsort((-cosines, ~present), axis=-1)[:, :depth]
+      keep = lambda x: jnp.take_along_axis(x, best, axis=1)
+      items, present, scores, cosines = map(keep, (items, present, scores, cosines))
     ranked_by = sid_log_prob(jnp.maximum(items, 0))
   else:
     ranked_by = scores

@@ -112,6 +112,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
                 candidate_level=retriever.candidate_level)
   if retriever.ranking in ("blend", "sid"):
     report["cosine_weight"] = retriever.cosine_weight
+  if retriever.ranking == "sid":
+    report["sid_rerank_depth"] = retriever.sid_rerank_depth
   report.update(ranking_report(ranked, relevant,
                                run_data.dataset.train_popularity,
                                int(config.eval.num_popularity_buckets)))
@@ -250,11 +252,12 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
                      k: Optional[int] = None, ranking: Optional[str] = None,
                      cosine_weight: Optional[float] = None,
                      exclude_history: Optional[bool] = None,
-                     candidate_level: Optional[int] = None):
+                     candidate_level: Optional[int] = None,
+                     sid_rerank_depth: Optional[int] = None):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
 
-  `beam_size`, `k`, `ranking`, `cosine_weight`, `exclude_history` and `candidate_level`
-  default to the checkpoint's `eval` config.
+  `beam_size`, `k`, `ranking`, `cosine_weight`, `exclude_history`, `candidate_level` and
+  `sid_rerank_depth` default to the checkpoint's `eval` config.
 
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
@@ -275,6 +278,8 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
     config_checks.check_candidate_level("--candidate_level", candidate_level,
                                         trained.model.cfg.num_levels)
     retriever.candidate_level = int(candidate_level)
+  if sid_rerank_depth is not None:
+    retriever.sid_rerank_depth = int(sid_rerank_depth)
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
   workdir = pathlib.Path(workdir)
@@ -315,7 +320,8 @@ def format_report(report: Dict[str, Any]) -> str:
   ks = [k for k in metrics.DEFAULT_KS if f"hit@{k}" in m]
   order = config_checks.describe_ranking(report["ranking"], report.get("cosine_weight", 0.0),
                                          report["exclude_history"],
-                                         report.get("candidate_level", 0))
+                                         report.get("candidate_level", 0),
+                                         report.get("sid_rerank_depth", 0))
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
             f"top {report['k']} by {order}; "

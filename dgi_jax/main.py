@@ -46,7 +46,7 @@ COMMAND_FLAGS = {
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
     "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history",
-             "candidate_level"),
+             "candidate_level", "sid_rerank_depth"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -59,7 +59,7 @@ COMMAND_USAGE = {
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
              "[--ranking beam|cosine|blend|sid] [--cosine_weight W] [--[no]exclude_history] "
-             "[--candidate_level T]",
+             "[--candidate_level T] [--sid_rerank_depth R]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -94,6 +94,9 @@ flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history i
 flags.DEFINE_integer("candidate_level", None, "eval: stop the search at the best "
                      "prefixes of T codes and rank every item under them (0: the items of "
                      "the beams' SIDs; default config.eval.candidate_level).", lower_bound=0)
+flags.DEFINE_integer("sid_rerank_depth", None, "eval: with --ranking sid, run the decoder "
+                     "over the R candidates of highest cosine only (0: all; default "
+                     "config.eval.sid_rerank_depth).", lower_bound=0)
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
@@ -224,7 +227,7 @@ def _eval() -> None:
   from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
   report, step, which, paths = evaluate.evaluate_workdir(
       FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight,
-      FLAGS.exclude_history, FLAGS.candidate_level)
+      FLAGS.exclude_history, FLAGS.candidate_level, FLAGS.sid_rerank_depth)
   print(f"checkpoint: step {step} ({which})")
   print(evaluate.format_report(report))
   print("wrote " + ", ".join(str(p) for p in paths))

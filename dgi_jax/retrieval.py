@@ -114,14 +114,15 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
 
 
 # The cosine weight is traced: a validation sweep over weights reuses one compilation.
-_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level")
+_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level",
+                  "sid_rerank_depth")
 
 
 def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                      inverted: index_lib.InvertedIndex, item_emb: jax.Array,
                      request: EncodedRequests, exclude, *, beam_size: int, k: int,
                      bucket_cap: int, ranking: str, cosine_weight: float,
-                     candidate_level: int) -> SearchResult:
+                     candidate_level: int, sid_rerank_depth: int = 0) -> SearchResult:
   """Constrained beam search from encoded requests -> ranking of the beams' items
   (without those of `exclude`, int [B, E] -1 padded, when given)."""
   apply = functools.partial(model.apply, {"params": params})
@@ -133,7 +134,8 @@ def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level,
-      sid_log_prob=sid_log_prob_fn(apply, request, inverted) if ranking == "sid" else None)
+      sid_log_prob=sid_log_prob_fn(apply, request, inverted) if ranking == "sid" else None,
+      sid_rerank_depth=sid_rerank_depth)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -145,16 +147,14 @@ _search_encoded = jax.jit(_search_requests, static_argnames=_SEARCH_STATIC)
 @functools.partial(jax.jit, static_argnames=_SEARCH_STATIC)
 def _search(model: DGIModel, params, tables: index_lib.PrefixTables,
             inverted: index_lib.InvertedIndex, item_emb: jax.Array,
-            query_tokens: jax.Array, history, history_table, exclude=None, *,
-            beam_size: int, k: int, bucket_cap: int, ranking: str,
-            cosine_weight: float, candidate_level: int) -> SearchResult:
-  """Encode requests -> constrained beam search -> ranking, as one jitted call."""
+            query_tokens: jax.Array, history, history_table, exclude=None,
+            **options) -> SearchResult:
+  """Encode requests -> constrained beam search -> ranking, as one jitted call
+  (`options`: `_search_requests`' keyword arguments)."""
   request = run_setup.encode_requests(model, params, query_tokens, history,
                                        history_table)
   return _search_requests(model, params, tables, inverted, item_emb, request, exclude,
-                          beam_size=beam_size, k=k, bucket_cap=bucket_cap,
-                          ranking=ranking, cosine_weight=cosine_weight,
-                          candidate_level=candidate_level)
+                          **options)
 
 
 # Narrowest request width a search batch is trimmed to (but for an empty part): with
@@ -267,6 +267,8 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
+    # 'sid' scores the candidates of highest cosine only, this many (0: all of them).
+    self.sid_rerank_depth = int(config.eval.sid_rerank_depth)
     # Search prefixes of `candidate_level` codes and rank every item under them (0: the
     # items of the beams' SIDs).
     self.candidate_level = int(config.eval.candidate_level)
@@ -411,6 +413,7 @@ class Retriever:
     """The keyword arguments of `_search` and `_search_encoded` (all but the cosine weight
     static, `_SEARCH_STATIC`)."""
     return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
+                sid_rerank_depth=self.sid_rerank_depth,
                 ranking=self.ranking, cosine_weight=self.cosine_weight,
                 candidate_level=self.candidate_level)
 

@@ -83,6 +83,14 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
           "item under them a candidate") in out
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["candidate_level"]) == ("cosine", 2)
+  code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "sid", "--cosine_weight",
+                       "4", "--candidate_level", "1", "--sid_rerank_depth", "30")
+  assert code == 0, err
+  assert ("by log P(whole SID) + 4 x cosine over the 30 candidates of highest cosine, the "
+          "beams over the first 1 code(s)") in out
+  report = json.loads((run_copy / "eval_test.json").read_text())
+  assert (report["ranking"], report["cosine_weight"], report["sid_rerank_depth"]) == (
+      "sid", 4.0, 30)
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
   assert code == 1 and "--ranking" in err and "popularity" in err
 

@@ -354,7 +354,8 @@ def test_rank_items_sid_orders_items_under_a_prefix_by_their_whole_sid(cosine_we
     seen.append(items.shape)
     return jnp.asarray(ITEM_SID_LOG_PROBS)[items]
   rank = jax.jit(functools.partial(decoding.rank_items, ranking="sid", candidate_level=1,
-                                   sid_log_prob=sid_log_prob), static_argnums=4)
+                                   sid_log_prob=sid_log_prob), static_argnums=4,
+                 static_argnames="sid_rerank_depth")
   items, beam_scores, cosines = map(np.asarray, rank(
       beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 7,
       cosine_weight=jnp.float32(cosine_weight)))
@@ -366,6 +367,15 @@ def test_rank_items_sid_orders_items_under_a_prefix_by_their_whole_sid(cosine_we
   with pytest.raises(ValueError, match="needs sid_log_prob"):
     decoding.rank_items(beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 7,
                         ranking="sid", candidate_level=1)
+  if cosine_weight:
+    return
+  # With a rerank depth of 3 the decoder scores the 3 of highest cosine only (items 4, 1,
+  # 2), and orders them 2 (-.4), 1 (-2), 4 (-3); k = 2 of them.
+  seen.clear()
+  items, _, _ = rank(beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 2,
+                     cosine_weight=jnp.float32(0.0), sid_rerank_depth=3)
+  assert seen == [(1, 3)]
+  np.testing.assert_array_equal(items, [[2, 1]])
 
 
 def test_rank_items_refuses_unknown_ranking():
