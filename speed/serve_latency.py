@@ -307,9 +307,12 @@ def run(args, scratch):
   if args.old and config.eval.candidate_level:
     raise config_checks.ConfigError("--old times the search of whole SIDs; drop it or "
                                     "give --candidate_level=0")
+  if args.old and config.eval.ranking == "sid":
+    raise config_checks.ConfigError("--old predates --ranking sid; drop it or give "
+                                    "another --ranking")
   native = retrieval.Retriever(model, params, run_data, config)
   order = config_checks.describe_ranking(native.ranking, native.cosine_weight, False,
-                                         native.candidate_level)
+                                         native.candidate_level, native.sid_rerank_depth)
   cfg = model.cfg
   tokens, history = request_pool(run_data, config, max(512, max(batch_sizes)))
   print(f"machine: {machine_description()}; load average "
