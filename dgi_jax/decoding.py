@@ -185,8 +185,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
               orders them by their remaining codes, which 'blend' (one score per prefix)
               cannot. Without candidate_level it equals 'blend' (the beams are whole SIDs).
               With `sid_rerank_depth` R > 0 only the R (at least k) candidates of highest
-              cosine are scored and ranked: R decoder passes per request instead of one
-              per candidate slot.
+              cosine are scored and ranked: the decoder reads R SIDs per request instead
+              of one per candidate slot.
   All four cost O(batch * beam * cap), independent of the catalogue size ('sid' a decoder
   pass per candidate, the others a dot product). Items of
   `exclude` (the request's history with `eval.exclude_history`) are no candidates.

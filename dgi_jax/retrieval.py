@@ -102,7 +102,8 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
   def log_prob(items):
     batch, width = items.shape
     padded = -(-width // chunk) * chunk
-    items = jnp.pad(items, ((0, 0), (0, padded - width)))  # The padding scores item 0; cut below.
+    # The padding scores item 0, cut off below.
+    items = jnp.pad(items, ((0, 0), (0, padded - width)))
     chunks = items.reshape(batch, padded // chunk, chunk).transpose(1, 0, 2)
     def score(chunk_items):  # [B, chunk] -> [B, chunk]
       sids = inverted.leaf_sids[inverted.item_leaf[chunk_items]]  # [B, chunk, m]
