@@ -43,8 +43,8 @@ def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
     c.eval.cosine_weight = 20.0  # 'blend' / 'sid' in validation during training.
     c.eval.sid_rerank_depth = 100
     # The search stops at the best first codes and every item under them is a candidate
-    # (ranked by cosine: on Beauty (MiniLM) validation Hit@10 .041 against .020 for the items of the
-    # full SIDs; docs/DESIGN.md, "Candidates under the beams' prefixes").
+    # (ranked by cosine: on Beauty (MiniLM) validation Hit@10 .041 against .020 for the
+    # items of the full SIDs; docs/DESIGN.md, "Candidates under the beams' prefixes").
     c.eval.candidate_level = 1
     c.benchmark = ml_collections.ConfigDict()
     # With eval.ranking 'blend' or 'sid', each generative method's cosine weight is the one

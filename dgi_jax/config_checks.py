@@ -29,6 +29,8 @@ HISTORY_REPRS = ("text", "codes", "embedding")
 ENCODER_CACHE_DTYPES = ("bfloat16", "float32")
 # Orders of the beams' items (`decoding.rank_items`, `eval.ranking`).
 RANKINGS = ("beam", "cosine", "blend", "sid")
+# The rankings that add `eval.cosine_weight` x cosine to a decoder score.
+WEIGHTED_RANKINGS = ("blend", "sid")
 
 
 def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from dgi_jax import index as index_lib
-from dgi_jax.config_checks import RANKINGS
+from dgi_jax.config_checks import RANKINGS, WEIGHTED_RANKINGS
 
 NEG_INF = float("-inf")
 
@@ -290,7 +290,7 @@ def _ranking_keys(ranking: str, cosine_weight: float, present, scores, cosines):
     keys = (-cosines, -scores)
   elif ranking == "cosine":
     keys = (-scores, -cosines)
-  elif ranking in ("blend", "sid"):  # scores: the beam's, or the item's SID's.
+  elif ranking in WEIGHTED_RANKINGS:  # scores: the beam's, or the item's SID's.
     keys = (-cosines, -(scores + cosine_weight * cosines))
   else:
     raise ValueError(f"ranking={ranking!r}: expected one of {RANKINGS}")

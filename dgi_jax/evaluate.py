@@ -110,7 +110,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
                 exclude_history=retriever.exclude_history,
                 candidate_level=retriever.candidate_level)
-  if retriever.ranking in ("blend", "sid"):
+  if retriever.ranking in config_checks.WEIGHTED_RANKINGS:
     report["cosine_weight"] = retriever.cosine_weight
   if retriever.ranking == "sid":
     report["sid_rerank_depth"] = retriever.sid_rerank_depth
@@ -214,7 +214,7 @@ def choose_cosine_weight(retriever: retrieval.Retriever, run_data: run_setup.Run
   The cosine weight is a traced argument of the search, so the sweep compiles once.
   Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
   """
-  if retriever.ranking not in ("blend", "sid"):
+  if retriever.ranking not in config_checks.WEIGHTED_RANKINGS:
     raise ValueError(f"ranking={retriever.ranking!r} has no cosine weight to choose")
   metric = str(config.train.best_metric)
   scores = {}

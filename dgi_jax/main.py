@@ -87,8 +87,8 @@ flags.DEFINE_enum("ranking", None, list(config_checks.RANKINGS),
                   "paper's), 'cosine' (over the beams' union), 'blend' (beam score + "
                   "W x cosine) or 'sid' (log P(item's whole SID) + W x cosine) (default: "
                   "the checkpoint's config.eval.ranking).")
-flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight W with --ranking blend or sid "
-                   "(default config.eval.cosine_weight).")
+flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight W with --ranking "
+                   "blend or sid (default config.eval.cosine_weight).")
 flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
                   "of every ranking (default config.eval.exclude_history).")
 flags.DEFINE_integer("candidate_level", None, "eval: stop the search at the best "

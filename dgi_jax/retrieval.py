@@ -97,19 +97,23 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
                     chunk: int = SID_SCORE_CHUNK) -> Callable[[jax.Array], jax.Array]:
   """`decoding.rank_items`' `sid_log_prob` for `request`: candidate items int [B, C] ->
   float32 [B, C] log P(item's SID | request) (`DGIModel.sid_log_probs` summed over the
-  levels), `chunk` candidates of every request per decoder pass (`lax.map`), so that
+  levels), at most `chunk` candidates of every request per decoder pass (`lax.map`), so that
   memory stays O(B * chunk) however many items the beams' prefixes hold."""
   def log_prob(items):
     batch, width = items.shape
-    padded = -(-width // chunk) * chunk
+    # The fewest passes of at most `chunk`, evened out so that padding stays under one
+    # per pass (a depth of 100 is one pass of 100, not of 128).
+    passes = -(-width // chunk)
+    step = -(-width // passes)
+    padded = passes * step
     # The padding scores item 0, cut off below.
     items = jnp.pad(items, ((0, 0), (0, padded - width)))
-    chunks = items.reshape(batch, padded // chunk, chunk).transpose(1, 0, 2)
-    def score(chunk_items):  # [B, chunk] -> [B, chunk]
-      sids = inverted.leaf_sids[inverted.item_leaf[chunk_items]]  # [B, chunk, m]
+    chunks = items.reshape(batch, padded // step, step).transpose(1, 0, 2)
+    def score(chunk_items):  # [B, step] -> [B, step]
+      sids = inverted.leaf_sids[inverted.item_leaf[chunk_items]]  # [B, step, m]
       return apply(request.z_q, request.states, request.mask, sids,
                    method=DGIModel.sid_log_probs).sum(axis=-1)
-    scores = jax.lax.map(score, chunks)  # [C' / chunk, B, chunk]
+    scores = jax.lax.map(score, chunks)  # [C' / step, B, step]
     return scores.transpose(1, 0, 2).reshape(batch, padded)[:, :width]
   return log_prob
 

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dgi_jax import evaluate, retrieval, run_setup, train
+from dgi_jax import config_checks, evaluate, retrieval, run_setup, train
 from dgi_jax import trained_run
 from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
@@ -162,7 +162,7 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
                                   run_config)
   weights = tuple(config.benchmark.cosine_weight_grid)
   selection = None
-  if weights and retriever.ranking in ("blend", "sid"):
+  if weights and retriever.ranking in config_checks.WEIGHTED_RANKINGS:
     # The one index serves the sweep on validation and the test report.
     selection = evaluate.choose_cosine_weight(retriever, trained.run_data, run_config,
                                               weights)
