@@ -137,7 +137,7 @@ def test_frozen_layers_get_no_gradient_and_no_update(tfds_dir):
 
 
 # Abstracts and claims whose embeddings are compared with the PyTorch reference: a fixed
-# spread over the catalogue (most abstracts fill all 256 positions) and the first claims.
+# spread over the catalogue and the first claims of the test split.
 _PARITY_ITEMS, _PARITY_CLAIMS = 48, 32
 
 
