@@ -154,6 +154,8 @@ def test_zero_shot_minilm_embeds_scifact_as_sentence_transformers_does(tmp_path)
   torch = pytest.importorskip("torch")
   from dgi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from dgi_jax.data.converters import scifact  # pylint: disable=g-import-not-at-top
+  from dgi_jax.models import quantizer  # pylint: disable=g-import-not-at-top
+  from dgi_jax.parity import torch_model  # pylint: disable=g-import-not-at-top
   config = load_config("minilm")
   with config.unlocked():
     config.data.dataset = str(scifact.convert(SHARED_DATA / "scifact", tmp_path / "jsonl"))
@@ -191,17 +193,16 @@ def test_zero_shot_minilm_embeds_scifact_as_sentence_transformers_does(tmp_path)
     mask = (ids != hf_tokenizer.pad_token_id).long()
     with torch.no_grad():
       states = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-    pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    return _unit(pooled.numpy())
+    pooled = torch_model.masked_mean(states, mask.to(states.dtype))
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+  def our_vectors(pooled):  # As the index and the dense ranking normalise them.
+    return np.asarray(quantizer.l2_normalize(jax.numpy.asarray(pooled)))
 
   sample = np.linspace(0, len(items) - 1, _PARITY_ITEMS).astype(int)
   ours = run_setup.embed_items(model, params, items[sample], _PARITY_ITEMS // 2)
-  np.testing.assert_allclose(_unit(ours), reference_vectors(items[sample]), atol=2e-5)
+  np.testing.assert_allclose(our_vectors(ours), reference_vectors(items[sample]),
+                             atol=2e-5)
   assert batch["mask"].all()  # The test split has 300 claims.
   z_q = run_setup.encode_requests(model, params, jax.numpy.asarray(queries)).z_q
-  np.testing.assert_allclose(_unit(np.asarray(z_q)), reference_vectors(queries), atol=2e-5)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit length."""
-  return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+  np.testing.assert_allclose(our_vectors(z_q), reference_vectors(queries), atol=2e-5)
