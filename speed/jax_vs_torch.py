@@ -9,6 +9,10 @@ the same weights and see the same batch; each draws its own Gumbel noise per ste
 Usage:
   python speed/jax_vs_torch.py [--config configs/default.py] [--batch_size 128]
       [--steps 20] [--repeats 3] [--no_compile] [--single_core] [--heap_malloc]
+      [--torch_device auto|cpu|cuda]
+
+On a GPU both run there, float32 with TF32 matmuls (XLA's default precision; torch is set
+to the same), and each timed window ends with the device synchronised.
 
 Each framework is timed over `--repeats` windows of `--steps` steps after warm-up,
 windows interleaved across frameworks; the best window is reported (other processes on a
@@ -63,26 +67,42 @@ def jax_runner(config, params, batch):
   return run_steps
 
 
-def torch_runner(config, params, batch, compiled: bool):
+def torch_runner(config, params, batch, compiled: bool, device: torch.device):
   """`run_steps(n)` of the PyTorch reference (forward, backward, optimizer step)."""
   reference = compare.build_reference(
-      config, convert.flax_to_torch(params, compare.encoder_spec(config)))
+      config, convert.flax_to_torch(params, compare.encoder_spec(config))).to(device)
   opt = training.ReferenceOptimizer(reference, params, config.optim,
                                     int(config.train.num_steps))
   forward = torch.compile(reference) if compiled else reference
-  item_tokens, query_tokens, item_index, _ = compare.torch_batch(batch)
+  item_tokens, query_tokens, item_index = (
+      x.to(device) for x in compare.torch_batch(batch)[:3])
   sizes = tuple(config.model.codebook_sizes)
   b = item_tokens.shape[0]
   counter = {"step": 0}
 
   def run_steps(n):
     for _ in range(n):
-      noise = [-torch.log(-torch.log(torch.rand(b, k).clamp_min(1e-20))) for k in sizes]
+      noise = [-torch.log(-torch.log(torch.rand(b, k, device=device).clamp_min(1e-20)))
+               for k in sizes]
       out = forward(item_tokens, query_tokens, item_index, noise, 1.0)
       out["total"].backward()
       opt.step(counter["step"])
       counter["step"] += 1
+    if device.type == "cuda":
+      torch.cuda.synchronize(device)
   return run_steps
+
+
+def torch_device(name: str) -> torch.device:
+  """The device the reference runs on: `name`, or for 'auto' the GPU where JAX uses one."""
+  if name == "auto":
+    on_gpu = jax.devices()[0].platform == "gpu" and torch.cuda.is_available()
+    name = "cuda" if on_gpu else "cpu"
+  return torch.device(name)
+
+
+def _torch_device_name(device: torch.device) -> str:
+  return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def main():
@@ -95,6 +115,9 @@ def main():
   parser.add_argument("--single_core", action="store_true",
                       help="pin the process to one core, both frameworks single-threaded "
                       "(steadier figures on a machine other processes share)")
+  parser.add_argument("--torch_device", default="auto",
+                      help="'cpu', 'cuda' or 'auto' (cuda where JAX's default device is a GPU "
+                      "and torch sees one)")
   parser.add_argument("--heap_malloc", action="store_true",
                       help="glibc: one heap, no mmap, no trimming, for both frameworks, so "
                       "per-step temporaries are reused instead of page-faulted in afresh "
@@ -113,11 +136,18 @@ def main():
     torch.set_num_threads(1)
 
   config = compare.with_model_overrides(config_files.load_file(args.config))
+  device = torch_device(args.torch_device)
+  if device.type == "cuda":
+    # XLA lets a float32 GPU matmul run in TF32 at its default precision; torch does
+    # not unless told. Both run TF32 here, so the two compute the same kind of product.
+    torch.set_float32_matmul_precision("high")
   m = config.model
   print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs "
         f"({len(os.sched_getaffinity(0))} used), load average {os.getloadavg()[0]:.2f}")
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} "
-        f"device(s)); torch {torch.__version__}, {torch.get_num_threads()} threads")
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} "
+        f"device(s)); torch {torch.__version__} on {_torch_device_name(device)}, "
+        f"{torch.get_num_threads()} threads, float32 matmul precision "
+        f"{torch.get_float32_matmul_precision()}")
   print(f"model: d={m.d_model} heads={m.num_heads} mlp={m.mlp_dim} "
         f"layers={m.encoder_layers}+{m.decoder_layers} codebooks={tuple(m.codebook_sizes)} "
         f"vocab={config.data.vocab_size}; batch {args.batch_size} x "
@@ -127,9 +157,9 @@ def main():
   params = compare.init_flax_params(config, batch, seed=0)
   runners, first_call = {}, {}
   candidates = [("jax jit", lambda: jax_runner(config, params, batch)),
-                ("torch eager", lambda: torch_runner(config, params, batch, False))]
+                ("torch eager", lambda: torch_runner(config, params, batch, False, device))]
   if not args.no_compile:
-    candidates.append(("torch.compile", lambda: torch_runner(config, params, batch, True)))
+    candidates.append(("torch.compile", lambda: torch_runner(config, params, batch, True, device)))
   for name, make in candidates:
     try:
       runners[name] = make()

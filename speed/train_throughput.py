@@ -1,10 +1,12 @@
 """Train-step throughput of a config beside this machine's measured matmul peak.
 
 Prints steps/s, examples/s and the achieved FLOP/s of the jitted (sharded) train step —
-FLOPs from XLA's cost analysis of the compiled step — and the utilisation against a
-2048^3 matmul measured in the same run.
+FLOPs from XLA's cost analysis of the compiled step — and the utilisation against an
+n^3 matmul in the step's compute dtype measured in the same run (n 2048 on a CPU, 8192
+on an accelerator, whose peak a smaller product does not reach).
 
   python speed/train_throughput.py [--config configs/default.py] [--steps 20]
+      [--batch_size B] [--dtype float32|bfloat16] [--peak_n N]
 """
 
 import argparse
@@ -19,6 +21,7 @@ from common import keep_freed_memory_in_heap, machine_description  # noqa: E402
 from common import matmul_peak_flops, time_calls  # noqa: E402
 
 from dgi_jax import config_files, optim, run_setup, sharding, train_step  # noqa: E402
+from dgi_jax.models import encoders  # noqa: E402
 
 
 def random_batch(config, batch_size, rs):
@@ -47,13 +50,25 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--batch_size", type=int, default=0,
+                      help="global batch (default: the config's train.global_batch_size)")
+  parser.add_argument("--dtype", default="",
+                      help="compute dtype in place of the config's model.dtype")
+  parser.add_argument("--peak_n", type=int, default=0,
+                      help="side of the peak matmul (default 2048 on CPU, 8192 otherwise)")
   parser.add_argument("--heap_malloc", action="store_true",
                       help="glibc: keep XLA's per-step temporaries in the heap instead of "
                       "mmap/munmap each step (common.keep_freed_memory_in_heap)")
   args = parser.parse_args()
   if args.heap_malloc and not keep_freed_memory_in_heap():
     print("--heap_malloc: not glibc; ignored")
-  config = config_files.load_file(args.config)
+  # A pre-trained encoder's architecture, as training reads it (weights: random init).
+  config = encoders.resolve_pretrained(config_files.load_file(args.config))
+  with config.unlocked():
+    if args.batch_size:
+      config.train.global_batch_size = args.batch_size
+    if args.dtype:
+      config.model.dtype = args.dtype
   batch_size = config.train.global_batch_size
 
   params, state, step, data = sharded_train_step(config)
@@ -74,16 +89,18 @@ def main():
   for _ in range(3):  # warm-up
     one_step()
   seconds = time_calls(one_step, args.steps)
-  peak = matmul_peak_flops()
+  peak_n = args.peak_n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+  peak = matmul_peak_flops(peak_n, dtype=config.model.dtype)
 
   n_params = sum(x.size for x in jax.tree.leaves(params))
   print(f"machine: {machine_description()}" + ("  (heap malloc)" if args.heap_malloc else ""))
-  print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}")
+  print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}  "
+        f"compute dtype: {config.model.dtype}")
   print(f"step time (median of {args.steps}): {seconds * 1e3:.1f} ms")
   print(f"steps/s: {1 / seconds:.2f}   examples/s: {batch_size / seconds:.0f}")
   print(f"FLOPs/step (XLA cost analysis): {flops_per_step / 1e9:.2f} GFLOP")
   print(f"achieved: {flops_per_step / seconds / 1e9:.1f} GFLOP/s   "
-        f"matmul peak: {peak / 1e9:.1f} GFLOP/s   "
+        f"matmul peak ({peak_n}^3, {config.model.dtype}): {peak / 1e9:.1f} GFLOP/s   "
         f"utilisation: {flops_per_step / seconds / peak:.1%}")
 
 

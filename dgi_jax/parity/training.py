@@ -66,17 +66,24 @@ class ReferenceOptimizer:
     """Clips the gradients as optax does, sets this step's learning rates, updates."""
     # An unused parameter (gamma under dot geometry) has no .grad and AdamW would skip
     # it; optax updates it with a zero gradient (moments decay, weight decay applies).
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-    norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
-    clip = not norm < self._max_norm  # optax: t / norm * max_norm when norm >= max_norm.
-    for p, g in zip(self._params, grads):
-      p.grad = g / norm * self._max_norm if clip else g
+    for p in self._params:
+      if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in self._params]
+    # optax: t / norm * max_norm when norm >= max_norm, else t. Multi-tensor kernels with
+    # no host sync, so that a GPU step is not one launch per tensor.
+    # pylint: disable=protected-access
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    keep = norm < self._max_norm
+    one = torch.ones_like(norm)
+    torch._foreach_div_(grads, torch.where(keep, one, norm))
+    torch._foreach_mul_(grads, torch.where(keep, one, one * self._max_norm))
     for group in self.optimizer.param_groups:
       group["lr"] = float(self._schedules[group["label"]](step_index))
     self.optimizer.step()
     # All parameters, not only the optimizer's: a frozen one's gradient must not accumulate.
-    for p in self._params:
-      p.grad.zero_()
+    torch._foreach_zero_(grads)
+    # pylint: enable=protected-access
 
 
 def train_parity(config, steps: int = 20, batch_size: int = 0, seed: int = 0,
