@@ -159,7 +159,8 @@ def main():
   candidates = [("jax jit", lambda: jax_runner(config, params, batch)),
                 ("torch eager", lambda: torch_runner(config, params, batch, False, device))]
   if not args.no_compile:
-    candidates.append(("torch.compile", lambda: torch_runner(config, params, batch, True, device)))
+    candidates.append(("torch.compile",
+                       lambda: torch_runner(config, params, batch, True, device)))
   for name, make in candidates:
     try:
       runners[name] = make()
