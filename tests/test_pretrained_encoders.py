@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from dgi_jax.models import pretrained  # noqa: E402
+from dgi_jax.models import pretrained, quantizer  # noqa: E402
 from dgi_jax.models.bert import BertEncoder  # noqa: E402
 from dgi_jax.models.pretrained import EncoderSpec, PretrainedError  # noqa: E402
 from dgi_jax.models.t5 import T5Encoder, relative_position_bucket  # noqa: E402
+from dgi_jax.parity import torch_model  # noqa: E402
 
 SENTENCES = [
     "A man is eating food.",
@@ -57,6 +58,13 @@ def torch_forward(model, tokens, grad=False):
                  output_hidden_states=True)
 
 
+def torch_unit_mean(states, tokens):
+  """The reference's sentence vector of `states [B, L, d]`: mean over the real tokens
+  (`parity.torch_model.masked_mean`), L2-normalised as sentence-transformers does."""
+  mask = torch.as_tensor(tokens != 0, dtype=states.dtype)
+  return torch.nn.functional.normalize(torch_model.masked_mean(states, mask), dim=-1)
+
+
 def assert_hidden_states_match(spec, params, model, tokens, tol=1e-5):
   """Every hidden state at non-padding positions, and the mean-pooled L2-normalised vector."""
   states, pooled, hidden = flax_forward(spec, params, tokens)
@@ -68,11 +76,8 @@ def assert_hidden_states_match(spec, params, model, tokens, tol=1e-5):
             for ours, theirs in zip(hidden, out.hidden_states)]
   errors.append(rel_err(states[mask], out.last_hidden_state.numpy()[mask]))
   assert max(errors) < tol, errors
-  ref = out.last_hidden_state.numpy() * mask[..., None]
-  ref = ref.sum(1) / mask.sum(1, keepdims=True)
-  ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
-  ours = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
-  assert rel_err(ours, ref) < tol
+  ref = torch_unit_mean(out.last_hidden_state, tokens).numpy()
+  assert rel_err(np.asarray(quantizer.l2_normalize(pooled)), ref) < tol
   return max(errors)
 
 
@@ -83,16 +88,12 @@ def assert_gradients_match(spec, params, model, tokens, leaves, tol=1e-4):
 
   def loss(p):
     _, pooled = encoder_cls(spec)(spec).apply({"params": p}, jnp.asarray(tokens))
-    pooled = pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-    return jnp.sum(pooled * w)
+    return jnp.sum(quantizer.l2_normalize(pooled) * w)
 
   grads = jax.jit(jax.grad(loss))(params)
   model.zero_grad()
   hidden = torch_forward(model, tokens, grad=True).last_hidden_state
-  mask = torch.tensor(tokens != 0)[..., None].float()
-  pooled = (hidden * mask).sum(1) / mask.sum(1)
-  pooled = pooled / pooled.norm(dim=-1, keepdim=True)
-  (pooled * torch.tensor(w)).sum().backward()
+  (torch_unit_mean(hidden, tokens) * torch.tensor(w)).sum().backward()
   names = pretrained.param_map(spec)
   errors = {}
   for path in leaves:
