@@ -72,10 +72,10 @@ class ReferenceOptimizer:
     grads = [p.grad for p in self._params]
     # optax: t / norm * max_norm when norm >= max_norm, else t. Multi-tensor kernels with
     # no host sync, so that a GPU step is not one launch per tensor.
-    # pylint: disable=protected-access
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    norm = torch.nn.utils.get_total_norm(grads)
     keep = norm < self._max_norm
     one = torch.ones_like(norm)
+    # pylint: disable=protected-access
     torch._foreach_div_(grads, torch.where(keep, one, norm))
     torch._foreach_mul_(grads, torch.where(keep, one, one * self._max_norm))
     for group in self.optimizer.param_groups:
