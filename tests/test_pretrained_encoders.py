@@ -59,10 +59,8 @@ def torch_forward(model, tokens, grad=False):
 
 
 def torch_unit_mean(states, tokens):
-  """The reference's sentence vector of `states [B, L, d]`: mean over the real tokens
-  (`parity.torch_model.masked_mean`), L2-normalised as sentence-transformers does."""
-  mask = torch.as_tensor(tokens != 0, dtype=states.dtype)
-  return torch.nn.functional.normalize(torch_model.masked_mean(states, mask), dim=-1)
+  """The reference's sentence vector of `states [B, L, d]` (padding id 0)."""
+  return torch_model.sentence_vectors(states, torch.as_tensor(tokens != 0, dtype=states.dtype))
 
 
 def assert_hidden_states_match(spec, params, model, tokens, tol=1e-5):

@@ -193,8 +193,7 @@ def test_zero_shot_minilm_embeds_scifact_as_sentence_transformers_does(tmp_path)
     mask = (ids != hf_tokenizer.pad_token_id).long()
     with torch.no_grad():
       states = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-    pooled = torch_model.masked_mean(states, mask.to(states.dtype))
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return torch_model.sentence_vectors(states, mask.to(states.dtype)).numpy()
 
   def our_vectors(pooled):  # As the index and the dense ranking normalise them.
     return np.asarray(quantizer.l2_normalize(jax.numpy.asarray(pooled)))

@@ -277,6 +277,12 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
       torch.sum(mask, dim=1, keepdim=True), min=1.0)
 
 
+def sentence_vectors(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+  """A sentence-transformers embedding: states `[B, L, d]`, float mask `[B, L]` -> the
+  mean over real tokens, L2-normalised (its Pooling then Normalize modules) `[B, d]`."""
+  return torch.nn.functional.normalize(masked_mean(states, mask), dim=-1)
+
+
 def _transformers():
   import transformers  # pylint: disable=g-import-not-at-top  # Only pre-trained runs need it.
   import transformers.masking_utils  # pylint: disable=g-import-not-at-top,unused-import
