@@ -25,8 +25,9 @@ Every host encodes every training request, since its batches may hold any of the
 
 import dataclasses
 import functools
+import hashlib
 import os
-from typing import Dict
+from typing import Dict, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -201,16 +202,24 @@ def encode_request_rows(model: DGIModel, params, tokens: np.ndarray, batch_size:
   return states, vectors, masks
 
 
+def request_batch_size(config) -> int:
+  """Rows per batch of the caches' request (and bottom item) passes."""
+  return 4 * int(config.eval.batch_size)
+
+
 def build(model: DGIModel, params, run_data: run_setup.RunData, config,
-          show_progress: bool = True) -> EncoderCache:
+          show_progress: bool = True,
+          request_tokens: Optional[np.ndarray] = None) -> EncoderCache:
   """Encodes the catalogue and every training request under `params` (batches of
-  `eval.item_batch_size` items and `eval.batch_size` x 4 requests, the requests shortest
-  first: `encode_request_rows`)."""
+  `eval.item_batch_size` items and `request_batch_size` requests, the requests shortest
+  first: `encode_request_rows`). `request_tokens`: `training_request_tokens`, when the
+  caller has them."""
   dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
   items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
                                 int(config.eval.item_batch_size))
-  batch_size = 4 * int(config.eval.batch_size)
-  tokens = training_request_tokens(run_data, config, batch_size)
+  batch_size = request_batch_size(config)
+  tokens = (training_request_tokens(run_data, config, batch_size) if request_tokens is None
+            else request_tokens)
   return EncoderCache(items, *encode_request_rows(model, params, tokens, batch_size, dtype,
                                                   show_progress))
 
@@ -297,15 +306,83 @@ def encode_bottom_rows(model: DGIModel, params, tokens: np.ndarray, num_layers: 
 
 
 def build_bottom(model: DGIModel, params, run_data: run_setup.RunData, config,
-                 show_progress: bool = True) -> BottomCache:
+                 show_progress: bool = True,
+                 request_tokens: Optional[np.ndarray] = None) -> BottomCache:
   """Runs the frozen bottom (`frozen_bottom_layers`) over the catalogue and every
-  training request under `params`, both shortest first at the width each batch needs."""
+  training request under `params`, both shortest first at the width each batch needs.
+  `request_tokens`: `training_request_tokens`, when the caller has them."""
   dtype = jnp.dtype(config.train.encoder_cache_dtype)
   num_layers = frozen_bottom_layers(model, config)
-  batch_size = 4 * int(config.eval.batch_size)
+  batch_size = request_batch_size(config)
   items = encode_bottom_rows(model, params, run_data.catalogue_tokens, num_layers,
                              batch_size, dtype, "encoder cache: items", show_progress)
-  tokens = training_request_tokens(run_data, config, batch_size)
+  tokens = (training_request_tokens(run_data, config, batch_size) if request_tokens is None
+            else request_tokens)
   requests = encode_bottom_rows(model, params, tokens, num_layers, batch_size, dtype,
                                 "encoder cache: requests", show_progress)
   return BottomCache(num_layers, *items, *requests)
+
+
+# The ModelConfig fields an encoder's forward pass reads (dropout and history items rule a
+# cache out altogether: `encoder_is_constant`, `frozen_bottom_layers`).
+_ENCODER_FIELDS = ("encoder", "encoder_spec", "vocab_size", "max_len", "d_model",
+                   "num_heads", "mlp_dim", "encoder_layers", "dtype",
+                   "separate_item_encoder", "normalize_item_embedding")
+
+
+def fingerprint(kind: str, model: DGIModel, params, config, item_tokens: np.ndarray,
+                request_tokens: np.ndarray) -> str:
+  """A digest of everything a cache of `kind` ('outputs': `EncoderCache`, 'bottom':
+  `BottomCache`) is a function of: the encoder's frozen parameters (paths, dtypes, shapes,
+  values), its architecture, the frozen layer count, the cache dtype and batch sizes, and
+  the item tokens int32 [N, Li] and request tokens int32 [R, Lq] it encodes.
+
+  Parameters that train do not enter: a cache reads only frozen ones.
+  """
+  digest = hashlib.blake2b(digest_size=20)
+  static = (kind, frozen_bottom_layers(model, config) if kind == "bottom" else None,
+            str(jnp.dtype(config.train.encoder_cache_dtype)), request_batch_size(config),
+            int(config.eval.item_batch_size),
+            tuple(getattr(model.cfg, name) for name in _ENCODER_FIELDS))
+  digest.update(repr(static).encode())
+  labels = optim.param_labels(params, config.optim)
+  for name in encoders.ENCODER_COLLECTIONS:
+    if name not in params:
+      continue
+    leaves = jax.tree_util.tree_leaves_with_path(params[name])
+    for (path, leaf), label in zip(leaves, jax.tree.leaves(labels[name])):
+      if label == "frozen":
+        value = np.asarray(jax.device_get(leaf))
+        digest.update(f"{name}{jax.tree_util.keystr(path)} {value.dtype} "
+                      f"{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+  for tokens in (item_tokens, request_tokens):
+    digest.update(f"{tokens.dtype} {tokens.shape}".encode())
+    digest.update(np.ascontiguousarray(tokens).tobytes())
+  return digest.hexdigest()
+
+
+# The last cache built in this process, by `fingerprint`, at most one: the benchmark trains
+# its methods one after another from one pre-trained encoder, so that most of them need
+# the same cache (Beauty's bottom cache: about 9 minutes to build on 2 CPU cores, 6.7 GB).
+_held: Dict[str, Union[EncoderCache, BottomCache]] = {}
+
+
+def take_held(key: str) -> Optional[Union[EncoderCache, BottomCache]]:
+  """The held cache if it has fingerprint `key`; otherwise releases it (before a new one
+  is sized against the free memory and built) and returns None."""
+  if key in _held:
+    return _held[key]
+  release_held()
+  return None
+
+
+def hold(key: str, cache: Union[EncoderCache, BottomCache]) -> None:
+  """Keeps `cache` for a later run in this process (`take_held`), in place of any other."""
+  _held.clear()
+  _held[key] = cache
+
+
+def release_held() -> None:
+  """Frees the held cache's host memory (if nothing else refers to it)."""
+  _held.clear()

@@ -126,7 +126,9 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
   `EncoderCache` when the whole encoder is constant (`encoder_cache.use_cache`), a
   `BottomCache` when its bottom layers are (`use_bottom_cache`); None otherwise, when no
   steps are left, or when the cache would take more than
-  `encoder_cache.MAX_MEMORY_SHARE` of the free memory.
+  `encoder_cache.MAX_MEMORY_SHARE` of the free memory. A cache that an earlier run in
+  this process built from the same frozen weights and data is taken as it is
+  (`encoder_cache.take_held`).
 
   `params` may be a new run's before k-means: the cache reads only the encoder's.
   """
@@ -135,14 +137,25 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
   num_items, num_requests = (run_data.dataset.num_items,
                              run_data.dataset.num_examples("train"))
   if encoder_cache.use_cache(model, params, config):
-    what, build = "its outputs", encoder_cache.build
+    kind, what, build = "outputs", "its outputs", encoder_cache.build
     needed = encoder_cache.cache_bytes(num_items, num_requests, config, model.cfg.d_model)
   elif encoder_cache.use_bottom_cache(model, params, config):
-    what, build = "its frozen bottom layers' outputs", encoder_cache.build_bottom
+    kind, what, build = ("bottom", "its frozen bottom layers' outputs",
+                         encoder_cache.build_bottom)
     needed = encoder_cache.bottom_cache_bytes(num_items, run_data.catalogue_tokens.shape[1],
                                               num_requests, config, model.cfg.d_model)
   else:
     return None
+  with timer.phase("data"):  # The cache's key: what it would encode, and with what.
+    request_tokens = encoder_cache.training_request_tokens(
+        run_data, config, encoder_cache.request_batch_size(config))
+    key = encoder_cache.fingerprint(kind, model, params, config,
+                                    run_data.catalogue_tokens, request_tokens)
+  cache = encoder_cache.take_held(key)
+  if cache is not None:
+    _log(f"The encoder is frozen: the steps read {what}, kept from an earlier run in this "
+         "process with the same frozen weights and data")
+    return cache
   available = encoder_cache.available_memory_bytes()
   if needed > encoder_cache.MAX_MEMORY_SHARE * available:
     _log(f"The encoder is frozen, but {what} would take {needed / 2**30:.1f} GiB of "
@@ -150,7 +163,8 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
          "train.encoder_cache_dtype halves them)")
     return None
   with timer.phase("encoder_cache"):
-    cache = build(model, params, run_data, config)
+    cache = build(model, params, run_data, config, request_tokens=request_tokens)
+  encoder_cache.hold(key, cache)
   _log(f"The encoder is frozen: the steps read {what}, encoded once "
        f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
   return cache

@@ -38,3 +38,13 @@ def tiny_config():
 
 # Fixtures shared by the CLI tests: a tiny trained work directory, `dgi` in-process.
 from run_fixtures import dgi, run_copy, tiny_run  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True)
+def _no_encoder_cache_held_across_tests():
+  """Each test builds its own frozen-encoder cache: none carries over from an earlier
+  test's run in this process (`encoder_cache.take_held`)."""
+  from dgi_jax import encoder_cache  # pylint: disable=g-import-not-at-top
+  encoder_cache.release_held()
+  yield
+  encoder_cache.release_held()

@@ -151,6 +151,61 @@ def test_a_cache_larger_than_half_the_free_memory_is_not_built(uncached, tmp_pat
   jax.tree.map(np.testing.assert_array_equal, params, uncached[0])  # The uncached steps.
 
 
+def test_a_later_run_on_the_same_frozen_encoder_takes_the_held_cache(tmp_path, monkeypatch):
+  """The benchmark trains its methods one after another in one process: a run whose
+  frozen weights and data equal an earlier run's reads the cache that run built, and ends
+  where it ends when it builds its own; other frozen weights build a new one."""
+  builds = []
+  build = encoder_cache.build
+
+  def counting_build(*args, **kwargs):
+    builds.append(True)
+    return build(*args, **kwargs)
+
+  monkeypatch.setattr(encoder_cache, "build", counting_build)
+  config = _frozen_config(tmp_path / "tfds")
+  _train(config, tmp_path / "first")
+  untied = _frozen_config(tmp_path / "tfds")
+  with untied.unlocked():  # Another method: only what trains differs.
+    untied.model.tie_heads = False
+  held, _ = _train(untied, tmp_path / "held")
+  assert len(builds) == 1
+  encoder_cache.release_held()
+  fresh, _ = _train(untied, tmp_path / "fresh")
+  assert len(builds) == 2
+  jax.tree.map(np.testing.assert_array_equal, held, fresh)
+  reseeded = _frozen_config(tmp_path / "tfds", seed=1)  # Another initial encoder.
+  _train(reseeded, tmp_path / "reseeded")
+  assert len(builds) == 3
+
+
+def test_the_cache_fingerprint_reads_frozen_weights_and_tokens_only(tmp_path):
+  config = _frozen_config(tmp_path / "tfds")
+  with config.unlocked():  # The embeddings and the one layer frozen, the final LayerNorm
+    # trained.
+    config.optim.frozen = ()
+    config.optim.freeze_encoder_layers = 1
+  model, params = _model_params(config)
+  items, requests = np.arange(12, dtype=np.int32).reshape(3, 4), np.ones((5, 6), np.int32)
+  key = encoder_cache.fingerprint("bottom", model, params, config, items, requests)
+
+  def with_added(path, value):
+    changed = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + value if jax.tree_util.keystr(p) == path else x, params)
+    return encoder_cache.fingerprint("bottom", model, changed, config, items, requests)
+
+  assert with_added("['encoder']['ln_final']['scale']", 1.0) == key  # Trained.
+  assert with_added("['decoder']['layers_0']['mlp']['wo']['kernel']", 1.0) == key
+  assert with_added("['encoder']['layers_0']['mlp']['wo']['kernel']", 1e-6) != key  # Frozen.
+  assert with_added("['encoder']['token_embed']['embedding']", 1e-6) != key
+  changed_requests = requests.copy()
+  changed_requests[4, 5] = 2
+  assert encoder_cache.fingerprint("bottom", model, params, config, items,
+                                   changed_requests) != key
+  assert encoder_cache.fingerprint("outputs", model, params, config, items,
+                                   requests) != key
+
+
 def test_kmeans_of_a_new_cached_run_reads_the_cached_item_embeddings(tmp_path, monkeypatch):
   """A new run with the cache embeds the catalogue once, for the cache: k-means clusters
   the cache's rows of its sample, the embeddings an uncached run computes for it."""
