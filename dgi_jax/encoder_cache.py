@@ -364,7 +364,7 @@ def fingerprint(kind: str, model: DGIModel, params, config, item_tokens: np.ndar
 
 # The last cache built in this process, by `fingerprint`, at most one: the benchmark trains
 # its methods one after another from one pre-trained encoder, so that most of them need
-# the same cache (Beauty's bottom cache: about 9 minutes to build on 2 CPU cores, 6.7 GB).
+# the same cache (Beauty's bottom cache: about 20 minutes to build on 2 CPU cores, 6.3 GiB).
 _held: Dict[str, Union[EncoderCache, BottomCache]] = {}
 
 
