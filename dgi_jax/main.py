@@ -104,8 +104,8 @@ flags.DEFINE_string("add", None, "index: items.jsonl of new items to quantize an
 flags.DEFINE_string("dataset", None, "benchmark: 'beauty', 'scifact' (converted from "
                     "--data_root) or a directory in the generic JSONL format.")
 flags.DEFINE_string("methods", "all", "benchmark: 'all' or comma-separated method names "
-                    "(bm25, dense, two_stage, dgi, dgi_ste, dgi_untied, dgi_ste_untied, "
-                    "dgi_dot, dgi_none).")
+                    "(bm25, zero_shot, dense, two_stage, dgi, dgi_ste, dgi_untied, "
+                    "dgi_ste_untied, dgi_dot, dgi_none), run in the order given.")
 flags.DEFINE_string("data_root", "../shared/data", "benchmark: folder holding the raw "
                     "datasets (amazon_beauty/, scifact/).")
 flags.DEFINE_string("results_dir", None, "benchmark: where results.md and plots go "

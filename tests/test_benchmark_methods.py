@@ -112,7 +112,7 @@ def test_dataset_directory_is_absolute(tmp_path, monkeypatch):
 
 def test_select_methods():
   assert methods.select("all") == methods.METHODS
-  assert [m.name for m in methods.select("dgi_ste, bm25")] == ["bm25", "dgi_ste"]
+  assert [m.name for m in methods.select("dgi_ste, bm25,dgi_ste")] == ["dgi_ste", "bm25"]
   with pytest.raises(ValueError, match="nope"):
     methods.select("dgi,nope")
   table_names = set(methods.TABLE_2) | set(methods.TABLE_3)

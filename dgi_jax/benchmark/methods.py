@@ -107,7 +107,11 @@ TABLE_3 = ("dgi", "dgi_ste", "dgi_untied", "dgi_ste_untied", "dgi_dot", "dgi_non
 
 
 def select(spec: str) -> Tuple[Method, ...]:
-  """Methods of a comma-separated list of names, or all of them for 'all' (table order)."""
+  """Methods of a comma-separated list of names, in the list's order (repeats dropped).
+
+  'all' gives every method in table order. The order is the order they run in, so a user
+  can put the methods whose numbers they need first.
+  """
   if spec.strip() == "all":
     return METHODS
   names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -115,4 +119,4 @@ def select(spec: str) -> Tuple[Method, ...]:
   if unknown or not names:
     raise ValueError(f"unknown method(s) {unknown or spec!r}; choose from "
                      f"{', '.join(BY_NAME)} or 'all'")
-  return tuple(m for m in METHODS if m.name in names)
+  return tuple(BY_NAME[n] for n in dict.fromkeys(names))
