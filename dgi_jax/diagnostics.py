@@ -15,6 +15,9 @@ relevant items, in one jitted pass per batch (`diagnose`):
            cosine: an inverted-file search whose regions are the SIDs' first codes. Set
            beside the search at `eval.candidate_level` 1 (the decoder choosing W first
            codes), it tells whether the decoder picks regions better than geometry does.
+  spread   the mean cosine between two distinct catalogue items (`mean_pairwise_cosine`):
+           near 1 when the item encoder maps every item to one direction, the collapse
+           that leaves one first code for the whole catalogue and InfoNCE at chance.
 They take the model, its params and the index's arrays as arguments: serving (the
 `Retriever`) does not compute them.
 """
@@ -121,10 +124,28 @@ def decoder_report(cross_entropy: np.ndarray, target_sids: np.ndarray,
           "level1_information": float(entropy[0] - mean_ce[0])}
 
 
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+  """Mean cosine over the N (N - 1) ordered pairs of distinct rows of `vectors` [N, d].
+
+  Exact in O(N d) rather than O(N^2 d): with unit rows u_i, the sum over i != j of
+  u_i . u_j is |sum_i u_i|^2 - N. Zero rows count as cosine 0 with everything.
+  """
+  vectors = np.asarray(vectors)
+  n = len(vectors)
+  if n < 2:
+    raise ValueError(f"the mean pairwise cosine needs at least 2 vectors, got {n}")
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  unit = np.divide(vectors, norms, out=np.zeros(vectors.shape, np.float32), where=norms > 0)
+  # Sums in float64: the difference below is small against either term when items spread.
+  self_pairs = np.sum(np.square(unit, dtype=np.float64))  # N, less any zero rows.
+  total = unit.sum(axis=0, dtype=np.float64)
+  return float((np.dot(total, total) - self_pairs) / (n * (n - 1)))
+
+
 def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
                    prefix_agreement: np.ndarray, routed_ranked: np.ndarray,
-                   routed_candidates: np.ndarray, routed_found: np.ndarray
-                   ) -> Dict[str, Any]:
+                   routed_candidates: np.ndarray, routed_found: np.ndarray,
+                   item_vectors: np.ndarray) -> Dict[str, Any]:
   """The trained encoder on its own (see the module doc, `encoder` and `routed`).
 
   Args:
@@ -135,11 +156,12 @@ def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
     routed_ranked: int [Q, DENSE_K] the routed ranking (-1 padded).
     routed_candidates: int [Q] the items under each request's routed first codes.
     routed_found: bool [P] whether the pair's item is under its request's routed codes.
+    item_vectors: float [N, d] the catalogue's item embeddings.
 
   Returns:
     dense (hit@10, ndcg@10 of the exact cosine ranking), sid_prefix_agreement (mean per
-    level) and routed (hit@10, ndcg@10, candidates: the mean items under the routed
-    codes, recall: the share of pairs whose item is under them).
+    level), routed (hit@10, ndcg@10, candidates: the mean items under the routed
+    codes, recall: the share of pairs whose item is under them) and item_mean_cosine.
   """
   def top(ranked):
     means = metrics.retrieval_metrics(ranked, relevant, (DENSE_K,), DENSE_K)
@@ -147,4 +169,5 @@ def encoder_report(dense_ranked: np.ndarray, relevant: np.ndarray,
   return {"dense": top(dense_ranked),
           "sid_prefix_agreement": [float(x) for x in prefix_agreement.mean(axis=0)],
           "routed": dict(top(routed_ranked), candidates=float(routed_candidates.mean()),
-                         recall=float(routed_found.mean()))}
+                         recall=float(routed_found.mean())),
+          "item_mean_cosine": mean_pairwise_cosine(item_vectors)}

@@ -10,7 +10,8 @@
              and of each level's codeword norm with its code popularity (summed f(i)).
   index      code-usage perplexity per level, unique-SID share, bucket sizes.
   decoder,   the diagnostics of `diagnostics.py` (the decoder's cross-entropy of the
-  encoder    relevant items' SIDs, the encoder's own cosine ranking and SID prefixes),
+  encoder    relevant items' SIDs, the encoder's own cosine ranking and SID prefixes,
+             the items' spread),
              unless `with_diagnostics` is False (validation during training:
              `eval.validation_diagnostics`); one jitted pass per batch beside the search.
 
@@ -130,7 +131,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
                                                    retriever.model.cfg.codebook_sizes)
     report["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement,
                                                    routed_ranked, routed_candidates,
-                                                   routed_found)
+                                                   routed_found, retriever.item_embeddings)
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   if keep_rankings:
     report["rankings"] = ranked
@@ -202,6 +203,7 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
     out["level1_information"] = report["decoder"]["level1_information"]
     out["encoder_dense_hit@10"] = report["encoder"]["dense"]["hit"]
     out["routed_hit@10"] = report["encoder"]["routed"]["hit"]
+    out["item_mean_cosine"] = report["encoder"]["item_mean_cosine"]
   return {name: float(v) for name, v in out.items() if v is not None and math.isfinite(v)}
 
 
@@ -369,7 +371,8 @@ def format_report(report: Dict[str, Any]) -> str:
     lines.append(f"encoder alone (exact cosine top-{diagnostics.DENSE_K}): hit "
                  f"{_fmt(encoder['dense']['hit'])}, ndcg {_fmt(encoder['dense']['ndcg'])}; "
                  "requests quantized to the relevant SID prefix per level "
-                 + " / ".join(_fmt(x) for x in encoder["sid_prefix_agreement"]))
+                 + " / ".join(_fmt(x) for x in encoder["sid_prefix_agreement"])
+                 + f"; mean cosine between two items {_fmt(encoder['item_mean_cosine'])}")
     routed = encoder["routed"]
     lines.append(f"routed without the decoder (the {report['beam_size']} first codes "
                  "nearest the request, then cosine): hit "

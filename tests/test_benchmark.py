@@ -56,6 +56,10 @@ def test_results_md_lists_every_method_with_plots(bench):
   labels = {runner.read_result(bench["workdir"], n)["label"]: n for n in METHODS.split(",")}
   listed = {labels[row.split(" | ")[0][2:]] for row in decoder_table.splitlines()[2:]}
   assert listed == {"two_stage", "dgi"}
+  spread = {labels[row.split(" | ")[0][2:]]: row.split(" | ")[-1].rstrip(" |")
+            for row in decoder_table.splitlines()[2:]}
+  dgi_encoder = runner.read_result(bench["workdir"], "dgi")["report"]["encoder"]
+  assert spread["dgi"] == f"{dgi_encoder['item_mean_cosine']:.3f}"
   missing = [line for line in text.splitlines() if line.startswith("Not run")]
   assert missing and "dgi_ste" in missing[0] and "bm25" not in missing[0]
 

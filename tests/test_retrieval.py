@@ -122,6 +122,11 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
   same = request_codes[request_of_pair] == retriever.sids[
       relevant[request_of_pair, pair_items]]
   np.testing.assert_allclose(agreement, np.cumprod(same, axis=1).mean(axis=0), atol=1e-12)
+  # The spread of the catalogue: every pair's cosine, averaged the slow way.
+  unit = retriever.item_embeddings / np.linalg.norm(retriever.item_embeddings, axis=1,
+                                                   keepdims=True)
+  cosines = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
+  assert report["encoder"]["item_mean_cosine"] == pytest.approx(cosines.mean(), abs=1e-6)
 
 
 def test_excluded_history_leaves_the_ranking_otherwise_unchanged(trained, retriever):
@@ -222,6 +227,17 @@ def test_routed_ranking_is_the_cosine_ranking_under_the_nearest_first_codes(trai
       expected = members[np.argsort(-cosines[b, members])][:diagnostics.DENSE_K]
       np.testing.assert_array_equal(out.routed_top_k[b][:len(expected)], expected)
       assert np.all(out.routed_top_k[b][len(expected):] == -1)
+
+
+def test_mean_pairwise_cosine_known_answer():
+  # Pairs: (a, 2a) 1, (a, b) 0, (2a, b) 0, (a, -a) -1, (2a, -a) -1, (b, -a) 0 -> -1 / 6.
+  a, b = np.array([1.0, 0.0]), np.array([0.0, 3.0])
+  assert diagnostics.mean_pairwise_cosine(np.stack([a, 2 * a, b, -a])) == pytest.approx(-1 / 6)
+  # One direction for every item: the collapse the spread reports; a zero row counts 0.
+  assert diagnostics.mean_pairwise_cosine(np.stack([a, 5 * a, 0.5 * a])) == pytest.approx(1.0)
+  assert diagnostics.mean_pairwise_cosine(np.stack([a, a, 0 * a])) == pytest.approx(1 / 3)
+  with pytest.raises(ValueError, match="at least 2"):
+    diagnostics.mean_pairwise_cosine(a[None])
 
 
 def test_decoder_report_is_the_mean_cross_entropy_against_the_code_entropy():
@@ -364,5 +380,5 @@ def test_validation_can_skip_the_diagnostics(trained, retriever):
   assert 0 < full["candidates"]["mean"] <= retriever.num_items  # Beams hold distinct SIDs.
   flat_full, flat_lean = evaluate.flat_metrics(full), evaluate.flat_metrics(lean)
   assert set(flat_full) - set(flat_lean) == {"level1_information", "encoder_dense_hit@10",
-                                             "routed_hit@10"}
+                                             "routed_hit@10", "item_mean_cosine"}
   assert all(flat_lean[name] == flat_full[name] for name in flat_lean)

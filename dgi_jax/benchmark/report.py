@@ -57,19 +57,25 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
            "(level-1 information) is what the request tells the decoder about the first "
            "code. Encoder alone: Hit@10 of the method's own encoder ranking the catalogue "
            "by cosine (no decoder), and the share of (request, item) pairs whose request "
-           "vector quantizes to the item's SID prefix, per prefix length.", "",
+           "vector quantizes to the item's SID prefix, per prefix length. Item spread: the "
+           "mean cosine between two catalogue items (near 1: the item encoder has "
+           "collapsed to one direction).", "",
            "| method | cross-entropy per level | code entropy per level "
-           "| level-1 information | encoder alone Hit@10 | request on the item's SID prefix |",
-           "|---|---|---|---|---|---|"]
+           "| level-1 information | encoder alone Hit@10 | request on the item's SID prefix "
+           "| item spread |",
+           "|---|---|---|---|---|---|---|"]
   for r in rows:
     decoder, encoder = r["report"]["decoder"], r["report"].get("encoder")
     cells = [r["label"],
              " / ".join(f"{x:.2f}" for x in decoder["code_cross_entropy"]),
              " / ".join(f"{x:.2f}" for x in decoder["target_code_entropy"]),
              f"{decoder['level1_information']:.2f}"]
-    cells += (["–", "–"] if encoder is None else
+    cells += (["–", "–", "–"] if encoder is None else
               [_num(encoder["dense"]["hit"]),
-               " / ".join(f"{x:.3f}" for x in encoder["sid_prefix_agreement"])])
+               " / ".join(f"{x:.3f}" for x in encoder["sid_prefix_agreement"]),
+               # Results written before the spread was measured lack it.
+               _num(encoder["item_mean_cosine"], 3) if "item_mean_cosine" in encoder
+               else "–"])
     lines.append("| " + " | ".join(cells) + " |")
   return lines + [""]
 
