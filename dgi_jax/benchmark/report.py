@@ -73,9 +73,8 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
     cells += (["–", "–", "–"] if encoder is None else
               [_num(encoder["dense"]["hit"]),
                " / ".join(f"{x:.3f}" for x in encoder["sid_prefix_agreement"]),
-               # Results written before the spread was measured lack it.
-               _num(encoder["item_mean_cosine"], 3) if "item_mean_cosine" in encoder
-               else "–"])
+               # Results written before the spread was measured lack it: '–'.
+               _num(encoder.get("item_mean_cosine"), 3)])
     lines.append("| " + " | ".join(cells) + " |")
   return lines + [""]
 
