@@ -66,6 +66,11 @@ def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
     # 512), and k-means over the whole catalogue (up to 100k items). This replaces
     # model.codebook_sizes and train.kmeans_items; False keeps them as set.
     c.benchmark.size_index_to_catalogue = True
+    # Each trained method runs this many times; run k adds k to train.seed
+    # (initialisation, k-means, Gumbel noise) and data.shuffle_seed (batch order), and
+    # lives in <workdir>/seed<k> (k = 0: <workdir> itself, whose runs fill the tables).
+    # results.md adds the mean and standard error over the finished seeds.
+    c.benchmark.num_seeds = 1
     c.benchmark.bm25_k1 = 0.9  # BM25 term-frequency saturation (Anserini default).
     c.benchmark.bm25_b = 0.4  # BM25 length normalisation (Anserini default).
     # Options of the dataset's converter (dgi_jax/data/converters), e.g. max_valid_users.

@@ -2,6 +2,8 @@
 index of Two-Stage, agreement with `dgi eval`, results.md and resuming."""
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import evaluate, retrieval
+from dgi_jax import evaluate, metrics_log, retrieval
 from dgi_jax import trained_run
 from dgi_jax.baselines import dense
 from dgi_jax.benchmark import runner
@@ -199,6 +201,46 @@ def test_rerun_keeps_finished_methods_and_runs_only_new_ones(bench, monkeypatch)
   assert (bench["workdir"] / "dgi" / runner.RESULT_FILE).stat().st_mtime_ns == before
 
 
+def test_seeds_rerun_the_trained_methods_and_report_mean_and_error(bench, tmp_path,
+                                                                  monkeypatch):
+  workdir = tmp_path / "work"
+  shutil.copytree(bench["workdir"], workdir)  # Run 0 of each method: the fixture's.
+  config = _benchmark_config()
+  with config.unlocked():
+    config.benchmark.num_seeds = 2
+  path = runner.run_benchmark(str(bench["data"]), "bm25,dgi", config, workdir,
+                              results_dir=tmp_path / "results", command=["dgi"],
+                              log=lambda _: None)
+  # BM25 is deterministic: one run. DGI's second run has both seeds moved by one.
+  assert not (workdir / "seed1" / "bm25").exists()
+  first, second = (trained_run.read_config(w / "dgi" / "main")
+                   for w in (workdir, workdir / "seed1"))
+  assert second.train.seed == first.train.seed + 1
+  assert second.data.shuffle_seed == first.data.shuffle_seed + 1
+  losses = [[r["total"] for r in metrics_log.read_metrics(w / "dgi" / "main")
+             if r["kind"] == "train"] for w in (workdir, workdir / "seed1")]
+  assert losses[0] != losses[1]
+  # The seeds row: mean and standard error of two values, (a + b) / 2 and |a - b| / 2.
+  runs = [runner.read_result(w, "dgi") for w in (workdir, workdir / "seed1")]
+  a, b = (r["report"]["metrics"]["hit@10"] for r in runs)
+  seeds_section = path.read_text().split("## Over seeds")[1].split("\n## ")[0]
+  rows = [line for line in seeds_section.splitlines() if line.startswith("| DGI")]
+  assert rows == [rows[0]] and f"| 2 | {(a + b) / 2:.4f} ± {abs(a - b) / 2:.4f} |" in rows[0]
+  assert "BM25" not in seeds_section and "Dense" not in seeds_section  # One run each.
+  # A rerun finds every run finished and trains nothing.
+  monkeypatch.setattr(runner, "run_method", lambda *args: pytest.fail("ran again"))
+  runner.run_benchmark(str(bench["data"]), "bm25,dgi", config, workdir,
+                       results_dir=tmp_path / "results", command=["dgi"],
+                       log=lambda _: None)
+
+
+def test_mean_and_standard_error_by_hand():
+  mean, error = runner.report_lib.mean_and_standard_error([0.1, 0.2, 0.3])
+  # Sample standard deviation 0.1, over sqrt(3).
+  assert mean == pytest.approx(0.2) and error == pytest.approx(0.1 / math.sqrt(3))
+  assert runner.report_lib.mean_and_standard_error([0.4]) == (0.4, 0.0)
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope"):
     runner.run_benchmark(str(tmp_path / "nope"), "bm25", _benchmark_config(), tmp_path,
@@ -206,6 +248,11 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown method"):
     runner.run_benchmark(str(tmp_path), "bm26", _benchmark_config(), tmp_path,
                          log=lambda _: None)
+  config = _benchmark_config()
+  with config.unlocked():
+    config.benchmark.num_seeds = 0
+  with pytest.raises(ValueError, match="num_seeds=0"):
+    runner.run_benchmark(str(tmp_path), "bm25", config, tmp_path, log=lambda _: None)
 
 
 def _dgi(*args):

@@ -32,6 +32,8 @@ from typing import Dict, Tuple
 
 BM25, ZERO_SHOT, DENSE, GENERATIVE, TWO_STAGE = ("bm25", "zero_shot", "dense", "generative",
                                                  "two_stage")
+# Kinds that train, hence depend on the seeds (BM25 and zero-shot are deterministic).
+TRAINED = (DENSE, GENERATIVE, TWO_STAGE)
 
 # Loss weights that switch every term off; methods turn on what they train with.
 _NO_LOSSES = {"loss.ntp_weight": 0.0, "loss.global_weight": 0.0, "loss.local_weight": 0.0,

@@ -1,7 +1,8 @@
 """results.md of a benchmark: Table-2 and Table-3 style tables, long tail, plots."""
 
+import math
 import pathlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dgi_jax import atomic_write
 from dgi_jax import config_checks
@@ -16,6 +17,46 @@ METRIC_COLUMNS = (("Hit@1", "hit@1"), ("Hit@5", "hit@5"), ("Hit@10", "hit@10"),
 
 def _num(x, digits: int = 4) -> str:
   return "–" if x is None else f"{x:.{digits}f}"
+
+
+def mean_and_standard_error(values: Sequence[float]) -> Tuple[float, float]:
+  """The mean of `values` and its standard error: the sample standard deviation (n - 1 in
+  the denominator) over sqrt(n); 0 for a single value."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, 0.0
+  variance = sum((x - mean) ** 2 for x in values) / (n - 1)
+  return mean, math.sqrt(variance / n)
+
+
+def _seed_cell(values: Sequence[float], digits: int = 4) -> str:
+  mean, error = mean_and_standard_error(values)
+  return f"{mean:.{digits}f} ± {error:.{digits}f}"
+
+
+def _seeds_table(seeds: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+  """Mean ± standard error over the seeds of each method run with more than one."""
+  rows = [runs for runs in seeds.values() if len(runs) > 1]
+  if not rows:
+    return []
+  lines = ["## Over seeds: mean ± standard error", "",
+           "Run k of a trained method adds k to train.seed (initialisation, k-means, Gumbel "
+           "noise) and data.shuffle_seed (batch order); the tables above report run 0. "
+           "Standard error: the sample standard deviation over sqrt(number of seeds).", "",
+           "| method | seeds | Hit@10 | N@10 | B4 Hit@10 (tail) | unique SIDs "
+           "| Hit@10 per seed |", "|---|---|---|---|---|---|---|"]
+  for runs in rows:
+    reports = [r["report"] for r in runs]
+    indexes = [r["index"]["unique_sid_share"] for r in reports if r.get("index")]
+    cells = [runs[0]["label"], str(len(runs)),
+             _seed_cell([r["metrics"]["hit@10"] for r in reports]),
+             _seed_cell([r["metrics"]["ndcg@10"] for r in reports]),
+             _seed_cell([r["long_tail"]["buckets"][-1]["hit@10"] for r in reports], 3),
+             _seed_cell(indexes, 3) if len(indexes) == len(reports) else "–",
+             " / ".join(_num(r["metrics"]["hit@10"]) for r in reports)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines + [""]
 
 
 def _metrics_table(results: Sequence[Dict[str, Any]]) -> List[str]:
@@ -132,15 +173,18 @@ def _budget(config) -> str:
 
 
 def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,
-                  command: str) -> pathlib.Path:
+                  command: str,
+                  seeds: Optional[Dict[str, List[Dict[str, Any]]]] = None) -> pathlib.Path:
   """Writes results.md and one long-tail PNG per finished method under `results_dir`.
 
   Args:
     dataset: the dataset's name, for titles.
     config: the benchmark config (budget description, reference numbers).
-    finished: method name -> its result (see `runner.run_method`).
+    finished: method name -> its result (see `runner.run_method`), run 0 of its seeds.
     results_dir: output folder.
     command: the command line that produced the results.
+    seeds: method name -> its finished results over the seeds, run 0 first; methods with
+      more than one get a row of mean ± standard error.
   """
   results_dir = pathlib.Path(results_dir)
   finished = {m.name: finished[m.name] for m in methods_lib.METHODS if m.name in finished}
@@ -163,6 +207,7 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
     lines += [f"## {title}", ""]
     lines += _metrics_table(rows) if rows else ["(no method finished yet)"]
     lines.append("")
+  lines += _seeds_table({name: (seeds or {}).get(name, []) for name in finished})
   if finished:
     rows = list(finished.values())
     lines += ["## Long tail: Hit@10 by target popularity (B0 head .. B4 tail)", "",

@@ -8,6 +8,8 @@ Layout of a benchmark work directory:
                        benchmark.encoder_warmup_fraction > 0), then main/ (DGI and its
                        ablations) or stage1/ and stage2/ (two_stage)
   <method>/result.json its test report, timings and config; written last, atomically
+  seed<k>/<method>/    the same for run k of a trained method (benchmark.num_seeds > 1),
+                       trained with train.seed and data.shuffle_seed plus k
 
 A method with a result.json is finished and is not run again; one without is (re)started,
 and its training resumes from its own latest checkpoint. The results table and plots are
@@ -83,6 +85,27 @@ def index_for_catalogue(num_items: int, num_levels: int) -> Dict[str, Any]:
   size = int(min(max(size, 16), 4096, num_items))
   return {"model.codebook_sizes": (size,) * num_levels,
           "train.kmeans_items": min(num_items, 100_000)}
+
+
+def seed_workdir(workdir, run: int) -> pathlib.Path:
+  """Where run `run` of the trained methods lives: `workdir` itself for run 0 (the runs
+  the tables report), <workdir>/seed<run> for the repeats."""
+  workdir = pathlib.Path(workdir)
+  return workdir / f"seed{run}" if run else workdir
+
+
+def seeded_config(base: ml_collections.ConfigDict, run: int) -> ml_collections.ConfigDict:
+  """`base` for run `run` of a trained method: `run` added to train.seed (initialisation,
+  k-means, Gumbel noise) and data.shuffle_seed (batch order)."""
+  if not run:
+    return base
+  return method_config(base, {}, **{"train.seed": int(base.train.seed) + run,
+                                    "data.shuffle_seed": int(base.data.shuffle_seed) + run})
+
+
+def _runs_of(method: methods_lib.Method, num_seeds: int) -> range:
+  """The runs of `method`: one per seed if it trains, one if it is deterministic."""
+  return range(num_seeds if method.kind in methods_lib.TRAINED else 1)
 
 
 class BenchmarkInterrupted(RuntimeError):
@@ -312,6 +335,9 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     The path of results.md.
   """
   selected = methods_lib.select(method_spec)
+  num_seeds = int(base_config.benchmark.get("num_seeds", 1))
+  if num_seeds < 1:
+    raise ValueError(f"--config.benchmark.num_seeds={num_seeds}: give 1 or more")
   workdir = pathlib.Path(workdir)
   results_dir = pathlib.Path(results_dir or workdir)
   data_dir = dataset_directory(dataset, data_root, workdir,
@@ -327,25 +353,37 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   base = encoders.resolve_pretrained(method_config(
       base_config, sized, **{"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}))
   command = shlex.join(command if command is not None else sys.argv)
+  # A method's seeds run back to back, so the methods listed first finish first.
   for method in selected:
-    if read_result(workdir, method.name) is not None:
-      log(f"[benchmark] {method.name}: finished earlier, kept")
-      continue
     if method.kind == methods_lib.ZERO_SHOT and not base.model.pretrained:
       log(f"[benchmark] {method.name}: skipped, the encoder is not pre-trained "
           "(model.pretrained is empty)")
       continue
-    log(f"[benchmark] {method.name}: {method.label}")
-    result = run_method(method, base, workdir)
-    metrics = result["report"]["metrics"]
-    log(f"[benchmark] {method.name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
-        f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
-    _write_results(dataset, base, workdir, results_dir, command)
-  return _write_results(dataset, base, workdir, results_dir, command)
+    for run in _runs_of(method, num_seeds):
+      name = method.name + (f" (seed +{run})" if run else "")
+      run_dir = seed_workdir(workdir, run)
+      if read_result(run_dir, method.name) is not None:
+        log(f"[benchmark] {name}: finished earlier, kept")
+        continue
+      log(f"[benchmark] {name}: {method.label}")
+      result = run_method(method, seeded_config(base, run), run_dir)
+      metrics = result["report"]["metrics"]
+      log(f"[benchmark] {name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
+          f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
+      _write_results(dataset, base, workdir, results_dir, command, num_seeds)
+  return _write_results(dataset, base, workdir, results_dir, command, num_seeds)
 
 
-def _write_results(dataset, config, workdir, results_dir, command) -> pathlib.Path:
-  finished = {m.name: read_result(workdir, m.name) for m in methods_lib.METHODS}
+def _write_results(dataset, config, workdir, results_dir, command,
+                   num_seeds: int) -> pathlib.Path:
+  """results.md from every finished result: run 0 of each method for the tables, and
+  each method's finished runs over the first `num_seeds` seeds."""
+  seeds = {}
+  for method in methods_lib.METHODS:
+    runs = [read_result(seed_workdir(workdir, run), method.name)
+            for run in _runs_of(method, num_seeds)]
+    if runs[0] is not None:
+      seeds[method.name] = [r for r in runs if r is not None]
   return report_lib.write_results(
-      dataset, config, {name: r for name, r in finished.items() if r is not None},
-      results_dir, command)
+      dataset, config, {name: runs[0] for name, runs in seeds.items()}, results_dir,
+      command, seeds)
