@@ -208,19 +208,16 @@ def request_batch_size(config) -> int:
 
 
 def build(model: DGIModel, params, run_data: run_setup.RunData, config,
-          show_progress: bool = True,
-          request_tokens: Optional[np.ndarray] = None) -> EncoderCache:
+          request_tokens: np.ndarray, show_progress: bool = True) -> EncoderCache:
   """Encodes the catalogue and every training request under `params` (batches of
   `eval.item_batch_size` items and `request_batch_size` requests, the requests shortest
-  first: `encode_request_rows`). `request_tokens`: `training_request_tokens`, when the
-  caller has them."""
+  first: `encode_request_rows`). `request_tokens` [R, L]: `training_request_tokens`, the
+  rows the cache's key (`fingerprint`) hashed."""
   dtype = jnp.dtype(config.train.encoder_cache_dtype)  # config_checks.ENCODER_CACHE_DTYPES
   items = run_setup.embed_items(model, params, run_data.catalogue_tokens,
                                 int(config.eval.item_batch_size))
-  batch_size = request_batch_size(config)
-  tokens = (training_request_tokens(run_data, config, batch_size) if request_tokens is None
-            else request_tokens)
-  return EncoderCache(items, *encode_request_rows(model, params, tokens, batch_size, dtype,
+  return EncoderCache(items, *encode_request_rows(model, params, request_tokens,
+                                                  request_batch_size(config), dtype,
                                                   show_progress))
 
 
@@ -306,19 +303,16 @@ def encode_bottom_rows(model: DGIModel, params, tokens: np.ndarray, num_layers: 
 
 
 def build_bottom(model: DGIModel, params, run_data: run_setup.RunData, config,
-                 show_progress: bool = True,
-                 request_tokens: Optional[np.ndarray] = None) -> BottomCache:
+                 request_tokens: np.ndarray, show_progress: bool = True) -> BottomCache:
   """Runs the frozen bottom (`frozen_bottom_layers`) over the catalogue and every
   training request under `params`, both shortest first at the width each batch needs.
-  `request_tokens`: `training_request_tokens`, when the caller has them."""
+  `request_tokens` [R, L]: `training_request_tokens`, the rows the key hashed."""
   dtype = jnp.dtype(config.train.encoder_cache_dtype)
   num_layers = frozen_bottom_layers(model, config)
   batch_size = request_batch_size(config)
   items = encode_bottom_rows(model, params, run_data.catalogue_tokens, num_layers,
                              batch_size, dtype, "encoder cache: items", show_progress)
-  tokens = (training_request_tokens(run_data, config, batch_size) if request_tokens is None
-            else request_tokens)
-  requests = encode_bottom_rows(model, params, tokens, num_layers, batch_size, dtype,
+  requests = encode_bottom_rows(model, params, request_tokens, num_layers, batch_size, dtype,
                                 "encoder cache: requests", show_progress)
   return BottomCache(num_layers, *items, *requests)
 

@@ -31,6 +31,12 @@ def _model_params(config):
   return model, run_setup.init_params(model, config, jax.random.PRNGKey(0))
 
 
+def _request_tokens(run_data, config):
+  """The rows a training run's cache encodes (and its key hashes)."""
+  return encoder_cache.training_request_tokens(run_data, config,
+                                               encoder_cache.request_batch_size(config))
+
+
 def test_only_a_constant_encoder_is_cached(tmp_path):
   config = _frozen_config(tmp_path)
   model, params = _model_params(config)
@@ -66,7 +72,8 @@ def test_cached_rows_are_the_models_own_encoding(tmp_path, monkeypatch):
     return encode(model, params, query_tokens)
 
   monkeypatch.setattr(run_setup, "encode_requests", recording_encode)
-  cache = encoder_cache.build(model, params, run_data, config, show_progress=False)
+  cache = encoder_cache.build(model, params, run_data, config,
+                              _request_tokens(run_data, config), show_progress=False)
   # Some batches were encoded narrower than the rows they fill, some at full width.
   assert min(widths) < config.data.max_query_len == max(widths)
   num_requests = run_data.dataset.num_examples("train")
@@ -325,7 +332,8 @@ def test_bottom_cache_rows_are_the_frozen_layers_output(tmp_path):
   with config.unlocked():
     config.train.parallelism = "jit"
   run_data = run_setup.prepare_run_data(config, tmp_path / "run")
-  cache = encoder_cache.build_bottom(model, params, run_data, config, show_progress=False)
+  cache = encoder_cache.build_bottom(model, params, run_data, config,
+                                     _request_tokens(run_data, config), show_progress=False)
   num_items, num_requests = run_data.dataset.num_items, run_data.dataset.num_examples("train")
   assert cache.num_layers == 4 and len(cache.request_hidden) == num_requests
   assert cache.nbytes == encoder_cache.bottom_cache_bytes(
