@@ -167,6 +167,11 @@ def get_config() -> ml_collections.ConfigDict:
   # exactly at twice the memory).
   c.train.cache_frozen_encoder = True
   c.train.encoder_cache_dtype = "bfloat16"
+  # A folder that keeps that cache across processes, under a digest of the frozen weights
+  # and the data it encodes (one cache: saving one removes the others there); a later run
+  # maps it back instead of encoding again. Empty: memory only. `dgi benchmark` uses
+  # <workdir>/encoder_cache.
+  c.train.encoder_cache_dir = ""
   c.train.best_metric = "hit@10"  # Validation metric that picks the best checkpoint.
   c.train.init_from = ""  # Work directory (or checkpoint dir) to initialise params from.
   # With init_from: replace its codebooks by k-means over the loaded encoder's item

@@ -20,6 +20,7 @@ MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
               "train.parallelism", "train.init_from", "train.init_from_kmeans",
               "train.kmeans_init", "train.kmeans_iters", "train.kmeans_items",
               "train.cache_frozen_encoder", "train.encoder_cache_dtype",
+              "train.encoder_cache_dir",
               "data.tfds_dir", "data.worker_count", "model.pretrained", "eval.",
               "benchmark.")
 # Fields that select the dataset: compared through the run record's dataset version.

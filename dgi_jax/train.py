@@ -128,7 +128,9 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
   steps are left, or when the cache would take more than
   `encoder_cache.MAX_MEMORY_SHARE` of the free memory. A cache that an earlier run in
   this process built from the same frozen weights and data is taken as it is
-  (`encoder_cache.take_held`).
+  (`encoder_cache.take_held`), and so is one an earlier process saved in
+  `train.encoder_cache_dir` (memory-mapped: it takes no memory check); a cache built
+  here is saved there.
 
   `params` may be a new run's before k-means: the cache reads only the encoder's.
   """
@@ -156,6 +158,15 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
     _log(f"The encoder is frozen: the steps read {what}, kept from an earlier run in this "
          "process with the same frozen weights and data")
     return cache
+  cache_dir = config.train.get("encoder_cache_dir", "")
+  if cache_dir:
+    with timer.phase("encoder_cache"):
+      cache = encoder_cache.load(cache_dir, key)
+    if cache is not None:
+      encoder_cache.hold(key, cache)
+      _log(f"The encoder is frozen: the steps read {what}, saved by an earlier process "
+           f"in {cache_dir} with the same frozen weights and data")
+      return cache
   available = encoder_cache.available_memory_bytes()
   if needed > encoder_cache.MAX_MEMORY_SHARE * available:
     _log(f"The encoder is frozen, but {what} would take {needed / 2**30:.1f} GiB of "
@@ -164,9 +175,13 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
     return None
   with timer.phase("encoder_cache"):
     cache = build(model, params, run_data, config, request_tokens=request_tokens)
+    if cache_dir and jax.process_index() == 0:
+      encoder_cache.save(cache, cache_dir, key)
   encoder_cache.hold(key, cache)
   _log(f"The encoder is frozen: the steps read {what}, encoded once "
-       f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder)")
+       f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder"
+       + (f"; saved in {cache_dir}" if cache_dir and jax.process_index() == 0 else "")
+       + ")")
   return cache
 
 

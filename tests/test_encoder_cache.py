@@ -186,6 +186,37 @@ def test_a_later_run_on_the_same_frozen_encoder_takes_the_held_cache(tmp_path, m
   assert len(builds) == 3
 
 
+def test_a_cache_saved_on_disk_serves_a_later_process(tmp_path, monkeypatch):
+  """With train.encoder_cache_dir, a run in a new process (the held cache released) maps
+  the saved cache back instead of building, and ends where the first run ended; a run on
+  other frozen weights builds and replaces it."""
+  builds = []
+  build = encoder_cache.build
+
+  def counting_build(*args, **kwargs):
+    builds.append(True)
+    return build(*args, **kwargs)
+
+  monkeypatch.setattr(encoder_cache, "build", counting_build)
+  disk = tmp_path / "cache"
+  config = _frozen_config(tmp_path / "tfds", encoder_cache_dir=str(disk))
+  first, _ = _train(config, tmp_path / "first")
+  saved = [p.name for p in disk.iterdir()]
+  assert len(builds) == 1 and len(saved) == 1
+  encoder_cache.release_held()  # As a new process starts.
+  second, _ = _train(config, tmp_path / "second")
+  assert len(builds) == 1
+  assert isinstance(encoder_cache.take_held(saved[0]).request_states, np.memmap)
+  jax.tree.map(np.testing.assert_array_equal, first, second)
+  (disk / f".{'0' * 40}.killed").mkdir()  # A write that never finished.
+  encoder_cache.release_held()
+  _train(_frozen_config(tmp_path / "tfds", seed=1, encoder_cache_dir=str(disk)),
+         tmp_path / "reseeded")
+  assert len(builds) == 2
+  remaining = [p.name for p in disk.iterdir()]
+  assert len(remaining) == 1 and remaining != saved
+
+
 def test_the_cache_fingerprint_reads_frozen_weights_and_tokens_only(tmp_path):
   config = _frozen_config(tmp_path / "tfds")
   with config.unlocked():  # The embeddings and the one layer frozen, the final LayerNorm
@@ -336,6 +367,15 @@ def test_bottom_cache_rows_are_the_frozen_layers_output(tmp_path):
                                      _request_tokens(run_data, config), show_progress=False)
   num_items, num_requests = run_data.dataset.num_items, run_data.dataset.num_examples("train")
   assert cache.num_layers == 4 and len(cache.request_hidden) == num_requests
+  # Saved and mapped back: the same arrays, dtypes and layer count.
+  key = "0" * 40
+  encoder_cache.save(cache, tmp_path / "disk", key)
+  loaded = encoder_cache.load(tmp_path / "disk", key)
+  assert loaded.num_layers == cache.num_layers
+  for name in ("item_hidden", "item_masks", "request_hidden", "request_masks"):
+    assert getattr(loaded, name).dtype == getattr(cache, name).dtype
+    np.testing.assert_array_equal(getattr(loaded, name), getattr(cache, name))
+  assert encoder_cache.load(tmp_path / "disk", "1" * 40) is None
   assert cache.nbytes == encoder_cache.bottom_cache_bytes(
       num_items, run_data.catalogue_tokens.shape[1], num_requests, config, model.cfg.d_model)
 

@@ -4,6 +4,7 @@ Layout of a benchmark work directory:
 
   data/<dataset>/      the converted JSONL dataset (beauty, scifact), built once
   tfds/                prepared TFDS files and tokenizer, shared by every method
+  encoder_cache/       the frozen encoder's outputs (`encoder_cache.save`), shared likewise
   <method>/            the method's training runs: warmup/ (the encoder warm-up, when
                        benchmark.encoder_warmup_fraction > 0), then main/ (DGI and its
                        ablations) or stage1/ and stage2/ (two_stage)
@@ -350,8 +351,12 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
         f"k-means over {sized['train.kmeans_items']} items")
   # A pre-trained encoder's architecture and vocabulary, for every method (BM25 reads
   # the run's tokenizer too).
-  base = encoders.resolve_pretrained(method_config(
-      base_config, sized, **{"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}))
+  # Shared by every method: the prepared data, and the frozen encoder's cache on disk
+  # (unless the config names a folder for it).
+  shared = {"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}
+  if not base_config.train.get("encoder_cache_dir", ""):
+    shared["train.encoder_cache_dir"] = str(workdir / "encoder_cache")
+  base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
   command = shlex.join(command if command is not None else sys.argv)
   # A method's seeds run back to back, so the methods listed first finish first.
   for method in selected:
