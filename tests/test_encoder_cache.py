@@ -158,10 +158,8 @@ def test_a_cache_larger_than_half_the_free_memory_is_not_built(uncached, tmp_pat
   jax.tree.map(np.testing.assert_array_equal, params, uncached[0])  # The uncached steps.
 
 
-def test_a_later_run_on_the_same_frozen_encoder_takes_the_held_cache(tmp_path, monkeypatch):
-  """The benchmark trains its methods one after another in one process: a run whose
-  frozen weights and data equal an earlier run's reads the cache that run built, and ends
-  where it ends when it builds its own; other frozen weights build a new one."""
+def _count_builds(monkeypatch):
+  """A list that grows by one each time a run builds an `EncoderCache`."""
   builds = []
   build = encoder_cache.build
 
@@ -170,6 +168,14 @@ def test_a_later_run_on_the_same_frozen_encoder_takes_the_held_cache(tmp_path, m
     return build(*args, **kwargs)
 
   monkeypatch.setattr(encoder_cache, "build", counting_build)
+  return builds
+
+
+def test_a_later_run_on_the_same_frozen_encoder_takes_the_held_cache(tmp_path, monkeypatch):
+  """The benchmark trains its methods one after another in one process: a run whose
+  frozen weights and data equal an earlier run's reads the cache that run built, and ends
+  where it ends when it builds its own; other frozen weights build a new one."""
+  builds = _count_builds(monkeypatch)
   config = _frozen_config(tmp_path / "tfds")
   _train(config, tmp_path / "first")
   untied = _frozen_config(tmp_path / "tfds")
@@ -190,14 +196,7 @@ def test_a_cache_saved_on_disk_serves_a_later_process(tmp_path, monkeypatch):
   """With train.encoder_cache_dir, a run in a new process (the held cache released) maps
   the saved cache back instead of building, and ends where the first run ended; a run on
   other frozen weights builds and replaces it."""
-  builds = []
-  build = encoder_cache.build
-
-  def counting_build(*args, **kwargs):
-    builds.append(True)
-    return build(*args, **kwargs)
-
-  monkeypatch.setattr(encoder_cache, "build", counting_build)
+  builds = _count_builds(monkeypatch)
   disk = tmp_path / "cache"
   config = _frozen_config(tmp_path / "tfds", encoder_cache_dir=str(disk))
   first, _ = _train(config, tmp_path / "first")
