@@ -413,6 +413,7 @@ def save(cache: Union[EncoderCache, BottomCache], directory, key: str) -> pathli
   final = directory / key
   if not final.is_dir():
     partial = pathlib.Path(tempfile.mkdtemp(dir=directory, prefix=f".{key}."))
+    partial.chmod(0o755)  # mkdtemp's 0700 would hide the cache from the folder's other users.
     arrays, scalars = {}, {}
     for field in dataclasses.fields(cache):
       value = getattr(cache, field.name)

@@ -202,6 +202,7 @@ def test_a_cache_saved_on_disk_serves_a_later_process(tmp_path, monkeypatch):
   first, _ = _train(config, tmp_path / "first")
   saved = [p.name for p in disk.iterdir()]
   assert len(builds) == 1 and len(saved) == 1
+  assert (disk / saved[0]).stat().st_mode & 0o777 == 0o755  # Not mkdtemp's private 0700.
   encoder_cache.release_held()  # As a new process starts.
   second, _ = _train(config, tmp_path / "second")
   assert len(builds) == 1
