@@ -3,6 +3,7 @@
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -25,6 +26,32 @@ def atomic_path(path, suffix: str = "") -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path) -> Iterator[pathlib.Path]:
+  """Yields a temporary folder beside `path` (its parent is created) to fill.
+
+  When the block ends normally the folder takes `path`'s place: renamed onto it, or, if
+  `path` exists, swapped with it and the old one removed. When it raises, the temporary
+  folder is removed and `path` is left untouched. The folder is made 0755 rather than
+  mkdtemp's private 0700, so that it reads as a folder made with mkdir would.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  tmp.chmod(0o755)
+  try:
+    yield tmp
+    if path.exists():
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+      os.replace(path, old / "data")
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text: str) -> pathlib.Path:

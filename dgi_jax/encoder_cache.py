@@ -37,7 +37,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 from typing import Dict, Optional, Union
 
 import jax
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dgi_jax import optim, retrieval, run_setup
+from dgi_jax import atomic_write, optim, retrieval, run_setup
 from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
@@ -406,32 +405,34 @@ def save(cache: Union[EncoderCache, BottomCache], directory, key: str) -> pathli
 
   Each array is a .npy file, stored as unsigned integers of its width (numpy has no
   bfloat16) with its dtype named in cache.json. The folder is written under a temporary
-  name and renamed, so a cache folder is complete or absent.
+  name and renamed (`atomic_write.atomic_directory`), so a cache folder is complete or
+  absent.
   """
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  final = directory / key
+  final = pathlib.Path(directory) / key
   if not final.is_dir():
-    partial = pathlib.Path(tempfile.mkdtemp(dir=directory, prefix=f".{key}."))
-    partial.chmod(0o755)  # mkdtemp's 0700 would hide the cache from the folder's other users.
-    arrays, scalars = {}, {}
-    for field in dataclasses.fields(cache):
-      value = getattr(cache, field.name)
-      if isinstance(value, np.ndarray):
-        np.save(partial / f"{field.name}.npy", value.view(f"u{value.dtype.itemsize}"))
-        arrays[field.name] = value.dtype.name
-      else:
-        scalars[field.name] = value
-    description = {"kind": type(cache).__name__, "arrays": arrays, "scalars": scalars}
-    (partial / _DESCRIPTION).write_text(json.dumps(description), encoding="utf-8")
-    os.rename(partial, final)
-  for other in directory.iterdir():
+    with atomic_write.atomic_directory(final) as partial:
+      _write_arrays(cache, partial)
+  for other in final.parent.iterdir():
     # Only this module's folders: other caches, and the partial ones of killed writes.
     ours = _FINGERPRINT.fullmatch(other.name) or (other.name.startswith(".") and
                                                   _FINGERPRINT.match(other.name[1:]))
     if other != final and other.is_dir() and ours:
       shutil.rmtree(other, ignore_errors=True)
   return final
+
+
+def _write_arrays(cache: Union[EncoderCache, BottomCache], folder: pathlib.Path) -> None:
+  """One .npy file per array field of `cache` in `folder`, then cache.json."""
+  arrays, scalars = {}, {}
+  for field in dataclasses.fields(cache):
+    value = getattr(cache, field.name)
+    if isinstance(value, np.ndarray):
+      np.save(folder / f"{field.name}.npy", value.view(f"u{value.dtype.itemsize}"))
+      arrays[field.name] = value.dtype.name
+    else:
+      scalars[field.name] = value
+  description = {"kind": type(cache).__name__, "arrays": arrays, "scalars": scalars}
+  (folder / _DESCRIPTION).write_text(json.dumps(description), encoding="utf-8")
 
 
 def load(directory, key: str) -> Optional[Union[EncoderCache, BottomCache]]:

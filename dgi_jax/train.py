@@ -173,15 +173,15 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
          f"the {available / 2**30:.1f} GiB free: the steps run it instead (a bfloat16 "
          "train.encoder_cache_dtype halves them)")
     return None
+  save_here = bool(cache_dir) and jax.process_index() == 0  # One writer per folder.
   with timer.phase("encoder_cache"):
     cache = build(model, params, run_data, config, request_tokens=request_tokens)
-    if cache_dir and jax.process_index() == 0:
+    if save_here:
       encoder_cache.save(cache, cache_dir, key)
   encoder_cache.hold(key, cache)
   _log(f"The encoder is frozen: the steps read {what}, encoded once "
        f"({cache.nbytes / 2**30:.2f} GiB; train.cache_frozen_encoder"
-       + (f"; saved in {cache_dir}" if cache_dir and jax.process_index() == 0 else "")
-       + ")")
+       + (f"; saved in {cache_dir}" if save_here else "") + ")")
   return cache
 
 

@@ -18,11 +18,9 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
-from dgi_jax import errors
+from dgi_jax import atomic_write, errors
 from dgi_jax.data import records
 
 # JSON type names for error messages: users write JSON, not Python.
@@ -254,22 +252,10 @@ def write_jsonl_dataset(directory: os.PathLike | str, items: Sequence[records.It
     if not lines[name]:
       raise DatasetFormatError(name, "file holds no records")
 
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-",
-                                      dir=directory.parent))
-  try:
+  # An existing directory is only reachable here with overwrite=True.
+  with atomic_write.atomic_directory(directory) as tmp:
     for name, objs in lines.items():
       with open(tmp / name, "w", encoding="utf-8") as f:
         for obj in objs:
           f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    if directory.exists():  # Only reachable with overwrite=True.
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-",
-                                          dir=directory.parent))
-      os.replace(directory, old / "data")
-      os.replace(tmp, directory)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, directory)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return directory
