@@ -68,13 +68,10 @@ def frozen_bottom_layers(model: DGIModel, config) -> int:
   so that `BottomCache` may hold their output: `optim.freeze_encoder_layers` of a
   BERT-family encoder shared by items and requests, without dropout or history items;
   0 where that does not hold. (T5's layers read a position bias that its first layer
-  computes, and a separate item tower would need its own cache: both are left out.
-  Under `train.parallelism='pmap'` a cached run with validation passes aborted inside
-  XLA about one time in three, so pmap keeps the uncached steps; jit, the default, does
-  not have the fault.)"""
+  computes, and a separate item tower would need its own cache: both are left out.)"""
   cfg = model.cfg
   if (cfg.encoder != "bert" or cfg.separate_item_encoder or cfg.dropout_rate > 0
-      or cfg.history_items or config.train.parallelism == "pmap"):
+      or cfg.history_items):
     return 0
   return int(config.optim.freeze_encoder_layers)
 

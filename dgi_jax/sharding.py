@@ -64,8 +64,16 @@ def replicate_for_pmap(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """First device's copy of a pmap-replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first local device's copy of a pmap-replicated pytree, on that device alone.
+
+  Each leaf is read from the device's own buffer. Indexing the leading axis (`x[0]`)
+  would instead compile, for every leaf, a program over all local devices with an
+  all-reduce (pmap's outputs are NamedSharding arrays over a 'local_devices' mesh), and
+  its result would stay replicated on every device: with many such programs in flight on
+  simulated CPU devices, XLA's in-process collectives could wait for threads that other
+  programs' waiting participants held, and the rendezvous timeout then aborted the process.
+  """
+  return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
 
 
 def sync_processes(name: str) -> None:

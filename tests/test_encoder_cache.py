@@ -312,7 +312,8 @@ def _bottom_config(tfds_dir, **train_fields):
   return config
 
 
-def test_training_from_the_cached_bottom_follows_the_uncached_run(tmp_path, parallelism="jit"):
+@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
+def test_training_from_the_cached_bottom_follows_the_uncached_run(tmp_path, parallelism):
   """A partly frozen BERT encoder: the steps run its top layers from the cached bottom
   layers' output and end where the uncached steps end (float32 cache)."""
   config = _bottom_config(tmp_path / "tfds", encoder_cache_dtype="float32",
@@ -357,11 +358,6 @@ def test_bottom_cache_rows_are_the_frozen_layers_output(tmp_path):
       config.model.pretrained)
   assert encoder_cache.use_bottom_cache(model, params, config)
   assert not encoder_cache.use_cache(model, params, config)
-  with config.unlocked():  # pmap keeps the uncached steps (`frozen_bottom_layers`).
-    config.train.parallelism = "pmap"
-  assert not encoder_cache.use_bottom_cache(model, params, config)
-  with config.unlocked():
-    config.train.parallelism = "jit"
   run_data = run_setup.prepare_run_data(config, tmp_path / "run")
   cache = encoder_cache.build_bottom(model, params, run_data, config,
                                      _request_tokens(run_data, config), show_progress=False)

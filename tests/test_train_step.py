@@ -100,3 +100,17 @@ def test_gumbel_noise_depends_on_example_not_position():
   np.testing.assert_array_equal(a[0][0], b[0][1])
   np.testing.assert_array_equal(a[1][1], b[1][0])
   assert not np.array_equal(a[0][0], a[0][1])
+
+
+def test_unreplicate_reads_the_first_devices_copy_onto_that_device_alone():
+  tree = {"w": np.arange(12, dtype=np.float32).reshape(4, 3), "step": np.int32(7)}
+  # Device k's copy is the value plus k, so the first device's copy is the value itself.
+  per_device = jax.pmap(
+      lambda t: jax.tree.map(lambda v: v + jax.lax.axis_index("i").astype(v.dtype), t),
+      axis_name="i")(sharding.replicate_for_pmap(tree))
+  got = sharding.unreplicate(per_device)
+  for name, want in tree.items():
+    # One device's buffer, no program over all of them (whose all-reduce per leaf could
+    # starve the simulated devices' collectives of threads).
+    assert got[name].sharding.device_set == {jax.local_devices()[0]}
+    np.testing.assert_array_equal(got[name], want)
