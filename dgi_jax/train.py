@@ -158,7 +158,7 @@ def _build_encoder_cache(model, params, run_data, config, timer: metrics_log.Pha
     _log(f"The encoder is frozen: the steps read {what}, kept from an earlier run in this "
          "process with the same frozen weights and data")
     return cache
-  cache_dir = config.train.get("encoder_cache_dir", "")
+  cache_dir = config.train.encoder_cache_dir
   if cache_dir:
     with timer.phase("encoder_cache"):
       cache = encoder_cache.load(cache_dir, key)

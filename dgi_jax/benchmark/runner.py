@@ -336,7 +336,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     The path of results.md.
   """
   selected = methods_lib.select(method_spec)
-  num_seeds = int(base_config.benchmark.get("num_seeds", 1))
+  num_seeds = int(base_config.benchmark.num_seeds)
   if num_seeds < 1:
     raise ValueError(f"--config.benchmark.num_seeds={num_seeds}: give 1 or more")
   workdir = pathlib.Path(workdir)
@@ -354,7 +354,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   # Shared by every method: the prepared data, and the frozen encoder's cache on disk
   # (unless the config names a folder for it).
   shared = {"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}
-  if not base_config.train.get("encoder_cache_dir", ""):
+  if not base_config.train.encoder_cache_dir:
     shared["train.encoder_cache_dir"] = str(workdir / "encoder_cache")
   base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
   command = shlex.join(command if command is not None else sys.argv)

@@ -89,7 +89,7 @@ def with_model_overrides(config, **overrides):
   gradient in the comparison. A pre-trained encoder's architecture is read from
   `model.pretrained` if the config does not carry it yet (`encoders.resolve_pretrained`).
   """
-  if config.model.get("encoder", "scratch") != "scratch":
+  if config.model.encoder != "scratch":
     from dgi_jax.models import encoders  # pylint: disable=g-import-not-at-top
     config = encoders.resolve_pretrained(config)
   config = config.copy_and_resolve_references()
@@ -127,7 +127,7 @@ def encoder_spec(config):
 
 def reads_history_items(config) -> bool:
   """Whether `config`'s requests read history items ('codes' / 'embedding')."""
-  return config.data.get("history_repr", "text") != "text"
+  return config.data.history_repr != "text"
 
 
 def make_batch(config, batch_size: int, seed: int = 0) -> Dict[str, object]:
@@ -232,7 +232,7 @@ def init_superset(config, batch, seed: int):
   """
   config = with_model_overrides(config, tie_heads=False, share_gamma=False)
   params = init_flax_params(config, batch, seed)
-  if config.model.get("encoder", "scratch") == "scratch" or not config.model.pretrained:
+  if config.model.encoder == "scratch" or not config.model.pretrained:
     return params
   from dgi_jax.models import encoders  # pylint: disable=g-import-not-at-top
   _, model_config = build_flax(config)

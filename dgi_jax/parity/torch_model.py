@@ -130,7 +130,7 @@ class ReferenceConfig:
   def from_config(cls, config) -> "ReferenceConfig":
     """Reads the `data`, `model` and `loss` sections of an ml_collections config."""
     m, loss = config.model, config.loss
-    spec_json = m.get("encoder_spec", "")
+    spec_json = m.encoder_spec
     return cls(
         vocab_size=int(config.data.vocab_size),
         max_len=max(int(config.data.max_item_len), int(config.data.max_query_len)),
@@ -145,11 +145,11 @@ class ReferenceConfig:
         beta=float(loss.beta), infonce_temperature=float(loss.infonce_temperature),
         div_eps=float(loss.div_eps), div_probs=str(loss.div_probs),
         div_temperature=float(loss.div_temperature),
-        encoder=str(m.get("encoder", "scratch")),
+        encoder=str(m.encoder),
         encoder_spec=EncoderSpec.from_dict(json.loads(spec_json)) if spec_json else None,
-        history_repr=str(config.data.get("history_repr", "text")),
+        history_repr=str(config.data.history_repr),
         max_history=int(config.data.max_history),
-        history_code_gradient=bool(m.get("history_code_gradient", True)))
+        history_code_gradient=bool(m.history_code_gradient))
 
   @property
   def history_items(self) -> bool:
