@@ -69,9 +69,9 @@ def unreplicate(tree: Any) -> Any:
   Each leaf is read from the device's own buffer. Indexing the leading axis (`x[0]`)
   would instead compile, for every leaf, a program over all local devices with an
   all-reduce (pmap's outputs are NamedSharding arrays over a 'local_devices' mesh), and
-  its result would stay replicated on every device: with many such programs in flight on
-  simulated CPU devices, XLA's in-process collectives could wait for threads that other
-  programs' waiting participants held, and the rendezvous timeout then aborted the process.
+  its result would stay replicated on every device. On simulated CPU devices, with many
+  such programs in flight, a rendezvous of XLA's in-process all-reduce timed out and
+  aborted the process (docs/DESIGN.md, "Data parallelism").
   """
   return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
 
