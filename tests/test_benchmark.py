@@ -234,6 +234,72 @@ def test_seeds_rerun_the_trained_methods_and_report_mean_and_error(bench, tmp_pa
                        log=lambda _: None)
 
 
+def test_the_results_dir_resumes_the_benchmark_in_a_fresh_workdir(bench, tmp_path,
+                                                                   monkeypatch):
+  results = tmp_path / "results"
+  shutil.copytree(bench["results"], results)
+  for name in METHODS.split(","):  # Each finished run's result, as the workdir has it.
+    kept = json.loads(runner.kept_result_path(results, 0, name).read_text())
+    assert kept == runner.read_result(bench["workdir"], name)
+  (results / "results.md").unlink()
+  monkeypatch.setattr(runner, "run_method", lambda *args: pytest.fail("ran again"))
+  # The table from the fixture's work directory, and from the results directory alone.
+  expected, path = (
+      runner.run_benchmark(str(bench["data"]), METHODS, _benchmark_config(), workdir,
+                           results_dir=out, command=["dgi", "benchmark", "--x"],
+                           log=lambda _: None)
+      for workdir, out in ((bench["workdir"], tmp_path / "expected"),
+                           (tmp_path / "fresh_work", results)))
+  assert path.read_text() == expected.read_text()
+  assert not (tmp_path / "fresh_work" / "dgi").exists()
+
+
+def test_a_run_finished_under_another_config_is_refused_naming_the_field(bench, tmp_path,
+                                                                         monkeypatch):
+  results = tmp_path / "results"
+  shutil.copytree(bench["results"], results)
+  monkeypatch.setattr(runner, "run_method", lambda *args: pytest.fail("ran"))
+  config = _benchmark_config()
+  with config.unlocked():
+    config.loss.infonce_weight = float(config.loss.infonce_weight) + 1.0
+  with pytest.raises(runner.errors.UserError, match=r"loss\.infonce_weight: ") as error:
+    runner.run_benchmark(str(bench["data"]), "bm25", config, tmp_path / "work",
+                         results_dir=results, command=["dgi"], log=lambda _: None)
+  # The first method of the table with a finished run: refused before anything ran.
+  assert str(runner.kept_result_path(results, 0, "bm25")) in str(error.value)
+  # Where the files lie and how the work is spread is not a different config.
+  config = _benchmark_config()
+  with config.unlocked():
+    config.eval.batch_size = int(config.eval.batch_size) + 1
+    config.train.parallelism = "pmap"
+  runner.run_benchmark(str(bench["data"]), "bm25", config, tmp_path / "work",
+                       results_dir=results, command=["dgi"], log=lambda _: None)
+
+
+def test_config_changes_lists_each_changed_field_and_skips_unrecorded_results():
+  config = _benchmark_config()
+
+  def pretrained_config(path):
+    return runner.method_config(config, {"model.pretrained": path})
+
+  result = {"config": runner.flat_config(config)}
+  assert runner.config_changes(result, config) == []
+  changed = runner.method_config(config, {"model.codebook_sizes": (3, 3, 3),
+                                          "data.tfds_dir": "/elsewhere"})
+  before = list(config.model.codebook_sizes)
+  assert runner.config_changes(result, changed) == [
+      f"model.codebook_sizes: {before!r} -> [3, 3, 3]"]
+  assert runner.config_changes({"report": {}}, changed) == []
+  # A pre-trained checkpoint is the same one in another place, another one elsewhere.
+  def pretrained(path):
+    return {"config": {**runner.flat_config(config), "model.pretrained": path}}
+  assert runner.config_changes(pretrained("/a/env/minilm/model_files"),
+                               pretrained_config("/b/venv/minilm/model_files")) == []
+  assert runner.config_changes(pretrained("/a/env/minilm/model_files"),
+                               pretrained_config("/a/env/mpnet/model_files")) == [
+      "model.pretrained: 'minilm/model_files' -> 'mpnet/model_files'"]
+
+
 def test_mean_and_standard_error_by_hand():
   mean, error = runner.report_lib.mean_and_standard_error([0.1, 0.2, 0.3])
   # Sample standard deviation 0.1, over sqrt(3).
@@ -271,6 +337,19 @@ def test_cli_runs_bm25_and_quotes_its_command(bench, tmp_path):
   # The same ranking as the library run of the fixture (same data, same BM25).
   ours = runner.read_result(tmp_path / "w", "bm25")["report"]["metrics"]
   assert ours == runner.read_result(bench["workdir"], "bm25")["report"]["metrics"]
+
+
+def test_cli_refuses_a_run_finished_under_another_config_in_one_line(bench, tmp_path):
+  shutil.copytree(bench["results"], tmp_path / "r")
+  (tmp_path / "r" / "results.md").unlink()
+  proc = _dgi("benchmark", "--dataset", bench["data"], "--methods", "bm25", "--workdir",
+              tmp_path / "w", "--results_dir", tmp_path / "r", "--config",
+              "configs/benchmark.py")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("dgi benchmark: error: bm25 (run 0) finished under "
+                                "another config (")
+  assert len(proc.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "r" / "results.md").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -12,10 +12,20 @@ Layout of a benchmark work directory:
   seed<k>/<method>/    the same for run k of a trained method (benchmark.num_seeds > 1),
                        trained with train.seed and data.shuffle_seed plus k
 
-A method with a result.json is finished and is not run again; one without is (re)started,
-and its training resumes from its own latest checkpoint. The results table and plots are
-rebuilt from every result.json after each method, so an interrupted benchmark leaves a
-valid partial table.
+Layout of a results directory (`results_dir`, the work directory unless named):
+
+  results.md, longtail_<method>.png     the tables and plots
+  runs/<method>.json                     a copy of each finished run's result.json, what
+  runs/seed<k>/<method>.json             results.md is built from
+
+A run is finished when its result.json is in the work directory or its copy is in the
+results directory, and is not run again; one without is (re)started, and its training
+resumes from its own latest checkpoint. So a results directory kept under version control
+resumes a long benchmark in a fresh work directory (another machine, a scratch disk that
+was wiped). Each result records the config it was made under; a finished run whose config
+differs from the present one in a field that changes results is refused with the fields
+named, rather than reported beside runs of another config. The results table and plots
+are rebuilt after each method, so an interrupted benchmark leaves a valid partial table.
 """
 
 import json
@@ -25,14 +35,14 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from dgi_jax import config_checks, evaluate, retrieval, run_setup, train
-from dgi_jax import trained_run
+from dgi_jax import errors, trained_run
 from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
 from dgi_jax.benchmark import report as report_lib
@@ -41,7 +51,14 @@ from dgi_jax.data import converters, jsonl_format, pipeline, records
 from dgi_jax.models import encoders
 
 RESULT_FILE = "result.json"
+RUNS_DIR = "runs"  # Under the results directory: each finished run's result.
 SPLIT = "test"
+# Config fields that say where a run's files are or how it is laid out on the machine,
+# not what it computes: a finished run made under other values of these is kept.
+PLACEMENT_FIELDS = frozenset({
+    "data.dataset", "data.tfds_dir", "data.worker_count", "train.encoder_cache_dir", "train.distributed", "train.parallelism",
+    "train.log_every", "eval.batch_size", "eval.item_batch_size", "benchmark.num_seeds",
+})
 
 
 def dataset_directory(dataset: str, data_root, workdir, converter_options) -> str:
@@ -263,11 +280,32 @@ def _dense_report(run_dir, config) -> Dict[str, Any]:
   return report
 
 
+def config_of(method: methods_lib.Method, base_config) -> ml_collections.ConfigDict:
+  """The config `method` runs under: `base_config` with the method's overrides."""
+  return method_config(base_config,
+                       method.config_overrides(bool(base_config.model.pretrained)))
+
+
+def flat_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config` as {'section.field': value}, the values as JSON reads them back (a
+  tuple is a list), so a recorded config compares equal to the one it came from."""
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        visit(f"{prefix}{key}.", value)
+      else:
+        flat[prefix + key] = value
+
+  visit("", json.loads(json.dumps(config.to_dict(), default=list)))
+  return flat
+
+
 def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, Any]:
   """Trains (or resumes) and evaluates one method; returns and writes its result."""
   method_dir = pathlib.Path(workdir) / method.name
-  overrides = method.config_overrides(bool(base_config.model.pretrained))
-  config = method_config(base_config, overrides)
+  config = config_of(method, base_config)
   start = time.perf_counter()
   train_seconds = 0.0
   if method.kind == methods_lib.BM25:
@@ -301,8 +339,8 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
       "kind": method.kind,
       "train_seconds": train_seconds,
       "wall_seconds_this_session": time.perf_counter() - start,
-      "overrides": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in overrides.items()},
+      "overrides": method.config_overrides(bool(base_config.model.pretrained)),
+      "config": flat_config(config),
       "machine": machine_description(),
       "report": report,
   }
@@ -310,13 +348,70 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
   return result
 
 
-def read_result(workdir, name: str) -> Optional[Dict[str, Any]]:
-  """A finished method's result, or None."""
-  path = pathlib.Path(workdir) / name / RESULT_FILE
+def _read_json(path: pathlib.Path) -> Optional[Dict[str, Any]]:
   if not path.is_file():
     return None
   with path.open(encoding="utf-8") as f:
     return json.load(f)
+
+
+def read_result(workdir, name: str) -> Optional[Dict[str, Any]]:
+  """A finished method's result in a work directory (`seed_workdir` for run k), or None."""
+  return _read_json(pathlib.Path(workdir) / name / RESULT_FILE)
+
+
+def kept_result_path(results_dir, run: int, name: str) -> pathlib.Path:
+  """Where the results directory keeps run `run` of method `name`."""
+  return seed_workdir(pathlib.Path(results_dir) / RUNS_DIR, run) / f"{name}.json"
+
+
+def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[str, Any]]:
+  """Run `run` of method `name` if finished, from the work directory, else from the
+  results directory's copy; copied there when it is missing. None if not finished."""
+  result = read_result(seed_workdir(workdir, run), name)
+  kept = kept_result_path(results_dir, run, name)
+  if result is None:
+    return _read_json(kept)
+  if not kept.is_file():
+    evaluate.write_report(result, kept)
+  return result
+
+
+def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) -> List[str]:
+  """'field: recorded -> now' for each field outside PLACEMENT_FIELDS in which `config`
+  differs from the one `result` was made under (none for results that predate the
+  record)."""
+  if "config" not in result:
+    return []
+  recorded, now = _compared(result["config"]), _compared(flat_config(config))
+  return [f"{field}: {recorded.get(field)!r} -> {now.get(field)!r}"
+          for field in sorted(recorded.keys() | now.keys())
+          if recorded.get(field) != now.get(field)]
+
+
+def _compared(flat: Dict[str, Any]) -> Dict[str, Any]:
+  """The fields of a flat config that decide a result. A pre-trained checkpoint counts
+  by its last two folder names (a model's folder and its version, as in a Hugging Face
+  snapshot), not by where a machine keeps it."""
+  compared = {k: v for k, v in flat.items() if k not in PLACEMENT_FIELDS}
+  if compared.get("model.pretrained"):
+    compared["model.pretrained"] = "/".join(
+        pathlib.PurePath(compared["model.pretrained"]).parts[-2:])
+  return compared
+
+
+def _check_finished_runs(finished, base, workdir, results_dir):
+  """Raises a UserError naming the first finished run made under another config."""
+  for (name, run), result in finished.items():
+    method = methods_lib.BY_NAME[name]
+    changes = config_changes(result, config_of(method, seeded_config(base, run)))
+    if changes:
+      where = (f"{seed_workdir(workdir, run) / method.name / RESULT_FILE} or "
+               f"{kept_result_path(results_dir, run, method.name)}")
+      raise errors.UserError(
+          f"{method.name} (run {run}) finished under another config "
+          f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}): give another "
+          f"--workdir and --results_dir, or remove {where} to run it again")
 
 
 def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
@@ -358,6 +453,9 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     shared["train.encoder_cache_dir"] = str(workdir / "encoder_cache")
   base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
   command = shlex.join(command if command is not None else sys.argv)
+  # Every finished run is checked before anything runs, reported or not.
+  finished = _finished_runs(workdir, results_dir, num_seeds)
+  _check_finished_runs(finished, base, workdir, results_dir)
   # A method's seeds run back to back, so the methods listed first finish first.
   for method in selected:
     if method.kind == methods_lib.ZERO_SHOT and not base.model.pretrained:
@@ -366,12 +464,11 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
       continue
     for run in _runs_of(method, num_seeds):
       name = method.name + (f" (seed +{run})" if run else "")
-      run_dir = seed_workdir(workdir, run)
-      if read_result(run_dir, method.name) is not None:
+      if (method.name, run) in finished:
         log(f"[benchmark] {name}: finished earlier, kept")
         continue
       log(f"[benchmark] {name}: {method.label}")
-      result = run_method(method, seeded_config(base, run), run_dir)
+      result = run_method(method, seeded_config(base, run), seed_workdir(workdir, run))
       metrics = result["report"]["metrics"]
       log(f"[benchmark] {name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
           f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
@@ -379,16 +476,28 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   return _write_results(dataset, base, workdir, results_dir, command, num_seeds)
 
 
+def _finished_runs(workdir, results_dir, num_seeds: int):
+  """{(method name, run): result} of every finished run over the first `num_seeds` seeds."""
+  finished = {}
+  for method in methods_lib.METHODS:
+    for run in _runs_of(method, num_seeds):
+      result = finished_result(workdir, results_dir, run, method.name)
+      if result is not None:
+        finished[method.name, run] = result
+  return finished
+
+
 def _write_results(dataset, config, workdir, results_dir, command,
                    num_seeds: int) -> pathlib.Path:
   """results.md from every finished result: run 0 of each method for the tables, and
   each method's finished runs over the first `num_seeds` seeds."""
+  finished = _finished_runs(workdir, results_dir, num_seeds)
   seeds = {}
   for method in methods_lib.METHODS:
-    runs = [read_result(seed_workdir(workdir, run), method.name)
-            for run in _runs_of(method, num_seeds)]
-    if runs[0] is not None:
-      seeds[method.name] = [r for r in runs if r is not None]
+    if (method.name, 0) in finished:
+      seeds[method.name] = [finished[method.name, run]
+                            for run in _runs_of(method, num_seeds)
+                            if (method.name, run) in finished]
   return report_lib.write_results(
       dataset, config, {name: runs[0] for name, runs in seeds.items()}, results_dir,
       command, seeds)
