@@ -71,6 +71,10 @@ def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
     # lives in <workdir>/seed<k> (k = 0: <workdir> itself, whose runs fill the tables).
     # results.md adds the mean and standard error over the finished seeds.
     c.benchmark.num_seeds = 1
+    # The trained methods that run num_seeds times, comma-separated as --methods names
+    # them (e.g. 'dgi,dgi_ste,two_stage,dense': the headline methods, with the ablations
+    # run once and read against their spread); empty: every trained method.
+    c.benchmark.seeded_methods = ""
     c.benchmark.bm25_k1 = 0.9  # BM25 term-frequency saturation (Anserini default).
     c.benchmark.bm25_b = 0.4  # BM25 length normalisation (Anserini default).
     # Options of the dataset's converter (dgi_jax/data/converters), e.g. max_valid_users.

@@ -42,11 +42,12 @@ def run_record(dataset_version: str) -> Dict[str, Any]:
   return {"dataset": dataset_version}
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """{'section.field': value} of a nested dict (a config's JSON)."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
@@ -63,8 +64,8 @@ def differing_fields(saved, config) -> List[Tuple[str, Any, Any]]:
   Both are ConfigDicts; a field only one of them has (a config older or newer than this
   version) is not compared.
   """
-  old = _flatten(json.loads(saved.to_json()))
-  new = _flatten(json.loads(config.to_json()))
+  old = flatten(json.loads(saved.to_json()))
+  new = flatten(json.loads(config.to_json()))
   return [(path, old[path], new[path]) for path in sorted(old.keys() & new.keys())
           if old[path] != new[path] and not _may_differ(path)]
 

@@ -290,6 +290,9 @@ def test_config_changes_lists_each_changed_field_and_skips_unrecorded_results():
   assert runner.config_changes(result, changed) == [
       f"model.codebook_sizes: {before!r} -> [3, 3, 3]"]
   assert runner.config_changes({"report": {}}, changed) == []
+  # A field the recorded config predates (a newer version's) is not a change.
+  older = {k: v for k, v in result["config"].items() if k != "model.codebook_sizes"}
+  assert runner.config_changes({"config": older}, changed) == []
   # A pre-trained checkpoint is the same one in another place, another one elsewhere.
   def pretrained(path):
     return {"config": {**runner.flat_config(config), "model.pretrained": path}}
@@ -298,6 +301,25 @@ def test_config_changes_lists_each_changed_field_and_skips_unrecorded_results():
   assert runner.config_changes(pretrained("/a/env/minilm/model_files"),
                                pretrained_config("/a/env/mpnet/model_files")) == [
       "model.pretrained: 'minilm/model_files' -> 'mpnet/model_files'"]
+
+
+def test_seeded_methods_repeat_only_the_trained_methods_they_name():
+  benchmark = _benchmark_config().benchmark.copy_and_resolve_references()
+  with benchmark.unlocked():
+    benchmark.num_seeds = 3
+  every = runner.runs_per_method(benchmark)
+  assert every["dgi"] == every["dgi_none"] == every["dense"] == every["two_stage"] == 3
+  assert every["bm25"] == every["zero_shot"] == 1
+  benchmark.seeded_methods = "dgi,dense"
+  named = runner.runs_per_method(benchmark)
+  assert {name for name, runs in named.items() if runs == 3} == {"dgi", "dense"}
+  assert set(named) == set(every) and set(named.values()) == {1, 3}
+  benchmark.seeded_methods = "dgi,bm25"
+  with pytest.raises(ValueError, match="seeded_methods: bm25 train nothing"):
+    runner.runs_per_method(benchmark)
+  benchmark.seeded_methods = "dgi,dgj"
+  with pytest.raises(ValueError, match="unknown method"):
+    runner.runs_per_method(benchmark)
 
 
 def test_mean_and_standard_error_by_hand():

@@ -9,7 +9,8 @@ Layout of a benchmark work directory:
                        benchmark.encoder_warmup_fraction > 0), then main/ (DGI and its
                        ablations) or stage1/ and stage2/ (two_stage)
   <method>/result.json its test report, timings and config; written last, atomically
-  seed<k>/<method>/    the same for run k of a trained method (benchmark.num_seeds > 1),
+  seed<k>/<method>/    the same for run k of a trained method (benchmark.num_seeds > 1;
+                       benchmark.seeded_methods, when set, names the methods repeated),
                        trained with train.seed and data.shuffle_seed plus k
 
 Layout of a results directory (`results_dir`, the work directory unless named):
@@ -42,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from dgi_jax import config_checks, evaluate, retrieval, run_setup, train
-from dgi_jax import errors, trained_run
+from dgi_jax import errors, resume_checks, trained_run
 from dgi_jax.baselines import bm25, dense
 from dgi_jax.benchmark import methods as methods_lib
 from dgi_jax.benchmark import report as report_lib
@@ -53,11 +54,13 @@ from dgi_jax.models import encoders
 RESULT_FILE = "result.json"
 RUNS_DIR = "runs"  # Under the results directory: each finished run's result.
 SPLIT = "test"
-# Config fields that say where a run's files are or how it is laid out on the machine,
-# not what it computes: a finished run made under other values of these is kept.
-PLACEMENT_FIELDS = frozenset({
+# Config fields that do not change what a finished run computed: where its files are,
+# how the work is laid out on the machine, and how many runs the benchmark makes. A
+# finished run made under other values of these is kept.
+NOT_COMPARED_FIELDS = frozenset({
     "data.dataset", "data.tfds_dir", "data.worker_count", "train.encoder_cache_dir", "train.distributed", "train.parallelism",
     "train.log_every", "eval.batch_size", "eval.item_batch_size", "benchmark.num_seeds",
+    "benchmark.seeded_methods",
 })
 
 
@@ -121,9 +124,21 @@ def seeded_config(base: ml_collections.ConfigDict, run: int) -> ml_collections.C
                                     "data.shuffle_seed": int(base.data.shuffle_seed) + run})
 
 
-def _runs_of(method: methods_lib.Method, num_seeds: int) -> range:
-  """The runs of `method`: one per seed if it trains, one if it is deterministic."""
-  return range(num_seeds if method.kind in methods_lib.TRAINED else 1)
+def runs_per_method(benchmark: ml_collections.ConfigDict) -> Dict[str, int]:
+  """How many runs each method gets: `benchmark.num_seeds` for a trained method named in
+  `benchmark.seeded_methods` (every trained method when that is empty), one otherwise
+  (a deterministic method, or an ablation read against the seeded methods' spread)."""
+  num_seeds = int(benchmark.num_seeds)
+  if num_seeds < 1:
+    raise ValueError(f"--config.benchmark.num_seeds={num_seeds}: give 1 or more")
+  trained = {m.name for m in methods_lib.METHODS if m.kind in methods_lib.TRAINED}
+  seeded = trained
+  if benchmark.seeded_methods:
+    seeded = {m.name for m in methods_lib.select(benchmark.seeded_methods)}
+    if seeded - trained:
+      raise ValueError(f"--config.benchmark.seeded_methods: "
+                       f"{', '.join(sorted(seeded - trained))} train nothing and run once")
+  return {m.name: num_seeds if m.name in seeded else 1 for m in methods_lib.METHODS}
 
 
 class BenchmarkInterrupted(RuntimeError):
@@ -289,17 +304,7 @@ def config_of(method: methods_lib.Method, base_config) -> ml_collections.ConfigD
 def flat_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """`config` as {'section.field': value}, the values as JSON reads them back (a
   tuple is a list), so a recorded config compares equal to the one it came from."""
-  flat = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        visit(f"{prefix}{key}.", value)
-      else:
-        flat[prefix + key] = value
-
-  visit("", json.loads(json.dumps(config.to_dict(), default=list)))
-  return flat
+  return resume_checks.flatten(json.loads(config.to_json()))
 
 
 def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, Any]:
@@ -378,22 +383,22 @@ def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[
 
 
 def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) -> List[str]:
-  """'field: recorded -> now' for each field outside PLACEMENT_FIELDS in which `config`
-  differs from the one `result` was made under (none for results that predate the
-  record)."""
+  """'field: recorded -> now' for each field outside NOT_COMPARED_FIELDS in which `config`
+  differs from the one `result` was made under. As on resume (`resume_checks`), a field
+  only one of them has (a config of an older or newer version) is not compared, and
+  results that predate the record have none."""
   if "config" not in result:
     return []
   recorded, now = _compared(result["config"]), _compared(flat_config(config))
-  return [f"{field}: {recorded.get(field)!r} -> {now.get(field)!r}"
-          for field in sorted(recorded.keys() | now.keys())
-          if recorded.get(field) != now.get(field)]
+  return [f"{field}: {recorded[field]!r} -> {now[field]!r}"
+          for field in sorted(recorded.keys() & now.keys()) if recorded[field] != now[field]]
 
 
 def _compared(flat: Dict[str, Any]) -> Dict[str, Any]:
   """The fields of a flat config that decide a result. A pre-trained checkpoint counts
   by its last two folder names (a model's folder and its version, as in a Hugging Face
   snapshot), not by where a machine keeps it."""
-  compared = {k: v for k, v in flat.items() if k not in PLACEMENT_FIELDS}
+  compared = {k: v for k, v in flat.items() if k not in NOT_COMPARED_FIELDS}
   if compared.get("model.pretrained"):
     compared["model.pretrained"] = "/".join(
         pathlib.PurePath(compared["model.pretrained"]).parts[-2:])
@@ -431,9 +436,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     The path of results.md.
   """
   selected = methods_lib.select(method_spec)
-  num_seeds = int(base_config.benchmark.num_seeds)
-  if num_seeds < 1:
-    raise ValueError(f"--config.benchmark.num_seeds={num_seeds}: give 1 or more")
+  runs = runs_per_method(base_config.benchmark)
   workdir = pathlib.Path(workdir)
   results_dir = pathlib.Path(results_dir or workdir)
   data_dir = dataset_directory(dataset, data_root, workdir,
@@ -454,7 +457,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
   command = shlex.join(command if command is not None else sys.argv)
   # Every finished run is checked before anything runs, reported or not.
-  finished = _finished_runs(workdir, results_dir, num_seeds)
+  finished = _finished_runs(workdir, results_dir, runs)
   _check_finished_runs(finished, base, workdir, results_dir)
   # A method's seeds run back to back, so the methods listed first finish first.
   for method in selected:
@@ -462,7 +465,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
       log(f"[benchmark] {method.name}: skipped, the encoder is not pre-trained "
           "(model.pretrained is empty)")
       continue
-    for run in _runs_of(method, num_seeds):
+    for run in range(runs[method.name]):
       name = method.name + (f" (seed +{run})" if run else "")
       if (method.name, run) in finished:
         log(f"[benchmark] {name}: finished earlier, kept")
@@ -472,15 +475,16 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
       metrics = result["report"]["metrics"]
       log(f"[benchmark] {name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
           f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
-      _write_results(dataset, base, workdir, results_dir, command, num_seeds)
-  return _write_results(dataset, base, workdir, results_dir, command, num_seeds)
+      _write_results(dataset, base, workdir, results_dir, command, runs)
+  return _write_results(dataset, base, workdir, results_dir, command, runs)
 
 
-def _finished_runs(workdir, results_dir, num_seeds: int):
-  """{(method name, run): result} of every finished run over the first `num_seeds` seeds."""
+def _finished_runs(workdir, results_dir, runs: Dict[str, int]):
+  """{(method name, run): result} of every finished run among each method's first
+  `runs[method name]` (`runs_per_method`)."""
   finished = {}
   for method in methods_lib.METHODS:
-    for run in _runs_of(method, num_seeds):
+    for run in range(runs[method.name]):
       result = finished_result(workdir, results_dir, run, method.name)
       if result is not None:
         finished[method.name, run] = result
@@ -488,15 +492,15 @@ def _finished_runs(workdir, results_dir, num_seeds: int):
 
 
 def _write_results(dataset, config, workdir, results_dir, command,
-                   num_seeds: int) -> pathlib.Path:
+                   runs: Dict[str, int]) -> pathlib.Path:
   """results.md from every finished result: run 0 of each method for the tables, and
-  each method's finished runs over the first `num_seeds` seeds."""
-  finished = _finished_runs(workdir, results_dir, num_seeds)
+  each method's finished runs over its seeds (`runs_per_method`)."""
+  finished = _finished_runs(workdir, results_dir, runs)
   seeds = {}
   for method in methods_lib.METHODS:
     if (method.name, 0) in finished:
       seeds[method.name] = [finished[method.name, run]
-                            for run in _runs_of(method, num_seeds)
+                            for run in range(runs[method.name])
                             if (method.name, run) in finished]
   return report_lib.write_results(
       dataset, config, {name: runs[0] for name, runs in seeds.items()}, results_dir,
