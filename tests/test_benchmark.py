@@ -254,6 +254,20 @@ def test_the_results_dir_resumes_the_benchmark_in_a_fresh_workdir(bench, tmp_pat
   assert not (tmp_path / "fresh_work" / "dgi").exists()
 
 
+def test_the_work_directory_result_wins_and_its_copy_alone_counts_as_finished(tmp_path):
+  work, results = tmp_path / "work", tmp_path / "results"
+  (work / "seed1" / "dgi").mkdir(parents=True)
+  (work / "seed1" / "dgi" / runner.RESULT_FILE).write_text('{"hit": 1}')
+  kept = runner.kept_result_path(results, 1, "dgi")
+  assert kept == results / "runs" / "seed1" / "dgi.json"
+  kept.parent.mkdir(parents=True)
+  kept.write_text('{"hit": 0}')
+  assert runner.finished_result(work, results, 1, "dgi") == {"hit": 1}
+  assert json.loads(kept.read_text()) == {"hit": 1}
+  assert runner.finished_result(tmp_path / "fresh", results, 1, "dgi") == {"hit": 1}
+  assert runner.finished_result(tmp_path / "fresh", results, 0, "dgi") is None
+
+
 def test_a_run_finished_under_another_config_is_refused_naming_the_field(bench, tmp_path,
                                                                          monkeypatch):
   results = tmp_path / "results"

@@ -58,9 +58,9 @@ SPLIT = "test"
 # how the work is laid out on the machine, and how many runs the benchmark makes. A
 # finished run made under other values of these is kept.
 NOT_COMPARED_FIELDS = frozenset({
-    "data.dataset", "data.tfds_dir", "data.worker_count", "train.encoder_cache_dir", "train.distributed", "train.parallelism",
-    "train.log_every", "eval.batch_size", "eval.item_batch_size", "benchmark.num_seeds",
-    "benchmark.seeded_methods",
+    "data.dataset", "data.tfds_dir", "data.worker_count", "train.encoder_cache_dir",
+    "train.distributed", "train.parallelism", "train.log_every", "eval.batch_size",
+    "eval.item_batch_size", "benchmark.num_seeds", "benchmark.seeded_methods",
 })
 
 
@@ -372,12 +372,13 @@ def kept_result_path(results_dir, run: int, name: str) -> pathlib.Path:
 
 def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[str, Any]]:
   """Run `run` of method `name` if finished, from the work directory, else from the
-  results directory's copy; copied there when it is missing. None if not finished."""
+  results directory's copy. The work directory's result wins: the copy is written when
+  it is missing or differs. None if not finished."""
   result = read_result(seed_workdir(workdir, run), name)
   kept = kept_result_path(results_dir, run, name)
   if result is None:
     return _read_json(kept)
-  if not kept.is_file():
+  if _read_json(kept) != result:
     evaluate.write_report(result, kept)
   return result
 
@@ -411,12 +412,13 @@ def _check_finished_runs(finished, base, workdir, results_dir):
     method = methods_lib.BY_NAME[name]
     changes = config_changes(result, config_of(method, seeded_config(base, run)))
     if changes:
-      where = (f"{seed_workdir(workdir, run) / method.name / RESULT_FILE} or "
+      where = (f"{seed_workdir(workdir, run) / method.name / RESULT_FILE} and "
                f"{kept_result_path(results_dir, run, method.name)}")
       raise errors.UserError(
           f"{method.name} (run {run}) finished under another config "
           f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}): give another "
-          f"--workdir and --results_dir, or remove {where} to run it again")
+          f"--workdir and --results_dir, or remove {where} (where they exist) to run it "
+          "again")
 
 
 def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
@@ -503,5 +505,5 @@ def _write_results(dataset, config, workdir, results_dir, command,
                             for run in range(runs[method.name])
                             if (method.name, run) in finished]
   return report_lib.write_results(
-      dataset, config, {name: runs[0] for name, runs in seeds.items()}, results_dir,
+      dataset, config, {name: results[0] for name, results in seeds.items()}, results_dir,
       command, seeds)
