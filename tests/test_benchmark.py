@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from dgi_jax import evaluate, metrics_log, retrieval
+from dgi_jax import errors, evaluate, metrics_log, retrieval
 from dgi_jax import trained_run
 from dgi_jax.baselines import dense
-from dgi_jax.benchmark import runner
+from dgi_jax.benchmark import finished_runs, runner
 from dgi_jax.data import jsonl_format, synthetic_catalogue
 from conftest import REPO_ROOT, load_config
 
@@ -48,19 +48,19 @@ def test_results_md_lists_every_method_with_plots(bench):
   text = bench["path"].read_text()
   assert "Command: `dgi benchmark --x`" in text and "a published number" in text
   for name in METHODS.split(","):
-    result = runner.read_result(bench["workdir"], name)
+    result = finished_runs.read_result(bench["workdir"], name)
     assert result is not None and result["label"] in text
     assert (bench["results"] / f"longtail_{name}.png").stat().st_size > 1000
     assert 0.0 <= result["report"]["metrics"]["hit@10"] <= 1.0
     assert result["report"]["num_requests"] == 100
   # The decoder table lists the generative methods, not BM25 or the dense encoder.
   decoder_table = text.split("## Decoder and encoder")[1].split("\n\n")[2]
-  labels = {runner.read_result(bench["workdir"], n)["label"]: n for n in METHODS.split(",")}
+  labels = {finished_runs.read_result(bench["workdir"], n)["label"]: n for n in METHODS.split(",")}
   listed = {labels[row.split(" | ")[0][2:]] for row in decoder_table.splitlines()[2:]}
   assert listed == {"two_stage", "dgi"}
   spread = {labels[row.split(" | ")[0][2:]]: row.split(" | ")[-1].rstrip(" |")
             for row in decoder_table.splitlines()[2:]}
-  dgi_encoder = runner.read_result(bench["workdir"], "dgi")["report"]["encoder"]
+  dgi_encoder = finished_runs.read_result(bench["workdir"], "dgi")["report"]["encoder"]
   assert spread["dgi"] == f"{dgi_encoder['item_mean_cosine']:.3f}"
   missing = [line for line in text.splitlines() if line.startswith("Not run")]
   assert missing and "dgi_ste" in missing[0] and "bm25" not in missing[0]
@@ -114,7 +114,7 @@ def test_runs_use_the_index_sized_to_the_catalogue(bench):
 
 
 def test_generative_result_equals_dgi_eval(bench):
-  result = runner.read_result(bench["workdir"], "dgi")
+  result = finished_runs.read_result(bench["workdir"], "dgi")
   report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi" / "main", "test")
   assert result["report"]["metrics"] == pytest.approx(report["metrics"])
   assert result["train_seconds"] > 0
@@ -145,7 +145,7 @@ def test_cosine_weight_chosen_on_validation_then_test_reported_at_it(bench, tmp_
   assert report["metrics"] == pytest.approx(test["metrics"])
   # results.md names the weight of each method and its grid.
   path = runner.report_lib.write_results("tiny", config, {"dgi": {
-      **runner.read_result(bench["workdir"], "dgi"), "report": report}}, tmp_path, "dgi")
+      **finished_runs.read_result(bench["workdir"], "dgi"), "report": report}}, tmp_path, "dgi")
   text = path.read_text()
   assert "log P(whole SID) + w (chosen per method on validation, below) x cosine" in text
   chosen = selection["chosen"]
@@ -168,7 +168,7 @@ def test_validation_picks_the_reported_checkpoint(tmp_path):
     valid = {r["step"]: r["hit@10"] for r in rows if r["kind"] == "valid"}
     steps = trained_run.read_config(workdir / run).train.num_steps  # dgi: after warm-up.
     assert sorted(valid) == list(range(4, steps + 1, 4)) and len(valid) >= 2, name
-    chosen = runner.read_result(workdir, name)["report"]["checkpoint"]
+    chosen = finished_runs.read_result(workdir, name)["report"]["checkpoint"]
     assert chosen["selected"] == "best" and valid[chosen["step"]] == max(valid.values())
   # The dense method is scored by its own exact top-K, not by the generative search.
   trained = trained_run.load_trained(workdir / "dense")
@@ -185,7 +185,7 @@ def test_validation_picks_the_reported_checkpoint(tmp_path):
 
 
 def test_rerun_keeps_finished_methods_and_runs_only_new_ones(bench, monkeypatch):
-  before = (bench["workdir"] / "dgi" / runner.RESULT_FILE).stat().st_mtime_ns
+  before = (bench["workdir"] / "dgi" / finished_runs.RESULT_FILE).stat().st_mtime_ns
   ran = []
 
   def fake_run_method(method, config, workdir):
@@ -198,7 +198,7 @@ def test_rerun_keeps_finished_methods_and_runs_only_new_ones(bench, monkeypatch)
                        bench["workdir"], results_dir=bench["results"], command=["dgi"],
                        log=lambda _: None)
   assert ran == ["dgi_ste"]
-  assert (bench["workdir"] / "dgi" / runner.RESULT_FILE).stat().st_mtime_ns == before
+  assert (bench["workdir"] / "dgi" / finished_runs.RESULT_FILE).stat().st_mtime_ns == before
 
 
 def test_seeds_rerun_the_trained_methods_and_report_mean_and_error(bench, tmp_path,
@@ -221,7 +221,7 @@ def test_seeds_rerun_the_trained_methods_and_report_mean_and_error(bench, tmp_pa
              if r["kind"] == "train"] for w in (workdir, workdir / "seed1")]
   assert losses[0] != losses[1]
   # The seeds row: mean and standard error of two values, (a + b) / 2 and |a - b| / 2.
-  runs = [runner.read_result(w, "dgi") for w in (workdir, workdir / "seed1")]
+  runs = [finished_runs.read_result(w, "dgi") for w in (workdir, workdir / "seed1")]
   a, b = (r["report"]["metrics"]["hit@10"] for r in runs)
   seeds_section = path.read_text().split("## Over seeds")[1].split("\n## ")[0]
   rows = [line for line in seeds_section.splitlines() if line.startswith("| DGI")]
@@ -239,8 +239,8 @@ def test_the_results_dir_resumes_the_benchmark_in_a_fresh_workdir(bench, tmp_pat
   results = tmp_path / "results"
   shutil.copytree(bench["results"], results)
   for name in METHODS.split(","):  # Each finished run's result, as the workdir has it.
-    kept = json.loads(runner.kept_result_path(results, 0, name).read_text())
-    assert kept == runner.read_result(bench["workdir"], name)
+    kept = json.loads(finished_runs.kept_result_path(results, 0, name).read_text())
+    assert kept == finished_runs.read_result(bench["workdir"], name)
   (results / "results.md").unlink()
   monkeypatch.setattr(runner, "run_method", lambda *args: pytest.fail("ran again"))
   # The table from the fixture's work directory, and from the results directory alone.
@@ -257,15 +257,15 @@ def test_the_results_dir_resumes_the_benchmark_in_a_fresh_workdir(bench, tmp_pat
 def test_the_work_directory_result_wins_and_its_copy_alone_counts_as_finished(tmp_path):
   work, results = tmp_path / "work", tmp_path / "results"
   (work / "seed1" / "dgi").mkdir(parents=True)
-  (work / "seed1" / "dgi" / runner.RESULT_FILE).write_text('{"hit": 1}')
-  kept = runner.kept_result_path(results, 1, "dgi")
+  (work / "seed1" / "dgi" / finished_runs.RESULT_FILE).write_text('{"hit": 1}')
+  kept = finished_runs.kept_result_path(results, 1, "dgi")
   assert kept == results / "runs" / "seed1" / "dgi.json"
   kept.parent.mkdir(parents=True)
   kept.write_text('{"hit": 0}')
-  assert runner.finished_result(work, results, 1, "dgi") == {"hit": 1}
+  assert finished_runs.finished_result(work, results, 1, "dgi") == {"hit": 1}
   assert json.loads(kept.read_text()) == {"hit": 1}
-  assert runner.finished_result(tmp_path / "fresh", results, 1, "dgi") == {"hit": 1}
-  assert runner.finished_result(tmp_path / "fresh", results, 0, "dgi") is None
+  assert finished_runs.finished_result(tmp_path / "fresh", results, 1, "dgi") == {"hit": 1}
+  assert finished_runs.finished_result(tmp_path / "fresh", results, 0, "dgi") is None
 
 
 def test_a_run_finished_under_another_config_is_refused_naming_the_field(bench, tmp_path,
@@ -276,11 +276,11 @@ def test_a_run_finished_under_another_config_is_refused_naming_the_field(bench, 
   config = _benchmark_config()
   with config.unlocked():
     config.loss.infonce_weight = float(config.loss.infonce_weight) + 1.0
-  with pytest.raises(runner.errors.UserError, match=r"loss\.infonce_weight: ") as error:
+  with pytest.raises(errors.UserError, match=r"loss\.infonce_weight: ") as error:
     runner.run_benchmark(str(bench["data"]), "bm25", config, tmp_path / "work",
                          results_dir=results, command=["dgi"], log=lambda _: None)
   # The first method of the table with a finished run: refused before anything ran.
-  assert str(runner.kept_result_path(results, 0, "bm25")) in str(error.value)
+  assert str(finished_runs.kept_result_path(results, 0, "bm25")) in str(error.value)
   # Where the files lie and how the work is spread is not a different config.
   config = _benchmark_config()
   with config.unlocked():
@@ -296,23 +296,23 @@ def test_config_changes_lists_each_changed_field_and_skips_unrecorded_results():
   def pretrained_config(path):
     return runner.method_config(config, {"model.pretrained": path})
 
-  result = {"config": runner.flat_config(config)}
-  assert runner.config_changes(result, config) == []
+  result = {"config": finished_runs.flat_config(config)}
+  assert finished_runs.config_changes(result, config) == []
   changed = runner.method_config(config, {"model.codebook_sizes": (3, 3, 3),
                                           "data.tfds_dir": "/elsewhere"})
   before = list(config.model.codebook_sizes)
-  assert runner.config_changes(result, changed) == [
+  assert finished_runs.config_changes(result, changed) == [
       f"model.codebook_sizes: {before!r} -> [3, 3, 3]"]
-  assert runner.config_changes({"report": {}}, changed) == []
+  assert finished_runs.config_changes({"report": {}}, changed) == []
   # A field the recorded config predates (a newer version's) is not a change.
   older = {k: v for k, v in result["config"].items() if k != "model.codebook_sizes"}
-  assert runner.config_changes({"config": older}, changed) == []
+  assert finished_runs.config_changes({"config": older}, changed) == []
   # A pre-trained checkpoint is the same one in another place, another one elsewhere.
   def pretrained(path):
-    return {"config": {**runner.flat_config(config), "model.pretrained": path}}
-  assert runner.config_changes(pretrained("/a/env/minilm/model_files"),
+    return {"config": {**finished_runs.flat_config(config), "model.pretrained": path}}
+  assert finished_runs.config_changes(pretrained("/a/env/minilm/model_files"),
                                pretrained_config("/b/venv/minilm/model_files")) == []
-  assert runner.config_changes(pretrained("/a/env/minilm/model_files"),
+  assert finished_runs.config_changes(pretrained("/a/env/minilm/model_files"),
                                pretrained_config("/a/env/mpnet/model_files")) == [
       "model.pretrained: 'minilm/model_files' -> 'mpnet/model_files'"]
 
@@ -371,8 +371,8 @@ def test_cli_runs_bm25_and_quotes_its_command(bench, tmp_path):
   text = (tmp_path / "r" / "results.md").read_text()
   assert f"Command: `dgi benchmark --dataset {bench['data']} --methods bm25" in text
   # The same ranking as the library run of the fixture (same data, same BM25).
-  ours = runner.read_result(tmp_path / "w", "bm25")["report"]["metrics"]
-  assert ours == runner.read_result(bench["workdir"], "bm25")["report"]["metrics"]
+  ours = finished_runs.read_result(tmp_path / "w", "bm25")["report"]["metrics"]
+  assert ours == finished_runs.read_result(bench["workdir"], "bm25")["report"]["metrics"]
 
 
 def test_cli_refuses_a_run_finished_under_another_config_in_one_line(bench, tmp_path):

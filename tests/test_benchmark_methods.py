@@ -175,7 +175,7 @@ def test_kmeans_gives_untied_heads_their_own_buffers(tiny_config):
 def test_interrupted_stage_stops_the_method_and_a_rerun_finishes_it(tiny_config, tmp_path,
                                                                      monkeypatch):
   """A SIGTERM'd warm-up must not start the main stage from an unfinished encoder."""
-  from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  from dgi_jax.benchmark import finished_runs, runner  # pylint: disable=g-import-not-at-top
   config = tiny_config
   with config.unlocked():
     config.benchmark = load_config("benchmark", "scratch").benchmark
@@ -192,7 +192,7 @@ def test_interrupted_stage_stops_the_method_and_a_rerun_finishes_it(tiny_config,
   with pytest.raises(runner.BenchmarkInterrupted, match="stopped at step 1 of 3"):
     runner.run_method(methods.BY_NAME["dgi"], config, tmp_path)
   assert calls == ["warmup"]  # The main stage never started ...
-  assert runner.read_result(tmp_path, "dgi") is None  # ... and nothing was reported.
+  assert finished_runs.read_result(tmp_path, "dgi") is None  # ... and nothing was reported.
   monkeypatch.setattr(train, "train_and_evaluate", real)
   result = runner.run_method(methods.BY_NAME["dgi"], config, tmp_path)
-  assert runner.read_result(tmp_path, "dgi")["report"] == result["report"]
+  assert finished_runs.read_result(tmp_path, "dgi")["report"] == result["report"]

@@ -5,7 +5,7 @@ import pytest
 
 from dgi_jax import run_setup
 from dgi_jax.baselines import dense
-from dgi_jax.benchmark import methods, runner
+from dgi_jax.benchmark import finished_runs, methods, runner
 from dgi_jax.data import jsonl_format, synthetic_catalogue
 from dgi_jax.models import encoders
 from conftest import load_config
@@ -60,4 +60,4 @@ def test_zero_shot_is_skipped_without_a_pretrained_encoder(dataset, tmp_path):
   lines = []
   runner.run_benchmark(str(dataset), "zero_shot", config, tmp_path, log=lines.append)
   assert any("zero_shot: skipped" in line for line in lines)
-  assert runner.read_result(tmp_path, "zero_shot") is None
+  assert finished_runs.read_result(tmp_path, "zero_shot") is None

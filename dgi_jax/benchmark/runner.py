@@ -29,39 +29,29 @@ named, rather than reported beside runs of another config. The results table and
 are rebuilt after each method, so an interrupted benchmark leaves a valid partial table.
 """
 
-import json
 import math
 import os
 import pathlib
 import shlex
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from dgi_jax import config_checks, evaluate, retrieval, run_setup, train
-from dgi_jax import errors, resume_checks, trained_run
+from dgi_jax import errors, trained_run
 from dgi_jax.baselines import bm25, dense
+from dgi_jax.benchmark import finished_runs
 from dgi_jax.benchmark import methods as methods_lib
 from dgi_jax.benchmark import report as report_lib
 from dgi_jax.benchmark.machine import machine_description
 from dgi_jax.data import converters, jsonl_format, pipeline, records
 from dgi_jax.models import encoders
 
-RESULT_FILE = "result.json"
-RUNS_DIR = "runs"  # Under the results directory: each finished run's result.
 SPLIT = "test"
-# Config fields that do not change what a finished run computed: where its files are,
-# how the work is laid out on the machine, and how many runs the benchmark makes. A
-# finished run made under other values of these is kept.
-NOT_COMPARED_FIELDS = frozenset({
-    "data.dataset", "data.tfds_dir", "data.worker_count", "train.encoder_cache_dir",
-    "train.distributed", "train.parallelism", "train.log_every", "eval.batch_size",
-    "eval.item_batch_size", "benchmark.num_seeds", "benchmark.seeded_methods",
-})
 
 
 def dataset_directory(dataset: str, data_root, workdir, converter_options) -> str:
@@ -106,13 +96,6 @@ def index_for_catalogue(num_items: int, num_levels: int) -> Dict[str, Any]:
   size = int(min(max(size, 16), 4096, num_items))
   return {"model.codebook_sizes": (size,) * num_levels,
           "train.kmeans_items": min(num_items, 100_000)}
-
-
-def seed_workdir(workdir, run: int) -> pathlib.Path:
-  """Where run `run` of the trained methods lives: `workdir` itself for run 0 (the runs
-  the tables report), <workdir>/seed<run> for the repeats."""
-  workdir = pathlib.Path(workdir)
-  return workdir / f"seed{run}" if run else workdir
 
 
 def seeded_config(base: ml_collections.ConfigDict, run: int) -> ml_collections.ConfigDict:
@@ -301,12 +284,6 @@ def config_of(method: methods_lib.Method, base_config) -> ml_collections.ConfigD
                        method.config_overrides(bool(base_config.model.pretrained)))
 
 
-def flat_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """`config` as {'section.field': value}, the values as JSON reads them back (a
-  tuple is a list), so a recorded config compares equal to the one it came from."""
-  return resume_checks.flatten(json.loads(config.to_json()))
-
-
 def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, Any]:
   """Trains (or resumes) and evaluates one method; returns and writes its result."""
   method_dir = pathlib.Path(workdir) / method.name
@@ -345,75 +322,23 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
       "train_seconds": train_seconds,
       "wall_seconds_this_session": time.perf_counter() - start,
       "overrides": method.config_overrides(bool(base_config.model.pretrained)),
-      "config": flat_config(config),
+      "config": finished_runs.flat_config(config),
       "machine": machine_description(),
       "report": report,
   }
-  evaluate.write_report(result, method_dir / RESULT_FILE)
+  evaluate.write_report(result, method_dir / finished_runs.RESULT_FILE)
   return result
-
-
-def _read_json(path: pathlib.Path) -> Optional[Dict[str, Any]]:
-  if not path.is_file():
-    return None
-  with path.open(encoding="utf-8") as f:
-    return json.load(f)
-
-
-def read_result(workdir, name: str) -> Optional[Dict[str, Any]]:
-  """A finished method's result in a work directory (`seed_workdir` for run k), or None."""
-  return _read_json(pathlib.Path(workdir) / name / RESULT_FILE)
-
-
-def kept_result_path(results_dir, run: int, name: str) -> pathlib.Path:
-  """Where the results directory keeps run `run` of method `name`."""
-  return seed_workdir(pathlib.Path(results_dir) / RUNS_DIR, run) / f"{name}.json"
-
-
-def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[str, Any]]:
-  """Run `run` of method `name` if finished, from the work directory, else from the
-  results directory's copy. The work directory's result wins: the copy is written when
-  it is missing or differs. None if not finished."""
-  result = read_result(seed_workdir(workdir, run), name)
-  kept = kept_result_path(results_dir, run, name)
-  if result is None:
-    return _read_json(kept)
-  if _read_json(kept) != result:
-    evaluate.write_report(result, kept)
-  return result
-
-
-def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) -> List[str]:
-  """'field: recorded -> now' for each field outside NOT_COMPARED_FIELDS in which `config`
-  differs from the one `result` was made under. As on resume (`resume_checks`), a field
-  only one of them has (a config of an older or newer version) is not compared, and
-  results that predate the record have none."""
-  if "config" not in result:
-    return []
-  recorded, now = _compared(result["config"]), _compared(flat_config(config))
-  return [f"{field}: {recorded[field]!r} -> {now[field]!r}"
-          for field in sorted(recorded.keys() & now.keys()) if recorded[field] != now[field]]
-
-
-def _compared(flat: Dict[str, Any]) -> Dict[str, Any]:
-  """The fields of a flat config that decide a result. A pre-trained checkpoint counts
-  by its last two folder names (a model's folder and its version, as in a Hugging Face
-  snapshot), not by where a machine keeps it."""
-  compared = {k: v for k, v in flat.items() if k not in NOT_COMPARED_FIELDS}
-  if compared.get("model.pretrained"):
-    compared["model.pretrained"] = "/".join(
-        pathlib.PurePath(compared["model.pretrained"]).parts[-2:])
-  return compared
 
 
 def _check_finished_runs(finished, base, workdir, results_dir):
   """Raises a UserError naming the first finished run made under another config."""
   for (name, run), result in finished.items():
     method = methods_lib.BY_NAME[name]
-    changes = config_changes(result, config_of(method, seeded_config(base, run)))
+    changes = finished_runs.config_changes(result,
+                                           config_of(method, seeded_config(base, run)))
     if changes:
-      where = (f"{seed_workdir(workdir, run) / method.name / RESULT_FILE} and "
-               f"{kept_result_path(results_dir, run, method.name)}")
+      result_file = finished_runs.seed_workdir(workdir, run) / name / finished_runs.RESULT_FILE
+      where = f"{result_file} and {finished_runs.kept_result_path(results_dir, run, name)}"
       raise errors.UserError(
           f"{method.name} (run {run}) finished under another config "
           f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}): give another "
@@ -459,7 +384,7 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
   command = shlex.join(command if command is not None else sys.argv)
   # Every finished run is checked before anything runs, reported or not.
-  finished = _finished_runs(workdir, results_dir, runs)
+  finished = finished_runs.collect(workdir, results_dir, runs)
   _check_finished_runs(finished, base, workdir, results_dir)
   # A method's seeds run back to back, so the methods listed first finish first.
   for method in selected:
@@ -473,7 +398,8 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
         log(f"[benchmark] {name}: finished earlier, kept")
         continue
       log(f"[benchmark] {name}: {method.label}")
-      result = run_method(method, seeded_config(base, run), seed_workdir(workdir, run))
+      result = run_method(method, seeded_config(base, run),
+                          finished_runs.seed_workdir(workdir, run))
       metrics = result["report"]["metrics"]
       log(f"[benchmark] {name}: hit@10 {metrics['hit@10']:.4f} ndcg@10 "
           f"{metrics['ndcg@10']:.4f}, trained {result['train_seconds'] / 60:.1f} min")
@@ -481,23 +407,11 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   return _write_results(dataset, base, workdir, results_dir, command, runs)
 
 
-def _finished_runs(workdir, results_dir, runs: Dict[str, int]):
-  """{(method name, run): result} of every finished run among each method's first
-  `runs[method name]` (`runs_per_method`)."""
-  finished = {}
-  for method in methods_lib.METHODS:
-    for run in range(runs[method.name]):
-      result = finished_result(workdir, results_dir, run, method.name)
-      if result is not None:
-        finished[method.name, run] = result
-  return finished
-
-
 def _write_results(dataset, config, workdir, results_dir, command,
                    runs: Dict[str, int]) -> pathlib.Path:
   """results.md from every finished result: run 0 of each method for the tables, and
   each method's finished runs over its seeds (`runs_per_method`)."""
-  finished = _finished_runs(workdir, results_dir, runs)
+  finished = finished_runs.collect(workdir, results_dir, runs)
   seeds = {}
   for method in methods_lib.METHODS:
     if (method.name, 0) in finished:
