@@ -56,6 +56,32 @@ def _seeds_table(seeds: Dict[str, List[Dict[str, Any]]]) -> List[str]:
              _seed_cell(indexes, 3) if len(indexes) == len(reports) else "–",
              " / ".join(_num(r["metrics"]["hit@10"]) for r in reports)]
     lines.append("| " + " | ".join(cells) + " |")
+  return lines + [""] + _against_seeds(seeds)
+
+
+# The seeded method that single runs (ablations, baselines) are read against.
+REFERENCE_METHOD = "dgi"
+
+
+def _against_seeds(seeds: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+  """Each method with one finished run, its Hit@10 against the spread of full DGI's
+  seeds: the difference from their mean, in their sample standard deviations (how far
+  one run of a method lies from where one run of DGI falls)."""
+  reference = seeds.get(REFERENCE_METHOD, [])
+  values = [r["report"]["metrics"]["hit@10"] for r in reference]
+  singles = [runs[0] for runs in seeds.values() if len(runs) == 1]
+  if len(values) < 2 or not singles:
+    return []
+  mean, error = mean_and_standard_error(values)
+  deviation = error * math.sqrt(len(values))
+  lines = [f"Single runs against the {len(values)} seeds of {reference[0]['label']} "
+           f"(Hit@10 {mean:.4f}, seed standard deviation {deviation:.4f}):", "",
+           "| method | Hit@10 | minus the seeds' mean | in seed standard deviations |",
+           "|---|---|---|---|"]
+  for r in singles:
+    hit = r["report"]["metrics"]["hit@10"]
+    spread = f"{(hit - mean) / deviation:+.1f}" if deviation > 0 else "–"
+    lines.append(f"| {r['label']} | {hit:.4f} | {hit - mean:+.4f} | {spread} |")
   return lines + [""]
 
 
