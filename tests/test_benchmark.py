@@ -247,6 +247,7 @@ def test_the_results_dir_resumes_the_benchmark_in_a_fresh_workdir(bench, tmp_pat
   for name in METHODS.split(","):  # Each finished run's result, as the workdir has it.
     kept = json.loads(finished_runs.kept_result_path(results, 0, name).read_text())
     assert kept == finished_runs.read_result(bench["workdir"], name)
+    assert not finished_runs.NOT_COMPARED_FIELDS & set(kept["config"])  # No paths kept.
   (results / "results.md").unlink()
   monkeypatch.setattr(runner, "run_method", lambda *args: pytest.fail("ran again"))
   # The table from the fixture's work directory, and from the results directory alone.

@@ -72,13 +72,14 @@ def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) ->
   results that predate the record have none."""
   if "config" not in result:
     return []
-  recorded, now = _compared(result["config"]), _compared(flat_config(config))
+  recorded, now = compared_config(result["config"]), compared_config(flat_config(config))
   return [f"{field}: {recorded[field]!r} -> {now[field]!r}"
           for field in sorted(recorded.keys() & now.keys()) if recorded[field] != now[field]]
 
 
-def _compared(flat: Dict[str, Any]) -> Dict[str, Any]:
-  """The fields of a flat config that decide a result. A pre-trained checkpoint counts
+def compared_config(flat: Dict[str, Any]) -> Dict[str, Any]:
+  """The fields of a flat config that decide a result, what a result records (so that
+  no machine's paths are kept with it). A pre-trained checkpoint counts
   by its last two folder names (a model's folder and its version, as in a Hugging Face
   snapshot), not by where a machine keeps it."""
   compared = {k: v for k, v in flat.items() if k not in NOT_COMPARED_FIELDS}

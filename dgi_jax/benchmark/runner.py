@@ -322,7 +322,7 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
       "train_seconds": train_seconds,
       "wall_seconds_this_session": time.perf_counter() - start,
       "overrides": method.config_overrides(bool(base_config.model.pretrained)),
-      "config": finished_runs.flat_config(config),
+      "config": finished_runs.compared_config(finished_runs.flat_config(config)),
       "machine": machine_description(),
       "report": report,
   }
