@@ -180,7 +180,8 @@ def _resume_config(config, args):
   from dgi_jax import trained_run  # pylint: disable=g-import-not-at-top
   saved = trained_run.saved_config(FLAGS.workdir)
   if saved is None:
-    return config if config is not None else _loaded_config(args)  # Its error names the file.
+    # Its error names the file.
+    return config if config is not None else _loaded_config("train", args)
   print(f"using the config saved in {FLAGS.workdir}'s checkpoints (no --config given)")
   return _with_overrides(saved, "the work directory's saved config")
 
@@ -288,23 +289,11 @@ def _serve(argv, command: str) -> int:
   return 0
 
 
-def _benchmark_config():
-  """--config if given, else the repository's configs/benchmark_<dataset>.py, else its
-  configs/benchmark.py (wherever the command runs)."""
-  if FLAGS["config"].present:
-    return FLAGS.config
-  named = config_files.path(f"benchmark_{FLAGS.dataset}")
-  path = named if named.is_file() else config_files.path("benchmark")
-  if not path.is_file():
-    raise app.UsageError(f"no {path}: pass --config")
-  return _with_overrides(config_files.load_file(path), str(path))
-
-
 def _benchmark(command_line) -> int:
   from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
   if not FLAGS.workdir or not FLAGS.dataset:
     raise app.UsageError("dgi benchmark needs --dataset and --workdir")
-  config = _benchmark_config()
+  config = FLAGS.config
   if "benchmark" not in config:
     raise app.UsageError("the config has no `benchmark` section; use configs/benchmark*.py")
   try:
@@ -329,9 +318,9 @@ def _dispatch(argv, command: str, args) -> int:
     return _benchmark(["dgi", command, *args])
   if command == "train":
     # Resuming without --config needs no config file here.
-    _train(_loaded_config(args) if FLAGS["config"].present else _default_config(), args)
+    _train(_loaded_config(command, args) if FLAGS["config"].present else _default_config(), args)
     return 0
-  return _parity(_loaded_config(args))
+  return _parity(_loaded_config(command, args))
 
 
 def _check_flags(command: str) -> None:
@@ -383,14 +372,32 @@ def _run(argv, command: str, args) -> int:
 # ---------------------------------------------------------------------------- flags
 
 
-def _config_path(args) -> str:
-  """The config file --config names in `args` (without a ':argument'), else the default's."""
+def _flag_value(args, name: str):
+  """The value of --`name` as typed in `args` (`--name=v` or `--name v`), else None."""
   for i, arg in enumerate(args):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1].split(":", 1)[0]
-    if arg == "--config" and i + 1 < len(args):
-      return args[i + 1].split(":", 1)[0]
-  return DEFAULT_CONFIG
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(args):
+      return args[i + 1]
+  return None
+
+
+def _default_config_file(command: str, args) -> str:
+  """The config file `command` reads without --config: configs/default.py, and for
+  `dgi benchmark` the repository's configs/benchmark_<dataset>.py, else its
+  configs/benchmark.py (wherever the command runs), so that --config.benchmark.*
+  overrides apply without naming the file."""
+  if command != "benchmark":
+    return DEFAULT_CONFIG
+  dataset = _flag_value(args, "dataset")
+  named = config_files.path(f"benchmark_{dataset}") if dataset else None
+  return str(named if named is not None and named.is_file() else config_files.path("benchmark"))
+
+
+def _config_path(command: str, args) -> str:
+  """The config file --config names in `args` (without a ':argument'), else the default's."""
+  named = _flag_value(args, "config")
+  return named.split(":", 1)[0] if named is not None else _default_config_file(command, args)
 
 
 def _override_paths(args):
@@ -399,10 +406,10 @@ def _override_paths(args):
           for m in [re.match(r"--(?:no)?config\.([^=]+)", arg)] if m]
 
 
-def _config_error(error: Exception, args) -> str:
+def _config_error(command: str, error: Exception, args) -> str:
   """One line for an error of loading the config or applying an override to it: the
   missing file, the unknown field and its close matches, else the error itself."""
-  path = _config_path(args)
+  path = _config_path(command, args)
   if not os.path.isfile(path):
     return f"--config {path}: no such file"
   try:
@@ -429,16 +436,16 @@ def _default_config():
   return FLAGS.config
 
 
-def _loaded_config(args):
+def _loaded_config(command: str, args):
   """FLAGS.config, whose loading errors show only when it is first read."""
   try:
     FLAGS.config.keys()
   except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(_config_error(e, args)) from None
+    raise errors.ConfigError(_config_error(command, e, args)) from None
   return FLAGS.config
 
 
-def _define_config_flag() -> None:
+def _define_config_flag(command: str, args) -> None:
   """(Re)defines --config for this command line.
 
   Defined here, not at import: without --config on the command line the default file is
@@ -448,7 +455,8 @@ def _define_config_flag() -> None:
   """
   for name in [n for n in FLAGS if n == "config" or n.startswith("config.")]:
     delattr(FLAGS, name)
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True)
+  config_flags.DEFINE_config_file("config", _default_config_file(command, args), CONFIG_HELP,
+                                  lock_config=True)
 
 
 def _parse_flags(command: str, argv):
@@ -457,10 +465,10 @@ def _parse_flags(command: str, argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    message = (_config_error(e, args) if "config." in str(e) and _override_paths(args)
+    message = (_config_error(command, e, args) if "config." in str(e) and _override_paths(args)
                else errors.one_line(e))
   except Exception as e:  # pylint: disable=broad-except
-    message = _config_error(e, args)
+    message = _config_error(command, e, args)
   sys.exit(_fail(command, message))
 
 
@@ -469,7 +477,9 @@ def _command_help(command: str) -> str:
   lines = [f"usage: {usage}", "", summary, "", "flags:"]
   for name in COMMAND_FLAGS[command]:
     if name == "config":
-      lines.append(f"  --config: {CONFIG_HELP} (default: {DEFAULT_CONFIG})")
+      default = ("configs/benchmark_<dataset>.py, else configs/benchmark.py"
+                 if command == "benchmark" else DEFAULT_CONFIG)
+      lines.append(f"  --config: {CONFIG_HELP} (default: {default})")
       continue
     flag = FLAGS[name]
     default = "" if flag.default is None else f" (default: {flag.default!r})"
@@ -494,9 +504,9 @@ def _start(command: str, args) -> None:
   """Per-run setup: --config for this command line, quiet libraries, warning lines."""
   FLAGS.unparse_flags()  # A previous run in this process (tests) set values.
   try:
-    _define_config_flag()
+    _define_config_flag(command, args)
   except Exception as e:  # pylint: disable=broad-except
-    sys.exit(_fail(command, _config_error(e, args)))
+    sys.exit(_fail(command, _config_error(command, e, args)))
   # Still needed: Orbax logs every save, read and manager it creates at INFO through absl,
   # and TFDS its builds (its warnings too: `_LibraryChatter`). Orbax's read-only opens no
   # longer warn (`checkpointing.Checkpointer`), so serving keeps WARNING as training does.

@@ -242,6 +242,16 @@ CASES = [
          ("/no/such/dir",)),
     Case("benchmark_unknown_method", ("benchmark", "--dataset", "beauty", "--methods",
                                       "bm26", "--workdir", "{tmp}/b"), ("unknown method",)),
+    # Without --config a benchmark's overrides apply to its dataset's benchmark config:
+    # an unknown field is named against that file, a benchmark-only field is applied
+    # (and its bad value reaches the runner's check).
+    Case("benchmark_unknown_field", ("benchmark", "--dataset", "scifact",
+                                     "--config.benchmark.nope=1", "--workdir", "{tmp}/b"),
+         ("--config.benchmark.nope", "benchmark_scifact.py has no such field")),
+    Case("benchmark_override_without_config", ("benchmark", "--dataset", "beauty",
+                                               "--config.benchmark.num_seeds=0",
+                                               "--workdir", "{tmp}/b"),
+         ("num_seeds=0: give 1 or more",)),
 ]
 
 
