@@ -275,6 +275,21 @@ def test_the_work_directory_result_wins_and_its_copy_alone_counts_as_finished(tm
   assert finished_runs.finished_result(tmp_path / "fresh", results, 0, "dgi") is None
 
 
+def test_the_kept_copy_records_only_the_compared_fields(tmp_path):
+  # A work directory's result written before results recorded only the compared fields
+  # holds the machine's paths; its copy in the results directory does not.
+  work, results = tmp_path / "work", tmp_path / "results"
+  (work / "dgi").mkdir(parents=True)
+  recorded = {"data.dataset": "/home/me/data/beauty", "loss.infonce_weight": 10.0,
+              "model.pretrained": "/home/me/models/all-MiniLM-L6-v2/abc123"}
+  (work / "dgi" / finished_runs.RESULT_FILE).write_text(
+      json.dumps({"hit": 1, "config": recorded}))
+  expected = {"hit": 1, "config": {"loss.infonce_weight": 10.0,
+                                   "model.pretrained": "all-MiniLM-L6-v2/abc123"}}
+  assert finished_runs.finished_result(work, results, 0, "dgi") == expected
+  assert json.loads(finished_runs.kept_result_path(results, 0, "dgi").read_text()) == expected
+
+
 def test_a_run_finished_under_another_config_is_refused_naming_the_field(bench, tmp_path,
                                                                          monkeypatch):
   results = tmp_path / "results"

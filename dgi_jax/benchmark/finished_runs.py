@@ -55,11 +55,15 @@ def kept_result_path(results_dir, run: int, name: str) -> pathlib.Path:
 def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[str, Any]]:
   """Run `run` of method `name` if finished, from the work directory, else from the
   results directory's copy. The work directory's result wins: the copy is written when
-  it is missing or differs. None if not finished."""
+  it is missing or differs, with only the config fields that are compared (a result
+  written before results recorded only those holds the machine's paths). None if not
+  finished."""
   result = read_result(seed_workdir(workdir, run), name)
   kept = kept_result_path(results_dir, run, name)
   if result is None:
     return _read_json(kept)
+  if "config" in result:
+    result = dict(result, config=compared_config(result["config"]))
   if _read_json(kept) != result:
     evaluate.write_report(result, kept)
   return result
