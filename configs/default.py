@@ -203,6 +203,12 @@ def get_config() -> ml_collections.ConfigDict:
   # exact SID. Cost O(beam * items per t-code prefix; ~N / K_1 at t=1), m - t fewer
   # decoder steps.
   c.eval.candidate_level = 0
+  # A candidate budget C > 0: of the beam_size best beams (SIDs, or prefixes with a
+  # candidate_level), the fewest that hold at least C items, in the decoder's order; the
+  # beam size is then the most it may take. Indexes whose regions differ in size then rank
+  # about C items each, where a fixed beam ranks beam x (items per region): methods
+  # compared at one cost, and a serving knob for it. 0: every beam's items.
+  c.eval.candidate_budget = 0
   # Leave the request's history items (its data.max_history most recent) out of every
   # ranking: a recommender does not propose what the user just had. Off: the published
   # protocols (TIGER's Beauty split) rank the whole catalogue.

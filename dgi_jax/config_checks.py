@@ -23,7 +23,8 @@ POSITIVE = ("train.num_steps", "train.global_batch_size", "train.log_every",
             "eval.num_popularity_buckets", "train.history_refresh_every")
 NON_NEGATIVE = ("train.eval_every", "data.max_history", "data.worker_count",
                 "optim.warmup_steps", "optim.backbone_lr", "optim.quantizer_lr",
-                "optim.decoder_lr", "eval.bucket_cap", "eval.candidate_level")
+                "optim.decoder_lr", "eval.bucket_cap", "eval.candidate_level",
+                "eval.candidate_budget")
 PARALLELISM = ("jit", "pmap")
 HISTORY_REPRS = ("text", "codes", "embedding")
 ENCODER_CACHE_DTYPES = ("bfloat16", "float32")
@@ -34,7 +35,8 @@ WEIGHTED_RANKINGS = ("blend", "sid")
 
 
 def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
-                     candidate_level: int = 0, sid_rerank_depth: int = 0) -> str:
+                     candidate_level: int = 0, sid_rerank_depth: int = 0,
+                     candidate_budget: int = 0) -> str:
   """The order of the beams' items in words, for reports and results tables; the cosine
   weight is a number or words (a weight chosen per method)."""
   weight = f"{cosine_weight:g}" if isinstance(cosine_weight, (int, float)) else cosine_weight
@@ -47,6 +49,8 @@ def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
   if candidate_level:
     words += (f", the beams over the first {candidate_level} code(s) and every item under "
               "them a candidate")
+  if candidate_budget:
+    words += f", the fewest best beams holding at least {candidate_budget} items"
   return words + (", the request's history items left out" if exclude_history else "")
 
 

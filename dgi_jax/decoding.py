@@ -154,6 +154,20 @@ def beam_search(tokens_to_logits: TokensToLogits, batch_size: int, beam_size: in
                     leaf_nodes=state.nodes, valid=state.alive)
 
 
+def keep_within_budget(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
+                       budget: int, candidate_level: int = 0,
+                       bucket_cap: int = 0) -> BeamResult:
+  """`beams` cut to the fewest best that hold at least `budget` candidate items
+  (`index.within_budget`; static budget >= 1); the beams cut become invalid beams (score
+  -inf, sequences and node -1), so the ranking, its candidate counts and everything else
+  that reads the beams see only the kept ones. Jittable."""
+  nodes = jnp.where(beams.valid, beams.leaf_nodes, -1)
+  keep = index_lib.within_budget(inverted_index, nodes, candidate_level, budget, bucket_cap)
+  return BeamResult(sequences=jnp.where(keep[..., None], beams.sequences, -1),
+                    scores=jnp.where(keep, beams.scores, NEG_INF),
+                    leaf_nodes=jnp.where(keep, beams.leaf_nodes, -1), valid=keep)
+
+
 # `rank_items` takes its cosines from one [batch, N] product with the whole catalogue
 # when N is at most this many times the candidate slots per request (beam * cap).
 CATALOGUE_COSINE_FACTOR = 16

@@ -110,7 +110,8 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
                 exclude_history=retriever.exclude_history,
-                candidate_level=retriever.candidate_level)
+                candidate_level=retriever.candidate_level,
+                candidate_budget=retriever.candidate_budget)
   if retriever.ranking in config_checks.WEIGHTED_RANKINGS:
     report["cosine_weight"] = retriever.cosine_weight
   if retriever.ranking == "sid":
@@ -250,38 +251,38 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
   return evaluate_fn
 
 
+# The `eval` fields `dgi eval` may change for one evaluation, as the search reads them
+# (`Retriever` attributes of the same names).
+SEARCH_OVERRIDES = ("ranking", "cosine_weight", "exclude_history", "candidate_level",
+                    "sid_rerank_depth", "candidate_budget")
+
+
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
-                     k: Optional[int] = None, ranking: Optional[str] = None,
-                     cosine_weight: Optional[float] = None,
-                     exclude_history: Optional[bool] = None,
-                     candidate_level: Optional[int] = None,
-                     sid_rerank_depth: Optional[int] = None):
+                     k: Optional[int] = None, **search: Any):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
 
-  `beam_size`, `k`, `ranking`, `cosine_weight`, `exclude_history`, `candidate_level` and
-  `sid_rerank_depth` default to the checkpoint's `eval` config.
+  `beam_size` and `k` default to the checkpoint's `eval` config, and so does each field
+  of SEARCH_OVERRIDES given as None or not at all in `search` (`ranking='cosine'`,
+  `candidate_budget=500`, ...).
 
   Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
 
   Returns:
     (report, step, 'best' | 'latest' | 'fallback', paths written).
   """
+  unknown = sorted(set(search) - set(SEARCH_OVERRIDES))
+  if unknown:
+    raise TypeError(f"evaluate_workdir: unknown search options {unknown}")
   trained = trained_run.load_trained(workdir)  # Skips damaged checkpoints, with a warning.
   step, which = trained.step, trained.selected
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)
-  if ranking is not None:
-    retriever.ranking = ranking
-  if cosine_weight is not None:
-    retriever.cosine_weight = float(cosine_weight)
-  if exclude_history is not None:
-    retriever.exclude_history = bool(exclude_history)
-  if candidate_level is not None:
-    config_checks.check_candidate_level("--candidate_level", candidate_level,
+  search = {name: value for name, value in search.items() if value is not None}
+  if "candidate_level" in search:
+    config_checks.check_candidate_level("--candidate_level", search["candidate_level"],
                                         trained.model.cfg.num_levels)
-    retriever.candidate_level = int(candidate_level)
-  if sid_rerank_depth is not None:
-    retriever.sid_rerank_depth = int(sid_rerank_depth)
+  for name, value in search.items():
+    setattr(retriever, name, type(getattr(retriever, name))(value))
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
   workdir = pathlib.Path(workdir)
@@ -323,7 +324,8 @@ def format_report(report: Dict[str, Any]) -> str:
   order = config_checks.describe_ranking(report["ranking"], report.get("cosine_weight", 0.0),
                                          report["exclude_history"],
                                          report.get("candidate_level", 0),
-                                         report.get("sid_rerank_depth", 0))
+                                         report.get("sid_rerank_depth", 0),
+                                         report.get("candidate_budget", 0))
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
             f"top {report['k']} by {order}; "

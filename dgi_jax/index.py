@@ -244,6 +244,13 @@ def items_for_prefixes(index: InvertedIndex, nodes: jax.Array, level: int,
                  cap or index.max_prefix_items[level - 1])
 
 
+def _node_offsets(index: InvertedIndex, level: int):
+  """The CSR offsets of the search's nodes: leaves (whole SIDs) at level 0 or m, else the
+  length-`level` prefixes."""
+  return (index.leaf_offsets if level in (0, index.num_levels)
+          else index.prefix_offsets[level - 1])
+
+
 def candidate_counts(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) -> np.ndarray:
   """How many items a search's nodes hold per request: what `decoding.rank_items` scores.
 
@@ -259,12 +266,36 @@ def candidate_counts(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) 
     int64 [B], before any history item is left out.
   """
   nodes = np.asarray(nodes)
-  offsets = (index.leaf_offsets if level in (0, index.num_levels)
-             else index.prefix_offsets[level - 1])
-  sizes = np.diff(np.asarray(offsets)).astype(np.int64)[np.maximum(nodes, 0)]
+  sizes = np.diff(np.asarray(_node_offsets(index, level))).astype(np.int64)
+  sizes = sizes[np.maximum(nodes, 0)]
   if cap:
     sizes = np.minimum(sizes, cap)
   return np.where(nodes >= 0, sizes, 0).sum(axis=-1)
+
+
+def within_budget(index: InvertedIndex, nodes: jax.Array, level: int, budget: int,
+                  cap: int = 0) -> jax.Array:
+  """bool [B, beam]: the nodes a candidate budget keeps; jittable.
+
+  Of a search's nodes in its order (best first), the fewest that together hold at least
+  `budget` items: a node is kept while the nodes before it hold fewer. Every node is kept
+  when all of them together hold fewer. So regions of any size give about `budget`
+  candidates per request, where a fixed beam gives beam x (items per region).
+
+  Args:
+    index: the inverted index.
+    nodes: int [B, beam] node ids, best first (-1 for none), as in `candidate_counts`.
+    level: the search's `candidate_level` (static).
+    budget: the least number of items to keep (static, >= 1).
+    cap: the ranking's static bucket width (0: none), as in `candidate_counts`.
+  """
+  offsets = _node_offsets(index, level)
+  safe = jnp.maximum(nodes, 0)
+  sizes = jnp.where(nodes >= 0, offsets[safe + 1] - offsets[safe], 0)
+  if cap:
+    sizes = jnp.minimum(sizes, cap)
+  held_before = jnp.cumsum(sizes, axis=-1) - sizes
+  return (nodes >= 0) & (held_before < budget)
 
 
 def collision_stats(sids, codebook_sizes: Sequence[int] = ()) -> Dict[str, object]:

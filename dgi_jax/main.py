@@ -46,7 +46,7 @@ COMMAND_FLAGS = {
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
     "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history",
-             "candidate_level", "sid_rerank_depth"),
+             "candidate_level", "sid_rerank_depth", "candidate_budget"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -59,7 +59,7 @@ COMMAND_USAGE = {
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
              "[--ranking beam|cosine|blend|sid] [--cosine_weight W] [--[no]exclude_history] "
-             "[--candidate_level T] [--sid_rerank_depth R]",
+             "[--candidate_level T] [--sid_rerank_depth R] [--candidate_budget C]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -97,6 +97,10 @@ flags.DEFINE_integer("candidate_level", None, "eval: stop the search at the best
 flags.DEFINE_integer("sid_rerank_depth", None, "eval: with --ranking sid, run the decoder "
                      "over the R candidates of highest cosine only (0: all; default "
                      "config.eval.sid_rerank_depth).", lower_bound=0)
+flags.DEFINE_integer("candidate_budget", None, "eval: rank the items of the fewest best "
+                     "beams that hold at least C of them; --beam is then the most beams "
+                     "taken (0: every beam's items; default config.eval.candidate_budget).",
+                     lower_bound=0)
 flags.DEFINE_string("history", "", "search: the user's history, item ids oldest first, "
                     "comma-separated.")
 flags.DEFINE_string("out", None, "index: the item -> SID table to write (JSONL).")
@@ -227,8 +231,8 @@ def _parity(config) -> int:
 def _eval() -> None:
   from dgi_jax import evaluate  # pylint: disable=g-import-not-at-top
   report, step, which, paths = evaluate.evaluate_workdir(
-      FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k, FLAGS.ranking, FLAGS.cosine_weight,
-      FLAGS.exclude_history, FLAGS.candidate_level, FLAGS.sid_rerank_depth)
+      FLAGS.workdir, FLAGS.split, FLAGS.beam, FLAGS.k,
+      **{name: FLAGS[name].value for name in evaluate.SEARCH_OVERRIDES})
   print(f"checkpoint: step {step} ({which})")
   print(evaluate.format_report(report))
   print("wrote " + ", ".join(str(p) for p in paths))

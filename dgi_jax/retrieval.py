@@ -120,22 +120,28 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
 
 # The cosine weight is traced: a validation sweep over weights reuses one compilation.
 _SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level",
-                  "sid_rerank_depth")
+                  "sid_rerank_depth", "candidate_budget")
 
 
 def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                      inverted: index_lib.InvertedIndex, item_emb: jax.Array,
                      request: EncodedRequests, exclude, *, beam_size: int, k: int,
                      bucket_cap: int, ranking: str, cosine_weight: float,
-                     candidate_level: int, sid_rerank_depth: int = 0) -> SearchResult:
+                     candidate_level: int, sid_rerank_depth: int = 0,
+                     candidate_budget: int = 0) -> SearchResult:
   """Constrained beam search from encoded requests -> ranking of the beams' items
-  (without those of `exclude`, int [B, E] -1 padded, when given)."""
+  (without those of `exclude`, int [B, E] -1 padded, when given); with a
+  `candidate_budget`, of the beams' items only those of the fewest best beams that hold
+  that many."""
   apply = functools.partial(model.apply, {"params": params})
   batch = request.z_q.shape[0]
   # With candidate_level t the search stops at the best t-code prefixes.
   beams = decoding.beam_search(grouped_logits_fn(apply, request, batch, beam_size), batch,
                                beam_size, tables, model.cfg.codebook_sizes,
                                levels=candidate_level)
+  if candidate_budget:
+    beams = decoding.keep_within_budget(beams, inverted, candidate_budget, candidate_level,
+                                        bucket_cap)
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level,
@@ -277,6 +283,8 @@ class Retriever:
     # Search prefixes of `candidate_level` codes and rank every item under them (0: the
     # items of the beams' SIDs).
     self.candidate_level = int(config.eval.candidate_level)
+    # Rank the items of the fewest best beams that hold this many (0: every beam's).
+    self.candidate_budget = int(config.eval.candidate_budget)
     # Leave each request's history items out of its ranking (`eval.exclude_history`).
     self.exclude_history = bool(config.eval.exclude_history)
     # Cut each search batch to its longest request (`trim_requests`); False searches at
@@ -420,7 +428,8 @@ class Retriever:
     return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
                 sid_rerank_depth=self.sid_rerank_depth,
                 ranking=self.ranking, cosine_weight=self.cosine_weight,
-                candidate_level=self.candidate_level)
+                candidate_level=self.candidate_level,
+                candidate_budget=self.candidate_budget)
 
   def encode(self, query_tokens, history=None) -> EncodedRequests:
     """The requests of `search(query_tokens, ..., history)`, encoded as it encodes them

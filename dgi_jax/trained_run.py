@@ -77,7 +77,8 @@ LEGACY_VALUES = {
               "cache_frozen_encoder": False, "encoder_cache_dtype": "float32"},
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
     "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
-             "exclude_history": False, "candidate_level": 0, "sid_rerank_depth": 0},
+             "exclude_history": False, "candidate_level": 0, "sid_rerank_depth": 0,
+             "candidate_budget": 0},
 }
 
 

@@ -91,6 +91,13 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["cosine_weight"], report["sid_rerank_depth"]) == (
       "sid", 4.0, 30)
+  code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "cosine",
+                       "--candidate_level", "1", "--candidate_budget", "7", "--beam", "6")
+  assert code == 0, err
+  assert ("every item under them a candidate, the fewest best beams holding at least 7 "
+          "items") in out
+  report = json.loads((run_copy / "eval_test.json").read_text())
+  assert (report["candidate_budget"], report["beam_size"]) == (7, 6)
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
   assert code == 1 and "--ranking" in err and "popularity" in err
 

@@ -141,6 +141,24 @@ def test_candidate_counts_hand_computed():
       index.candidate_counts(inverted, prefixes, level=1, cap=3), [5, 1])
 
 
+def test_within_budget_keeps_the_fewest_best_nodes_holding_the_budget():
+  # The index of `test_candidate_counts_hand_computed`; nodes in the search's order.
+  inverted = index.build_inverted_index(SIDS)
+  within = lambda nodes, level, budget, cap=0: np.asarray(index.within_budget(  # noqa: E731
+      inverted, jnp.array(nodes), level, budget, cap)).tolist()
+  leaves = [[0, 3, 4, -1]]  # 2, 2, 1 items; then no node.
+  assert within(leaves, 0, 1) == [[True, False, False, False]]
+  assert within(leaves, 0, 2) == [[True, False, False, False]]
+  assert within(leaves, 0, 3) == [[True, True, False, False]]
+  assert within(leaves, 0, 5) == [[True, True, True, False]]
+  assert within(leaves, 0, 100) == [[True, True, True, False]]  # All, fewer than 100.
+  assert within(leaves, 0, 2, cap=1) == [[True, True, False, False]]  # 1 item each.
+  prefixes = [[1, 0, 2], [2, -1, -1]]  # Length 1: 2, 4, 1 items; 1 item.
+  assert within(prefixes, 1, 3) == [[True, True, False], [True, False, False]]
+  assert within(prefixes, 1, 6) == [[True, True, False], [True, False, False]]
+  assert within(prefixes, 1, 7) == [[True, True, True], [True, False, False]]
+
+
 @pytest.mark.parametrize("level", [1, 2])
 def test_items_for_prefixes_against_brute_force(level):
   sizes = (3, 4, 2, 5)

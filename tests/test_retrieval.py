@@ -284,6 +284,40 @@ def test_candidate_level_ranks_every_item_under_the_best_first_codes(trained):
     assert len(items) < num_items and np.all(np.diff(narrow.cosines[b, :len(items)]) <= 0)
 
 
+@pytest.mark.parametrize("candidate_level", [0, 1])
+def test_candidate_budget_ranks_the_items_of_the_fewest_best_beams(trained,
+                                                                   candidate_level):
+  retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
+                                  trained.config)
+  retriever.ranking, retriever.candidate_level = "cosine", candidate_level
+  tokens = _first_test_batch(trained)["query_tokens"][:4]
+  num_items, beam = retriever.num_items, 8
+  # A few whole SIDs' items, or a tenth of the catalogue under first codes: fewer than
+  # the 8 beams hold.
+  budget = 3 if candidate_level == 0 else num_items // 10
+  full = jax.device_get(retriever.search(tokens, beam, num_items))
+  retriever.candidate_budget = budget
+  cut = jax.device_get(retriever.search(tokens, beam, num_items))
+  level = candidate_level or retriever.sids.shape[1]
+  for b in range(len(tokens)):
+    # By hand: the unbudgeted search's beams in order, until they hold `budget` items.
+    kept, held = [], 0
+    for prefix, valid in zip(full.beams.sequences[b], full.beams.valid[b]):
+      if valid and held < budget:
+        kept.append(tuple(prefix[:level]))
+        held += int(np.all(retriever.sids[:, :level] == prefix[:level], axis=1).sum())
+    assert 1 <= len(kept) < beam  # The budget cuts, and keeps at least one beam.
+    assert [tuple(p[:level]) for p in cut.beams.sequences[b][cut.beams.valid[b]]] == kept
+    assert not np.any(cut.beams.valid[b, len(kept):])
+    assert retriever.candidate_counts(cut.beams)[b] == held >= budget
+    items = cut.items[b][cut.items[b] >= 0]
+    expected = {i for i in range(num_items)
+                if tuple(retriever.sids[i, :level]) in set(kept)}
+    assert set(items.tolist()) == expected and len(items) == held
+    # The same order as the unbudgeted ranking, restricted to the kept candidates.
+    assert items.tolist() == [i for i in full.items[b] if i in expected]
+
+
 def test_sid_ranking_orders_the_candidates_by_their_sids_log_probability(trained):
   retriever = retrieval.Retriever(trained.model, trained.params, trained.run_data,
                                   trained.config)

@@ -183,7 +183,8 @@ def _budget(config) -> str:
   weight = (e.cosine_weight if not tuple(b.get("cosine_weight_grid", ())) else
             "w (chosen per method on validation, below)")
   order = config_checks.describe_ranking(e.ranking, weight, e.exclude_history,
-                                         e.candidate_level, e.get("sid_rerank_depth", 0))
+                                         e.candidate_level, e.get("sid_rerank_depth", 0),
+                                         e.get("candidate_budget", 0))
   selected = (f"the checkpoint with the best validation {t.best_metric} (scored every "
               f"{t.eval_every} steps)" if t.eval_every else "the final checkpoint")
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
