@@ -297,7 +297,7 @@ def _benchmark(command_line) -> int:
   from dgi_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
   if not FLAGS.workdir or not FLAGS.dataset:
     raise app.UsageError("dgi benchmark needs --dataset and --workdir")
-  config = FLAGS.config
+  config = _loaded_config("benchmark", command_line[2:])
   if "benchmark" not in config:
     raise app.UsageError("the config has no `benchmark` section; use configs/benchmark*.py")
   try:
