@@ -11,7 +11,8 @@ relevant items, in one jitted pass per batch (`diagnose`):
            pairs whose request vector quantizes to the relevant item's SID prefix; they
            tell whether joint training kept requests near their items.
   routed   the encoder with the codebooks but without the decoder: the items under the
-           W level-1 codewords nearest the request vector (W = the beam size), ranked by
+           W level-1 codewords nearest the request vector (W = the beam size; with a
+           candidate budget, the fewest nearest holding that many items), ranked by
            cosine: an inverted-file search whose regions are the SIDs' first codes. Set
            beside the search at `eval.candidate_level` 1 (the decoder choosing W first
            codes), it tells whether the decoder picks regions better than geometry does.
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgi_jax import index as index_lib
 from dgi_jax import metrics
 from dgi_jax.baselines import dense
 from dgi_jax.models import quantizer
@@ -46,15 +48,16 @@ class Diagnostics:
   code_cross_entropy: jax.Array  # [B, R, m] float32 -log P(c_t | request, c_<t), nats.
   routed_top_k: jax.Array  # [B, k] int32 items under the nearest W first codes (-1 pads).
   routed_candidates: jax.Array  # [B] int32 how many items those W regions hold.
-  routed_codes: jax.Array  # [B, W] int32 the W (<= K_1) first codes nearest the request.
+  # [B, W] int32 the W (<= K_1) first codes nearest the request (-1: cut by a budget).
+  routed_codes: jax.Array
 
 
 # The model is a static argument: a linen module is a hashable dataclass of its config,
 # so every evaluation of the same model shares one compilation per shape.
-@functools.partial(jax.jit, static_argnames=("model", "k", "route_width"))
+@functools.partial(jax.jit, static_argnames=("model", "k", "route_width", "route_budget"))
 def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes: jax.Array,
              request: EncodedRequests, target_sids: jax.Array, exclude=None, *,
-             route_width: int, k: int = DENSE_K) -> Diagnostics:
+             route_width: int, route_budget: int = 0, k: int = DENSE_K) -> Diagnostics:
   """The diagnostics of B encoded requests (`Retriever.encode`: the search's encoding,
   shared with it in evaluation).
 
@@ -67,6 +70,8 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
     target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
     exclude: int32 [B, E] items left out of the cosine ranking (-1 padded), or None.
     route_width: W, the level-1 codewords (holding items) the routed ranking searches.
+    route_budget: with C > 0, of those W, nearest first, the fewest that hold at least C
+      items (as the search's `eval.candidate_budget` takes its beams; 0: all W).
     k: Items of the cosine rankings.
 
   The cross-entropy is teacher-forced: the decoder reads the targets' hard codewords, as
@@ -89,8 +94,14 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
   # W codes at most K_1 (a code holding no item may fill the W; it adds no candidate).
   routed_codes = jax.lax.top_k(jnp.where(holds_items, first_scores, -jnp.inf),
                                min(route_width, first_scores.shape[-1]))[1]  # [B, W]
+  num_codes = first_scores.shape[-1]
+  if route_budget:  # The codes cut become -1: out of range for the scatter, no match.
+    code_sizes = jnp.zeros(num_codes, jnp.int32).at[item_first_codes].add(1)  # [K_1]
+    routed_codes = jnp.where(index_lib.first_holding(code_sizes[routed_codes], route_budget),
+                             routed_codes, -1)
   routed = jnp.zeros_like(first_scores, bool).at[
-      jnp.arange(first_scores.shape[0])[:, None], routed_codes].set(True)  # [B, K_1]
+      jnp.arange(first_scores.shape[0])[:, None],
+      jnp.where(routed_codes >= 0, routed_codes, num_codes)].set(True, mode="drop")  # [B, K_1]
   in_region = routed[:, item_first_codes]  # [B, N]
   routed_scores, routed_top_k = jax.lax.top_k(
       dense.cosine_scores(request.z_q, item_vectors, exclude, allowed=in_region), k)

@@ -294,8 +294,14 @@ def within_budget(index: InvertedIndex, nodes: jax.Array, level: int, budget: in
   sizes = jnp.where(nodes >= 0, offsets[safe + 1] - offsets[safe], 0)
   if cap:
     sizes = jnp.minimum(sizes, cap)
-  held_before = jnp.cumsum(sizes, axis=-1) - sizes
-  return (nodes >= 0) & (held_before < budget)
+  return (nodes >= 0) & first_holding(sizes, budget)
+
+
+def first_holding(sizes: jax.Array, budget: int) -> jax.Array:
+  """bool [..., W]: of W regions holding `sizes` [..., W] items, in order, the first ones
+  that together hold at least `budget` items (a region is kept while those before it hold
+  fewer); all of them when they hold fewer. Jittable."""
+  return jnp.cumsum(sizes, axis=-1) - sizes < budget
 
 
 def collision_stats(sids, codebook_sizes: Sequence[int] = ()) -> Dict[str, object]:

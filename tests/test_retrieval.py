@@ -39,13 +39,14 @@ def retriever(trained):
                              trained.config)
 
 
-def _diagnose(retriever, tokens, target_items, route_width=3):
+def _diagnose(retriever, tokens, target_items, route_width=3, route_budget=0):
   """`diagnostics.diagnose` of request tokens [B, Lq] (history as text), one target item
   [B] each."""
   return jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
       retriever.sids[:, 0], retriever.encode(np.asarray(tokens, np.int32)),
-      retriever.sids[np.asarray(target_items)][:, None], route_width=route_width))
+      retriever.sids[np.asarray(target_items)][:, None], route_width=route_width,
+      route_budget=route_budget))
 
 
 def _first_test_batch(trained):
@@ -227,6 +228,19 @@ def test_routed_ranking_is_the_cosine_ranking_under_the_nearest_first_codes(trai
       expected = members[np.argsort(-cosines[b, members])][:diagnostics.DENSE_K]
       np.testing.assert_array_equal(out.routed_top_k[b][:len(expected)], expected)
       assert np.all(out.routed_top_k[b][len(expected):] == -1)
+  # With a budget: of the 4 nearest codes, the fewest holding a tenth of the catalogue.
+  budget = retriever.num_items // 10
+  out = _diagnose(retriever, tokens, np.zeros(len(tokens), int), route_width=4,
+                  route_budget=budget)
+  for b in range(len(tokens)):
+    kept, held = [], 0
+    for code in np.argsort(-scores[b])[:4]:
+      if held < budget:
+        kept.append(code)
+        held += int((first == code).sum())
+    assert 1 <= len(kept) < 4
+    assert out.routed_codes[b].tolist() == kept + [-1] * (4 - len(kept))
+    assert out.routed_candidates[b] == held
 
 
 def test_mean_pairwise_cosine_known_answer():
