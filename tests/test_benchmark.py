@@ -329,6 +329,12 @@ def test_config_changes_lists_each_changed_field_and_skips_unrecorded_results():
   # A field the recorded config predates (a newer version's) is not a change.
   older = {k: v for k, v in result["config"].items() if k != "model.codebook_sizes"}
   assert finished_runs.config_changes({"config": older}, changed) == []
+  # A field added since, at the value the older runs had, is no change; at another it is.
+  older = {k: v for k, v in result["config"].items() if k != "eval.candidate_budget"}
+  assert finished_runs.config_changes({"config": older}, config) == []
+  budget = runner.method_config(config, {"eval.candidate_budget": 1000})
+  assert finished_runs.config_changes({"config": older}, budget) == [
+      "eval.candidate_budget: 0 -> 1000"]
   # A pre-trained checkpoint is the same one in another place, another one elsewhere.
   def pretrained(path):
     return {"config": {**finished_runs.flat_config(config), "model.pretrained": path}}

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import ml_collections
 
-from dgi_jax import evaluate, resume_checks
+from dgi_jax import evaluate, resume_checks, trained_run
 from dgi_jax.benchmark import methods as methods_lib
 
 RESULT_FILE = "result.json"
@@ -71,12 +71,16 @@ def finished_result(workdir, results_dir, run: int, name: str) -> Optional[Dict[
 
 def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) -> List[str]:
   """'field: recorded -> now' for each field outside NOT_COMPARED_FIELDS in which `config`
-  differs from the one `result` was made under. As on resume (`resume_checks`), a field
-  only one of them has (a config of an older or newer version) is not compared, and
-  results that predate the record have none."""
+  differs from the one `result` was made under. A field added since the result was made
+  counts at the value older runs had (`trained_run.LEGACY_VALUES`, as when a checkpoint is
+  read); any other field only one of them has (a config of an older or newer version) is
+  not compared, as on resume (`resume_checks`), and results that predate the record have
+  none."""
   if "config" not in result:
     return []
-  recorded, now = compared_config(result["config"]), compared_config(flat_config(config))
+  legacy = resume_checks.flatten(json.loads(json.dumps(trained_run.LEGACY_VALUES)))
+  recorded = compared_config({**legacy, **result["config"]})
+  now = compared_config(flat_config(config))
   return [f"{field}: {recorded[field]!r} -> {now[field]!r}"
           for field in sorted(recorded.keys() & now.keys()) if recorded[field] != now[field]]
 
