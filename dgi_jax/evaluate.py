@@ -105,7 +105,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
       parts.append(_batch_diagnostics(retriever, batch, request, item_first_codes,
-                                      beam_size, retriever.candidate_budget))
+                                      beam_size))
   seconds = time.perf_counter() - start
   ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
   report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
@@ -140,21 +140,21 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
 
 
 def _batch_diagnostics(retriever: retrieval.Retriever, batch, request,
-                       item_first_codes: jax.Array, route_width: int, route_budget: int):
+                       item_first_codes: jax.Array, route_width: int):
   """(dense ranking [B', 10] of the real requests, then per (request, relevant item)
   pair, relevant column by column: cross-entropy [P, m], the item's SID [P, m], SID
   prefix agreement [P, m]; then the routed ranking [B', 10], its candidate count [B'] and
   per pair whether the item is under the routed codes [P]) of one eval batch, from one
   `diagnostics.diagnose` call on the batch's encoded `request`, routing through
   `route_width` of the items' first codes `item_first_codes` [N], on the device, with the
-  search's candidate budget `route_budget`)."""
+  search's candidate budget)."""
   relevant = batch["relevant"]  # [B, R], -1 padded.
   out = jax.device_get(diagnostics.diagnose(
       retriever.model, retriever.params, retriever.device_item_embeddings,
       item_first_codes, request,
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
       retriever.excluded_items(batch["history"]), route_width=route_width,
-      route_budget=route_budget))
+      route_budget=retriever.candidate_budget))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
   target_sids = retriever.sids[relevant.T[pairs]]
   request_codes = np.broadcast_to(out.request_codes, pairs.shape + target_sids.shape[1:])

@@ -244,11 +244,16 @@ def items_for_prefixes(index: InvertedIndex, nodes: jax.Array, level: int,
                  cap or index.max_prefix_items[level - 1])
 
 
-def _node_offsets(index: InvertedIndex, level: int):
-  """The CSR offsets of the search's nodes: leaves (whole SIDs) at level 0 or m, else the
-  length-`level` prefixes."""
-  return (index.leaf_offsets if level in (0, index.num_levels)
-          else index.prefix_offsets[level - 1])
+def node_sizes(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) -> jax.Array:
+  """int32 [...]: how many items each of a search's `nodes` [...] holds (0 for -1): leaves
+  (whole SIDs) at `level` 0 or m, else the length-`level` prefixes; at most `cap` each
+  when given (the ranking's static bucket width). Jittable."""
+  offsets = (index.leaf_offsets if level in (0, index.num_levels)
+             else index.prefix_offsets[level - 1])
+  nodes = jnp.asarray(nodes)
+  safe = jnp.maximum(nodes, 0)
+  sizes = jnp.where(nodes >= 0, offsets[safe + 1] - offsets[safe], 0)
+  return jnp.minimum(sizes, cap) if cap else sizes
 
 
 def candidate_counts(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) -> np.ndarray:
@@ -265,12 +270,7 @@ def candidate_counts(index: InvertedIndex, nodes, level: int = 0, cap: int = 0) 
   Returns:
     int64 [B], before any history item is left out.
   """
-  nodes = np.asarray(nodes)
-  sizes = np.diff(np.asarray(_node_offsets(index, level))).astype(np.int64)
-  sizes = sizes[np.maximum(nodes, 0)]
-  if cap:
-    sizes = np.minimum(sizes, cap)
-  return np.where(nodes >= 0, sizes, 0).sum(axis=-1)
+  return np.asarray(node_sizes(index, nodes, level, cap)).astype(np.int64).sum(axis=-1)
 
 
 def within_budget(index: InvertedIndex, nodes: jax.Array, level: int, budget: int,
@@ -289,12 +289,7 @@ def within_budget(index: InvertedIndex, nodes: jax.Array, level: int, budget: in
     budget: the least number of items to keep (static, >= 1).
     cap: the ranking's static bucket width (0: none), as in `candidate_counts`.
   """
-  offsets = _node_offsets(index, level)
-  safe = jnp.maximum(nodes, 0)
-  sizes = jnp.where(nodes >= 0, offsets[safe + 1] - offsets[safe], 0)
-  if cap:
-    sizes = jnp.minimum(sizes, cap)
-  return (nodes >= 0) & first_holding(sizes, budget)
+  return (nodes >= 0) & first_holding(node_sizes(index, nodes, level, cap), budget)
 
 
 def first_holding(sizes: jax.Array, budget: int) -> jax.Array:

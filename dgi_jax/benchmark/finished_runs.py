@@ -28,6 +28,11 @@ NOT_COMPARED_FIELDS = frozenset({
 })
 
 
+# The fields added since results were first recorded, at the values older runs had
+# ({'section.field': value}, as `flat_config` gives them).
+_LEGACY_FIELDS = resume_checks.flatten(json.loads(json.dumps(trained_run.LEGACY_VALUES)))
+
+
 def seed_workdir(workdir, run: int) -> pathlib.Path:
   """Where run `run` of the trained methods lives: `workdir` itself for run 0 (the runs
   the tables report), <workdir>/seed<run> for the repeats."""
@@ -78,8 +83,7 @@ def config_changes(result: Dict[str, Any], config: ml_collections.ConfigDict) ->
   none."""
   if "config" not in result:
     return []
-  legacy = resume_checks.flatten(json.loads(json.dumps(trained_run.LEGACY_VALUES)))
-  recorded = compared_config({**legacy, **result["config"]})
+  recorded = compared_config({**_LEGACY_FIELDS, **result["config"]})
   now = compared_config(flat_config(config))
   return [f"{field}: {recorded[field]!r} -> {now[field]!r}"
           for field in sorted(recorded.keys() & now.keys()) if recorded[field] != now[field]]
