@@ -89,6 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
   # data.history_repr 'codes': whether the history's gradient reaches the codebooks it
   # reads as input embeddings [D] (off: they enter as constants; see docs/DESIGN.md).
   c.model.history_code_gradient = True
+  # The Dense layers' backward pass: 'flat' (activations flattened to 2-D and both gradient
+  # matmuls written out, which XLA:CPU runs 2x faster than autodiff's kernel gradient),
+  # 'autodiff' (lax.dot_general's own) or 'auto' (flat on CPU, autodiff on GPU / TPU).
+  # The same products either way (models/matmul.py, docs/DESIGN.md "Kernel gradients").
+  c.model.dense_gradient = "auto"
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()

@@ -3,7 +3,8 @@
 Resuming under another model shape fails to restore, and under another loss, optimiser or
 data layout it would silently continue a different run; both are refused with one line
 naming the fields. Fields in `MAY_CHANGE` only schedule or place the run (how long, how
-often to log, where files go) and may differ. The fields that name the dataset are not
+often to log, where files go) or choose how the same products are computed, and may
+differ. The fields that name the dataset are not
 compared: the dataset's version string (`Dataset.version`: builder, content hash or
 synthetic parameters), saved in each checkpoint's run record, is. So a dataset that moved
 resumes, and one whose files changed is refused unless the caller allows it.
@@ -21,7 +22,8 @@ MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
               "train.kmeans_init", "train.kmeans_iters", "train.kmeans_items",
               "train.cache_frozen_encoder", "train.encoder_cache_dtype",
               "train.encoder_cache_dir",
-              "data.tfds_dir", "data.worker_count", "model.pretrained", "eval.",
+              "data.tfds_dir", "data.worker_count", "model.pretrained",
+              "model.dense_gradient", "eval.",
               "benchmark.")
 # Fields that select the dataset: compared through the run record's dataset version.
 DATASET_FIELDS = ("data.dataset", "data.synthetic_num_items", "data.synthetic_num_train",

@@ -70,7 +70,7 @@ LEGACY_VALUES = {
     "model": {"normalize_item_embedding": False, "decoder_inputs": "sum",
               "decoder_identity_init": False, "encoder": "scratch", "pretrained": "",
               "encoder_spec": "", "history_code_gradient": True,
-              "separate_item_encoder": False},
+              "separate_item_encoder": False, "dense_gradient": "autodiff"},
     "optim": {"freeze_encoder_layers": 0, "frozen": (), "decoder_lr": 0.0},
     "data": {"history_repr": "text"},
     "train": {"history_refresh_every": 100, "init_from_kmeans": False,

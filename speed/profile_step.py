@@ -209,8 +209,10 @@ def hlo_opcodes(compiled, top=12):
   return counts.most_common(top)
 
 
-def _category(op_name: str):
-  """(phase, module, kind) of one HLO instruction from its metadata op_name."""
+def _category(op_name: str, instruction: str = ""):
+  """(phase, module, kind) of one HLO instruction from its metadata op_name and its name
+  (a dot, or a YNNPACK fusion around one, is a matmul whatever op_name it carries:
+  autodiff's kernel gradient is named after the transpose that follows it)."""
   phase = "bwd" if "transpose(" in op_name else "fwd" if "jvp(" in op_name else "other"
   if "embed_items" in op_name:
     module = "item encoder"
@@ -227,7 +229,7 @@ def _category(op_name: str):
   else:
     module = "optimizer/other"
   last = op_name.rsplit("/", 1)[-1]
-  if "dot_general" in last:
+  if "dot_general" in last or instruction.startswith(("dot", "ynn_fusion")):
     kind = "matmul"
   elif "/mlp/" in op_name and last not in ("dot_general", "add"):
     kind = "gelu"
@@ -275,7 +277,7 @@ def trace_breakdown(compiled, one, steps=3, top=15):
   groups = {i: collections.Counter() for i in range(3)}
   pairs = collections.Counter()
   for name, ms in per_op.items():
-    cat = _category(meta.get(name, ""))
+    cat = _category(meta.get(name, ""), name)
     for i in range(3):
       groups[i][cat[i]] += ms
     pairs[(cat[1], cat[2])] += ms

@@ -3,10 +3,13 @@
 Prints steps/s, examples/s and the achieved FLOP/s of the jitted (sharded) train step —
 FLOPs from XLA's cost analysis of the compiled step — and the utilisation against an
 n^3 matmul in the step's compute dtype measured in the same run (n 2048 on a CPU, 8192
-on an accelerator, whose peak a smaller product does not reach).
+on an accelerator, whose peak a smaller product does not reach). With several
+`--dense_gradient` settings (models/matmul.py) each gets its own compiled step, and the
+steps are timed in turn in one process, side by side.
 
   python speed/train_throughput.py [--config configs/default.py] [--steps 20]
-      [--batch_size B] [--dtype float32|bfloat16] [--peak_n N]
+      [--repeats 3] [--batch_size B] [--dtype float32|bfloat16] [--peak_n N]
+      [--dense_gradient flat,autodiff]
 """
 
 import argparse
@@ -18,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from common import keep_freed_memory_in_heap, machine_description  # noqa: E402
-from common import matmul_peak_flops, time_calls  # noqa: E402
+from common import best_interleaved, matmul_peak_flops  # noqa: E402
 
 from dgi_jax import config_files, optim, run_setup, sharding, train_step  # noqa: E402
 from dgi_jax.models import encoders  # noqa: E402
@@ -49,7 +52,12 @@ def sharded_train_step(config):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
-  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed window")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed windows per variant, interleaved; the best is reported")
+  parser.add_argument("--dense_gradient", default="",
+                      help="comma-separated model.dense_gradient settings to time side by "
+                      "side (default: the config's)")
   parser.add_argument("--batch_size", type=int, default=0,
                       help="global batch (default: the config's train.global_batch_size)")
   parser.add_argument("--dtype", default="",
@@ -70,39 +78,52 @@ def main():
     if args.dtype:
       config.model.dtype = args.dtype
   batch_size = config.train.global_batch_size
+  settings = args.dense_gradient.split(",") if args.dense_gradient else [
+      config.model.dense_gradient]
 
-  params, state, step, data = sharded_train_step(config)
-  rs = np.random.RandomState(0)
-  batch = sharding.global_batch(random_batch(config, batch_size, rs), data)
-  rng = jax.random.PRNGKey(1)
-  compiled = step.lower(state, batch, rng).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_step = float(cost.get("flops", float("nan")))
-
-  holder = {"state": state}
-
-  def one_step():
-    holder["state"], metrics = compiled(holder["state"], batch, rng)
-    jax.block_until_ready(metrics)
-
-  for _ in range(3):  # warm-up
-    one_step()
-  seconds = time_calls(one_step, args.steps)
+  windows, flops, n_params = {}, {}, 0
+  for setting in settings:
+    variant = config.copy_and_resolve_references()
+    with variant.unlocked():
+      variant.model.dense_gradient = setting
+    params, state, step, data = sharded_train_step(variant)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    batch = sharding.global_batch(random_batch(variant, batch_size, np.random.RandomState(0)),
+                                  data)
+    compiled = step.lower(state, batch, jax.random.PRNGKey(1)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops[setting] = float(cost.get("flops", float("nan")))
+    windows[setting] = _window(compiled, state, batch, args.steps)
+  seconds = {name: s / args.steps for name, s in best_interleaved(windows,
+                                                                 args.repeats).items()}
   peak_n = args.peak_n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
   peak = matmul_peak_flops(peak_n, dtype=config.model.dtype)
 
-  n_params = sum(x.size for x in jax.tree.leaves(params))
   print(f"machine: {machine_description()}" + ("  (heap malloc)" if args.heap_malloc else ""))
   print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}  "
         f"compute dtype: {config.model.dtype}")
-  print(f"step time (median of {args.steps}): {seconds * 1e3:.1f} ms")
-  print(f"steps/s: {1 / seconds:.2f}   examples/s: {batch_size / seconds:.0f}")
-  print(f"FLOPs/step (XLA cost analysis): {flops_per_step / 1e9:.2f} GFLOP")
-  print(f"achieved: {flops_per_step / seconds / 1e9:.1f} GFLOP/s   "
-        f"matmul peak ({peak_n}^3, {config.model.dtype}): {peak / 1e9:.1f} GFLOP/s   "
-        f"utilisation: {flops_per_step / seconds / peak:.1%}")
+  print(f"matmul peak ({peak_n}^3, {config.model.dtype}): {peak / 1e9:.1f} GFLOP/s; each step "
+        f"the best of {args.repeats} interleaved windows of {args.steps}")
+  for name in settings:
+    print(f"dense_gradient={name}: step {seconds[name] * 1e3:.1f} ms   steps/s "
+          f"{1 / seconds[name]:.2f}   examples/s {batch_size / seconds[name]:.0f}   "
+          f"FLOPs/step (XLA) {flops[name] / 1e9:.2f} G   achieved "
+          f"{flops[name] / seconds[name] / 1e9:.1f} GFLOP/s   utilisation "
+          f"{flops[name] / seconds[name] / peak:.1%}")
+  for name in settings[1:]:
+    print(f"{settings[0]} / {name}: {seconds[name] / seconds[settings[0]]:.3f}x steps/s")
 
+
+def _window(compiled, state, batch, steps: int):
+  """A function running `steps` train steps on `batch` (the state donated and carried)."""
+  holder, rng = {"state": state}, jax.random.PRNGKey(1)
+
+  def run():
+    for _ in range(steps):
+      holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready(metrics)
+  return run
 
 if __name__ == "__main__":
   main()

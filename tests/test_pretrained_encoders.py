@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from dgi_jax.models import pretrained, quantizer  # noqa: E402
+from dgi_jax.models import matmul, pretrained, quantizer  # noqa: E402
 from dgi_jax.models.bert import BertEncoder  # noqa: E402
 from dgi_jax.models.pretrained import EncoderSpec, PretrainedError  # noqa: E402
 from dgi_jax.models.t5 import T5Encoder, relative_position_bucket  # noqa: E402
@@ -79,13 +79,16 @@ def assert_hidden_states_match(spec, params, model, tokens, tol=1e-5):
   return max(errors)
 
 
-def assert_gradients_match(spec, params, model, tokens, leaves, tol=1e-4):
-  """d sum(normalize(pooled) * w) / d leaf, Flax vs torch autograd through `param_map`."""
+def assert_gradients_match(spec, params, model, tokens, leaves, tol=1e-4,
+                           dense_gradient="autodiff"):
+  """d sum(normalize(pooled) * w) / d leaf, Flax (its Dense layers' backward as
+  `dense_gradient` says) vs torch autograd through `param_map`."""
   w = np.random.default_rng(1).normal(size=(tokens.shape[0], spec.hidden_size))
   w = w.astype(np.float32)
 
   def loss(p):
-    _, pooled = encoder_cls(spec)(spec).apply({"params": p}, jnp.asarray(tokens))
+    encoder = encoder_cls(spec)(spec, dot_general=matmul.dense_dot_general(dense_gradient))
+    _, pooled = encoder.apply({"params": p}, jnp.asarray(tokens))
     return jnp.sum(quantizer.l2_normalize(pooled) * w)
 
   grads = jax.jit(jax.grad(loss))(params)
@@ -153,15 +156,18 @@ def test_minilm_hidden_states_match_torch(minilm):
   assert_hidden_states_match(spec, params, model, tokens)
 
 
-def test_minilm_gradients_match_torch(minilm):
+@pytest.mark.parametrize("dense_gradient", ["autodiff", "flat"])
+def test_minilm_gradients_match_torch(minilm, dense_gradient):
   spec, params, model, tokens = minilm
   assert_gradients_match(spec, params, model, tokens, [
       ("embeddings", "word_embeddings", "embedding"),
       ("embeddings", "layer_norm", "scale"),
       ("layer_2", "query", "kernel"),
+      ("layer_3", "attention_output", "kernel"),
       ("layer_4", "output_layer_norm", "scale"),
       ("layer_5", "intermediate", "bias"),
-  ])
+      ("layer_5", "output", "kernel"),
+  ], dense_gradient=dense_gradient)
 
 
 # ----------------------------------------------------------------- tiny random models
@@ -254,7 +260,8 @@ def test_t5_hidden_states_match_torch(tiny_t5):
   assert_hidden_states_match(spec, params, model, tokens)
 
 
-def test_t5_gradients_match_torch(tiny_t5):
+@pytest.mark.parametrize("dense_gradient", ["autodiff", "flat"])
+def test_t5_gradients_match_torch(tiny_t5, dense_gradient):
   spec, params, model = tiny_t5
   ff = "wi_0" if spec.activation == "gated-gelu" else "wi"
   assert_gradients_match(spec, params, model, random_tokens(spec.vocab_size, [45, 30, 7]), [
@@ -264,7 +271,7 @@ def test_t5_gradients_match_torch(tiny_t5):
       ("layer_2", ff, "kernel"),
       ("layer_1", "ff_layer_norm", "scale"),
       ("final_layer_norm", "scale"),
-  ])
+  ], dense_gradient=dense_gradient)
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 20), (64, 256)])

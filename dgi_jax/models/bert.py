@@ -6,7 +6,7 @@ is `embeddings` (word / position / token-type tables and their LayerNorm) plus o
 `self_attention` and `pool` are shared with models/t5.py.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -21,17 +21,20 @@ INIT = nn.initializers.normal(stddev=0.02)
 
 def self_attention(x: jax.Array, key_mask: jax.Array, *, spec: EncoderSpec, dtype: Any,
                    dropout_rate: float, deterministic: bool, use_bias: bool, scale: float,
-                   bias: Optional[jax.Array] = None) -> jax.Array:
+                   bias: Optional[jax.Array] = None,
+                   dot_general: Optional[Callable] = None) -> jax.Array:
   """Multi-head self-attention; its Dense layers query/key/value/attention_output.
 
   Call it from a compact `__call__`: the Dense layers become children of that module.
   x [B, L, d], key_mask [B, L] (True at real tokens), bias [1 | B, H, L, L] added to the
   scores -> [B, L, d]. Scores and softmax are float32 whatever the compute dtype.
+  `dot_general` is the Dense layers' (`matmul.dense_dot_general`; None: Flax's default).
   """
   batch, length = x.shape[:2]
 
   def dense(name: str, features: int) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=INIT, name=name)
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=INIT,
+                    dot_general=dot_general, name=name)
 
   def heads(name: str) -> jax.Array:
     return dense(name, spec.inner_size)(x).reshape(batch, length, spec.num_heads, -1)
@@ -94,6 +97,7 @@ class BertLayer(nn.Module):
   spec: EncoderSpec
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array, deterministic: bool) -> jax.Array:
@@ -104,10 +108,12 @@ class BertLayer(nn.Module):
       return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
     def dense(features: int, name: str) -> nn.Dense:
-      return nn.Dense(features, dtype=dtype, kernel_init=INIT, name=name)
+      return nn.Dense(features, dtype=dtype, kernel_init=INIT, dot_general=self.dot_general,
+                      name=name)
 
     y = self_attention(x, key_mask, spec=spec, dtype=dtype, dropout_rate=self.dropout_rate,
-                       deterministic=deterministic, use_bias=True, scale=spec.head_dim**-0.5)
+                       deterministic=deterministic, use_bias=True, scale=spec.head_dim**-0.5,
+                       dot_general=self.dot_general)
     x = _layer_norm(spec, dtype, "attention_layer_norm")(x + dropout(y))
     y = exact_gelu(dense(spec.intermediate_size, "intermediate")(x))
     y = dense(spec.hidden_size, "output")(y)
@@ -125,6 +131,7 @@ class BertEncoder(nn.Module):
   spec: EncoderSpec
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True,
@@ -156,7 +163,8 @@ class BertEncoder(nn.Module):
       x = x.astype(self.dtype)
     for i in range(start, stop):
       self.sow("intermediates", "hidden_states", x)
-      x = BertLayer(**settings, name=f"layer_{i}")(x, mask, deterministic)
+      x = BertLayer(**settings, dot_general=self.dot_general, name=f"layer_{i}")(
+          x, mask, deterministic)
     if stop < spec.num_layers:
       return x, mask
     states = x.astype(jnp.float32)

@@ -11,6 +11,7 @@ from dgi_jax.models.pretrained import EncoderSpec
 ENCODERS = ("scratch", "bert", "t5")
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
+DENSE_GRADIENTS = ("auto", "flat", "autodiff")  # models/matmul.py.
 DECODER_INPUTS = ("sum", "residual")
 HISTORY_REPRS = ("text", "codes", "embedding")
 
@@ -47,6 +48,7 @@ class ModelConfig:
   max_history: int = 0  # History positions of 'codes' / 'embedding' (`data.max_history`).
   # 'codes': whether the history's gradient reaches the codebooks it reads.
   history_code_gradient: bool = True
+  dense_gradient: str = "auto"  # The Dense layers' backward pass (models/matmul.py).
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
@@ -69,6 +71,9 @@ class ModelConfig:
     if self.decoder_inputs not in DECODER_INPUTS:
       raise ValueError(f"model.decoder_inputs={self.decoder_inputs!r}; expected one of "
                        f"{DECODER_INPUTS}")
+    if self.dense_gradient not in DENSE_GRADIENTS:
+      raise ValueError(f"model.dense_gradient={self.dense_gradient!r}; expected one of "
+                       f"{DENSE_GRADIENTS}")
     if self.history_repr not in HISTORY_REPRS:
       raise ValueError(f"data.history_repr={self.history_repr!r}; expected one of "
                        f"{HISTORY_REPRS}")

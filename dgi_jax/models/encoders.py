@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgi_jax.models import matmul
 from dgi_jax.models import pretrained
 from dgi_jax.models.bert import BertEncoder
 from dgi_jax.models.config import ModelConfig
@@ -34,8 +35,9 @@ def make_encoder(cfg: ModelConfig) -> nn.Module:
   """A new encoder module as `cfg.encoder` says (named by the attribute it is bound to)."""
   if cfg.encoder == "scratch":
     return TextEncoder(cfg)
-  return _PRETRAINED_ENCODERS[cfg.encoder](cfg.encoder_spec, dtype=cfg.compute_dtype,
-                                           dropout_rate=cfg.dropout_rate)
+  return _PRETRAINED_ENCODERS[cfg.encoder](
+      cfg.encoder_spec, dtype=cfg.compute_dtype, dropout_rate=cfg.dropout_rate,
+      dot_general=matmul.dense_dot_general(cfg.dense_gradient))
 
 
 def resolve_pretrained(config):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgi_jax.models import matmul
 from dgi_jax.models.config import ModelConfig
 from dgi_jax.models.transformer import EMBED_INIT, LAYER_NORM_EPS
 
@@ -83,7 +84,8 @@ class HistoryEmbedding(nn.Module):
   def __call__(self, vectors: jax.Array, history: jax.Array) -> jax.Array:
     """vectors [B, H, d_in], history [B, H] -> [B, H, d_model] in the compute dtype."""
     cfg = self.cfg
-    x = nn.Dense(cfg.d_model, name="projection")(vectors)
+    x = nn.Dense(cfg.d_model, dot_general=matmul.dense_dot_general(cfg.dense_gradient),
+                 name="projection")(vectors)
     x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, name="layer_norm")(x)
     table = self.param("recency_embed", EMBED_INIT, (max(cfg.max_history, 1), cfg.d_model))
     x = x + table[jnp.minimum(recency(history), table.shape[0] - 1)]

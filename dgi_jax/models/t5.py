@@ -6,7 +6,7 @@ relative position bias that every layer adds) and `final_layer_norm`.
 """
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -59,6 +59,7 @@ class T5Layer(nn.Module):
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   has_relative_bias: bool = False
+  dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
 
   @nn.compact
   def __call__(self, x: jax.Array, position_bias: Optional[jax.Array], key_mask: jax.Array,
@@ -75,7 +76,7 @@ class T5Layer(nn.Module):
     y = RMSNorm(spec.layer_norm_eps, self.dtype, name="attention_layer_norm")(x)
     y = self_attention(y, key_mask, spec=spec, dtype=self.dtype, deterministic=deterministic,
                        dropout_rate=self.dropout_rate, use_bias=False, scale=1.0,
-                       bias=position_bias)
+                       bias=position_bias, dot_general=self.dot_general)
     x = x + dropout(y)
     y = RMSNorm(spec.layer_norm_eps, self.dtype, name="ff_layer_norm")(x)
     return x + dropout(self._feed_forward(y, dropout)), position_bias
@@ -96,7 +97,8 @@ class T5Layer(nn.Module):
     spec = self.spec
 
     def dense(features: int, name: str) -> nn.Dense:
-      return nn.Dense(features, use_bias=False, dtype=self.dtype, kernel_init=INIT, name=name)
+      return nn.Dense(features, use_bias=False, dtype=self.dtype, kernel_init=INIT,
+                      dot_general=self.dot_general, name=name)
 
     if spec.activation == "gated-gelu":
       # HF's 'gelu_new' is the tanh approximation (jax.nn.gelu's default).
@@ -119,6 +121,7 @@ class T5Encoder(nn.Module):
   spec: EncoderSpec
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True,
@@ -143,7 +146,8 @@ class T5Encoder(nn.Module):
     for i in range(spec.num_layers):
       self.sow("intermediates", "hidden_states", x)
       x, bias = T5Layer(spec, self.dtype, self.dropout_rate, has_relative_bias=(i == 0),
-                        name=f"layer_{i}")(x, bias, mask, deterministic)
+                        dot_general=self.dot_general, name=f"layer_{i}")(
+                            x, bias, mask, deterministic)
     states = dropout(RMSNorm(spec.layer_norm_eps, self.dtype, name="final_layer_norm")(x))
     states = states.astype(jnp.float32)
     self.sow("intermediates", "hidden_states", states)
