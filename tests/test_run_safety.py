@@ -63,10 +63,12 @@ def test_another_config_is_refused_and_no_config_resumes_with_the_saved_one(dgi,
 
 def test_resume_compares_only_the_fields_that_shape_the_run():
   saved, config = load_config("tiny"), load_config("tiny")
-  with config.unlocked():  # How long, where, how it is evaluated; a moved dataset.
+  with config.unlocked():  # How long, where, how it is evaluated; a moved dataset; the
+    # same products computed another way.
     config.train.num_steps, config.train.log_every = 99, 7
     config.data.tfds_dir, config.data.dataset = "/elsewhere/tfds", "/moved/data"
     config.eval.k = 5
+    config.model.dense_gradient = "autodiff"
   assert not resume_checks.differing_fields(saved, config)
   with config.unlocked():
     config.loss.beta, config.optim.backbone_lr = 0.5, 1.0
