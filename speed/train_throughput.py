@@ -125,5 +125,6 @@ def _window(compiled, state, batch, steps: int):
     jax.block_until_ready(metrics)
   return run
 
+
 if __name__ == "__main__":
   main()

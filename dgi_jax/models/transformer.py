@@ -19,8 +19,8 @@ def exact_gelu(x):
 
   Not jax.nn.gelu's default tanh approximation, so the torch reference matches without a
   flag; and written with erf, as torch writes it, rather than jax.nn.gelu(approximate=
-  False)'s erfc, which XLA:CPU evaluates several times slower (the default train step
-  1.07x faster; docs/DESIGN.md, "Kernel gradients").
+  False)'s erfc, which XLA:CPU evaluates several times slower (4.8 against 0.9 ms on one
+  [128, 64, 256] activation, one core; docs/DESIGN.md, "Kernel gradients").
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
