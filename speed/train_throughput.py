@@ -4,11 +4,12 @@ Prints steps/s, examples/s and the achieved FLOP/s of the jitted (sharded) train
 FLOPs from XLA's cost analysis of the compiled step — and the utilisation against an
 n^3 matmul in the step's compute dtype measured in the same run (n 2048 on a CPU, 8192
 on an accelerator, whose peak a smaller product does not reach). With several
-`--dense_gradient` settings (models/matmul.py) each gets its own compiled step, and the
-steps are timed in turn in one process, side by side.
+`--dense_gradient` settings (models/matmul.py) or `--dtype`s each combination gets its own
+compiled step, and the steps are timed in turn in one process, side by side; each is
+compared with the peak of its own dtype.
 
   python speed/train_throughput.py [--config configs/default.py] [--steps 20]
-      [--repeats 3] [--batch_size B] [--dtype float32|bfloat16] [--peak_n N]
+      [--repeats 3] [--batch_size B] [--dtype float32,bfloat16] [--peak_n N]
       [--dense_gradient flat,autodiff]
 """
 
@@ -61,7 +62,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=0,
                       help="global batch (default: the config's train.global_batch_size)")
   parser.add_argument("--dtype", default="",
-                      help="compute dtype in place of the config's model.dtype")
+                      help="comma-separated compute dtypes (float32, bfloat16) to time side "
+                      "by side (default: the config's model.dtype)")
   parser.add_argument("--peak_n", type=int, default=0,
                       help="side of the peak matmul (default 2048 on CPU, 8192 otherwise)")
   parser.add_argument("--heap_malloc", action="store_true",
@@ -72,20 +74,20 @@ def main():
     print("--heap_malloc: not glibc; ignored")
   # A pre-trained encoder's architecture, as training reads it (weights: random init).
   config = encoders.resolve_pretrained(config_files.load_file(args.config))
-  with config.unlocked():
-    if args.batch_size:
+  if args.batch_size:
+    with config.unlocked():
       config.train.global_batch_size = args.batch_size
-    if args.dtype:
-      config.model.dtype = args.dtype
   batch_size = config.train.global_batch_size
-  settings = args.dense_gradient.split(",") if args.dense_gradient else [
-      config.model.dense_gradient]
+  gradients = (args.dense_gradient.split(",") if args.dense_gradient
+               else [config.model.dense_gradient])
+  dtypes = args.dtype.split(",") if args.dtype else [config.model.dtype]
+  variants = [(gradient, dtype) for dtype in dtypes for gradient in gradients]
 
   windows, flops, n_params = {}, {}, 0
-  for setting in settings:
+  for variant_key in variants:
     variant = config.copy_and_resolve_references()
     with variant.unlocked():
-      variant.model.dense_gradient = setting
+      variant.model.dense_gradient, variant.model.dtype = variant_key
     params, state, step, data = sharded_train_step(variant)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     batch = sharding.global_batch(random_batch(variant, batch_size, np.random.RandomState(0)),
@@ -93,26 +95,29 @@ def main():
     compiled = step.lower(state, batch, jax.random.PRNGKey(1)).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops[setting] = float(cost.get("flops", float("nan")))
-    windows[setting] = _window(compiled, state, batch, args.steps)
-  seconds = {name: s / args.steps for name, s in best_interleaved(windows,
-                                                                 args.repeats).items()}
+    flops[variant_key] = float(cost.get("flops", float("nan")))
+    windows[variant_key] = _window(compiled, state, batch, args.steps)
+  seconds = {key: s / args.steps for key, s in best_interleaved(windows,
+                                                               args.repeats).items()}
   peak_n = args.peak_n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
-  peak = matmul_peak_flops(peak_n, dtype=config.model.dtype)
+  peaks = {dtype: matmul_peak_flops(peak_n, dtype=dtype) for dtype in dtypes}
 
   print(f"machine: {machine_description()}" + ("  (heap malloc)" if args.heap_malloc else ""))
-  print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}  "
-        f"compute dtype: {config.model.dtype}")
-  print(f"matmul peak ({peak_n}^3, {config.model.dtype}): {peak / 1e9:.1f} GFLOP/s; each step "
-        f"the best of {args.repeats} interleaved windows of {args.steps}")
-  for name in settings:
-    print(f"dense_gradient={name}: step {seconds[name] * 1e3:.1f} ms   steps/s "
-          f"{1 / seconds[name]:.2f}   examples/s {batch_size / seconds[name]:.0f}   "
-          f"FLOPs/step (XLA) {flops[name] / 1e9:.2f} G   achieved "
-          f"{flops[name] / seconds[name] / 1e9:.1f} GFLOP/s   utilisation "
-          f"{flops[name] / seconds[name] / peak:.1%}")
-  for name in settings[1:]:
-    print(f"{settings[0]} / {name}: {seconds[name] / seconds[settings[0]]:.3f}x steps/s")
+  print(f"config: {args.config}  params: {n_params / 1e6:.2f}M  global batch: {batch_size}")
+  for dtype, peak in peaks.items():
+    print(f"matmul peak ({peak_n}^3, {dtype}): {peak / 1e9:.1f} GFLOP/s")
+  print(f"each step the best of {args.repeats} interleaved windows of {args.steps}")
+  for key in variants:
+    gradient, dtype = key
+    print(f"dense_gradient={gradient} dtype={dtype}: step {seconds[key] * 1e3:.1f} ms   "
+          f"steps/s {1 / seconds[key]:.2f}   examples/s {batch_size / seconds[key]:.0f}   "
+          f"FLOPs/step (XLA) {flops[key] / 1e9:.2f} G   achieved "
+          f"{flops[key] / seconds[key] / 1e9:.1f} GFLOP/s   utilisation "
+          f"{flops[key] / seconds[key] / peaks[dtype]:.1%} of the {dtype} peak")
+  first = variants[0]
+  for key in variants[1:]:
+    print(f"{'/'.join(key)} against {'/'.join(first)}: "
+          f"{seconds[first] / seconds[key]:.3f}x steps/s")
 
 
 def _window(compiled, state, batch, steps: int):

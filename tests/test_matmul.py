@@ -60,6 +60,25 @@ def test_bfloat16_operands_keep_their_dtype_and_autodiffs_values():
                                rtol=2e-2, atol=5e-2)
 
 
+def test_bfloat16_products_accumulate_in_float32_and_round_once():
+  """1 + 256 x 2^-9 = 1.5 is a bfloat16, but 1 + 2^-9 rounds back to 1 in bfloat16 (8
+  significant bits), so a product accumulated in bfloat16 would stay at 1. The forward
+  product and both gradients are float32 dots rounded to bfloat16."""
+  lhs = jnp.concatenate([jnp.ones((2, 1)), jnp.full((2, 256), 2.0**-9)], 1).astype(jnp.bfloat16)
+  rhs = jnp.ones((257, 3), jnp.bfloat16)
+  dims = _dense_numbers(2, 1)
+  out = matmul.flat_dot_general(lhs, rhs, dims)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.full((2, 3), 1.5, np.float32))
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda a, b: jnp.sum(matmul.flat_dot_general(a, b, dims).astype(jnp.float32)),
+      argnums=(0, 1)))(lhs, rhs))
+  assert jaxpr.count("preferred_element_type=float32") == 3, jaxpr
+  float32_jaxpr = str(jax.make_jaxpr(lambda a, b: matmul.flat_dot_general(a, b, dims))(
+      lhs.astype(jnp.float32), rhs.astype(jnp.float32)))
+  assert "convert_element_type" not in float32_jaxpr
+
+
 def test_other_contractions_are_left_to_lax():
   """Batch axes (attention's einsums) and contractions over other axes are not Dense
   layers': they trace to a plain dot_general, without the custom backward."""
