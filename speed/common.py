@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from dgi_jax.benchmark.machine import machine_description  # noqa: F401  (re-exported)
 from dgi_jax.host_memory import keep_freed_memory_in_heap  # noqa: F401  (re-exported)
+from dgi_jax.models import matmul
 
 
 def time_calls(fn, repeats: int) -> float:
@@ -38,14 +39,13 @@ def best_interleaved(variants, repeats: int) -> dict:
 def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype="float32") -> float:
   """Measured FLOP/s of a jitted n x n matmul in `dtype` (random operands: zeros run faster
   on a GPU): the practical peak of this machine at JAX's default precision. A 16-bit
-  dtype is timed both with a result in `dtype` and accumulating into float32 then
-  rounded (as the Dense layers' flat matmuls do, models/matmul.py), and the faster
-  counts: XLA:CPU runs only the second on the processor's bfloat16 instructions."""
+  dtype is timed both as `x @ x` and as the Dense layers' flat matmul, which accumulates
+  it into float32 and rounds (models/matmul.py), and the faster counts: XLA:CPU runs only
+  the second on the processor's bfloat16 instructions."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
   products = [jax.jit(lambda x: x @ x)]
-  if jnp.finfo(dtype).bits < 32:
-    products.append(jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32)
-                            .astype(x.dtype)))
+  if matmul.accumulates_in_float32(dtype):
+    products.append(jax.jit(lambda x: matmul.flat_dot_general(x, x, (((1,), (0,)), ((), ())))))
   best = float("inf")
   for f in products:
     f(a).block_until_ready()

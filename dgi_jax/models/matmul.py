@@ -34,16 +34,23 @@ def _flat_operands(lhs, rhs, k: int):
   return lhs.reshape(n, inner), rhs.reshape(inner, -1)
 
 
+def accumulates_in_float32(dtype) -> bool:
+  """Whether the Dense layers' matmuls accumulate operands of `dtype` into float32 and
+  round the product back: 16-bit floats. XLA:CPU runs a bfloat16 dot with a bfloat16
+  result through a path slower than float32's, and one with a float32 result on the
+  processor's bfloat16 instructions, 1.9x float32's speed (docs/DESIGN.md, "bfloat16 on
+  a CPU")."""
+  return bool(jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32)
+
+
 def _matmul(a, b, contract_a: int, contract_b: int, precision):
-  """One 2-D dot. 16-bit float operands accumulate into a float32 product that is then
-  rounded to their dtype: XLA:CPU runs a bfloat16 dot with a bfloat16 result through a
-  path slower than float32's, and one with a float32 result on the processor's bfloat16
-  instructions, 1.9x float32's speed (docs/DESIGN.md, "bfloat16 on a CPU")."""
+  """One 2-D dot in the operands' dtype (accumulated in float32 where
+  `accumulates_in_float32`)."""
   dtype = jnp.result_type(a, b)
-  low_precision = jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
   out = lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
                         precision=precision,
-                        preferred_element_type=jnp.float32 if low_precision else None)
+                        preferred_element_type=(jnp.float32 if accumulates_in_float32(dtype)
+                                                else None))
   return out.astype(dtype)
 
 
