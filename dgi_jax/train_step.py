@@ -36,8 +36,9 @@ class TrainState:
   params: Any  # The model's parameter tree (codebooks included, one copy).
   opt_state: Any  # optax state.
   # data.history_repr 'codes' / 'embedding': every item's SID int32 [N, m] or embedding
-  # float32 [N, d], which requests read their history through (models/history.py);
-  # recomputed from the params on a schedule, not by the optimiser. None for 'text'.
+  # float32 [N, d], which requests read their history through (models/history.py); with
+  # loss.history_negatives the embeddings, which InfoNCE reads the history's negatives
+  # from. Recomputed from the params on a schedule, not by the optimiser; None otherwise.
   history_table: Optional[jax.Array] = None
 
 
@@ -130,8 +131,11 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
           outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise,
                                 tau, deterministic, batch.get("history"), history_table,
                                 rngs=rngs, method=DGIModel.forward_from_item_embedding)
+      negatives = (losses.history_negatives(history_table, batch["history"],
+                                            batch["item_index"])
+                   if config.loss.history_negatives else None)
       terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
-                                gather, offset)
+                                gather, offset, negatives)
       return terms["total"], terms
 
     (_, terms), (grads, item_grads) = jax.value_and_grad(

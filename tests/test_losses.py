@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,6 +65,43 @@ def test_infonce_hand_computed_with_duplicate_target_masked():
   expected = (ce(0, 0, {2}) + ce(1, 1, set()) + ce(2, 2, {0})) / 3
   got = losses.infonce_loss(z_q, z_item, items, t)
   assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_infonce_with_history_negatives_hand_computed():
+  """Each row's own history items join its softmax; padding (-1) and a history item that
+  is the row's target do not."""
+  z_q = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  z_item = jnp.array([[3.0, 0.0], [0.0, 1.0]])
+  items = jnp.array([0, 1])
+  table = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-0.6, 0.8]])  # Unit rows.
+  history = jnp.array([[2, 3, -1], [1, 2, 0]])  # Row 1's history holds its target (1).
+  t = 0.5
+  in_batch = np.array([[1.0, 0.0], [0.0, 1.0]]) / t
+  def ce(row, label, extra):
+    logits = list(in_batch[row]) + [c / t for c in extra]
+    return -in_batch[row, label] + math.log(sum(math.exp(x) for x in logits))
+  # Row 0 against items 2 and 3: cos .6, -.6; row 1 against items 2 and 0: cos .8, 0.
+  expected = (ce(0, 0, [0.6, -0.6]) + ce(1, 1, [0.8, 0.0])) / 2
+  negatives = losses.history_negatives(table, history, items)
+  np.testing.assert_array_equal(negatives.valid, [[True, True, False], [False, True, True]])
+  got = losses.infonce_loss(z_q, z_item, items, t, extra_negatives=negatives)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+  assert float(got) > float(losses.infonce_loss(z_q, z_item, items, t))
+
+
+def test_history_negatives_are_constants():
+  """The gradient reaches the requests, not the table (refreshed, never trained)."""
+  z_item = jnp.array([[3.0, 0.0], [0.0, 1.0]])
+  items = jnp.array([0, 1])
+  table = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+  history = jnp.array([[2, -1], [0, 2]])
+  def loss(z_q, table):
+    return losses.infonce_loss(z_q, z_item, items, 0.5,
+                               extra_negatives=losses.history_negatives(table, history, items))
+  grad_q, grad_table = jax.grad(loss, argnums=(0, 1))(jnp.array([[1.0, 0.2], [0.1, 2.0]]),
+                                                     table)
+  assert float(jnp.abs(grad_q).max()) > 0
+  np.testing.assert_array_equal(grad_table, np.zeros_like(table))
 
 
 def test_diversity_loss_is_negative_entropy_of_mean_usage():
