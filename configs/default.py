@@ -107,11 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Measured: Beauty benchmark DGI test hit@10 .0100 -> .0231 (391 -> 6,979 distinct
   # SIDs); this config's run hit@10 .634 -> .717 (492 -> 2,414 distinct SIDs of 5,000).
   c.loss.infonce_weight = 10.0
-  # Each request's own history items as extra InfoNCE negatives beside the batch's items
-  # [D, off]: read from an item-embedding table in the train state, refreshed every
-  # train.history_refresh_every steps (constants between refreshes); a history item
-  # that is the request's target is left out. Not with data.history_repr='codes'.
-  c.loss.history_negatives = False
+  # k > 0: each request's k newest history items as extra InfoNCE negatives beside the
+  # batch's items [D, off], encoded by the item path with the targets (their gradient
+  # reaches both paths, as the in-batch negatives'); a history item that is the request's
+  # target is left out. See docs/DESIGN.md "The request's own history as negatives".
+  c.loss.history_negatives = 0
   c.loss.div_weight = 1.0  # Negative entropy of batch code usage [P].
   c.loss.beta = 0.25  # Commitment weight inside L_Local [D, as RQ-VAE].
   c.loss.infonce_temperature = 0.07  # tau_CL [D].
@@ -165,9 +165,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50  # Steps between metric lines.
   c.train.checkpoint_every = 500  # Steps between checkpoints.
   c.train.eval_every = 500  # Steps between validation passes (0 = never).
-  # data.history_repr 'codes' / 'embedding' or loss.history_negatives: steps between
-  # recomputing every item's SID or embedding (the history table) with the current
-  # parameters.
+  # data.history_repr 'codes' / 'embedding': steps between recomputing every item's SID
+  # and embedding (the history table requests read) with the current parameters.
   c.train.history_refresh_every = 100
   # With every encoder parameter frozen (and dropout off, history as text) the encoder is
   # a constant: encode the catalogue and the training requests once and let each step run

@@ -54,23 +54,22 @@ def local_loss(residuals: Sequence[jax.Array], hard_codewords: Sequence[jax.Arra
 
 
 class HistoryNegatives(NamedTuple):
-  """Each request's own history items as extra InfoNCE negatives (`loss.history_negatives`).
+  """Each request's newest history items as extra InfoNCE negatives (`loss.history_negatives`).
 
-  keys: float32 [b, H, d] the history items' l2-normalised embeddings (constants: read
-    from the train state's item table, refreshed on a schedule).
-  valid: bool [b, H], False at padding and at a history item that is the row's target.
+  keys: [b, k, d] the history items' l2-normalised embeddings, from the item path.
+  valid: bool [b, k], False where the history is short and at a history item that is the
+    row's target.
   """
   keys: jax.Array
   valid: jax.Array
 
 
-def history_negatives(item_table: jax.Array, history: jax.Array,
+def history_negatives(embeddings: jax.Array, negative_index: jax.Array,
                       item_index: jax.Array) -> HistoryNegatives:
-  """The `HistoryNegatives` of a batch: `item_table` float32 [N, d] l2-normalised item
-  embeddings, `history` int32 [b, H] item indices (-1 padded), `item_index` [b] targets."""
-  keys = jax.lax.stop_gradient(item_table[jnp.maximum(history, 0)])
-  valid = (history >= 0) & (history != item_index[:, None])
-  return HistoryNegatives(keys, valid)
+  """The `HistoryNegatives` of a batch: `embeddings` [b, k, d] z_base of the history items
+  `negative_index` int32 [b, k] (-1 where the history is short), `item_index` [b] targets."""
+  valid = (negative_index >= 0) & (negative_index != item_index[:, None])
+  return HistoryNegatives(l2_normalize(embeddings), valid)
 
 
 def infonce_loss(z_q: jax.Array, z_base: jax.Array, item_index: jax.Array,
@@ -86,8 +85,8 @@ def infonce_loss(z_q: jax.Array, z_base: jax.Array, item_index: jax.Array,
     temperature: tau_CL.
     gather: all-gathers [b, ...] -> [B, ...] (identity when b is already the global batch).
     row_offset: position of the local rows inside the gathered batch.
-    extra_negatives: per-row negatives [b, H, d] beside the batch's items (each row's own
-      history), appended to its softmax; invalid ones are left out.
+    extra_negatives: per-row negatives [b, k, d] beside the batch's items (each row's own
+      history items), appended to its softmax; invalid ones are left out.
   """
   keys = l2_normalize(gather(z_base))
   key_items = gather(item_index)
@@ -98,8 +97,7 @@ def infonce_loss(z_q: jax.Array, z_base: jax.Array, item_index: jax.Array,
   duplicate = (item_index[:, None] == key_items[None, :]) & ~is_label
   sims = jnp.where(duplicate, -jnp.inf, sims)
   if extra_negatives is not None:
-    extra = jnp.einsum("bd,bhd->bh", queries.astype(jnp.float32),
-                       extra_negatives.keys) / temperature
+    extra = jnp.einsum("bd,bkd->bk", queries, extra_negatives.keys) / temperature
     sims = jnp.concatenate(
         [sims, jnp.where(extra_negatives.valid, extra, -jnp.inf).astype(sims.dtype)], axis=1)
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(sims, labels))

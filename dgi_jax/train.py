@@ -12,7 +12,6 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -25,7 +24,6 @@ from dgi_jax.data import pipeline
 from dgi_jax.data import tokenizer as tokenizer_lib
 from dgi_jax.models import encoders
 from dgi_jax.models import history as history_lib
-from dgi_jax.models import quantizer
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -65,17 +63,10 @@ def _compile_step(model, optimizer, config, total_steps, mesh, state_sharding):
   return step, lambda batch: sharding.global_batch(batch, batch_sharding)
 
 
-def _keeps_history_table(model, config) -> bool:
-  """Whether the train state holds a history table: requests read history items
-  (`data.history_repr` 'codes' / 'embedding') or InfoNCE reads their history's negatives
-  (`loss.history_negatives`)."""
-  return model.cfg.history_items or bool(config.loss.history_negatives)
-
-
 def _abstract_state(model, optimizer, config, rng, state_sharding_of, num_items: int):
   """Shapes, dtypes and target shardings of the train state (nothing is allocated)."""
-  table = (history_lib.zero_table(model.cfg, num_items)
-           if _keeps_history_table(model, config) else None)
+  table = (history_lib.zero_table(model.cfg, num_items) if model.cfg.history_items
+           else None)
   shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
       run_setup.init_params(model, config, rng), optimizer, table))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -105,27 +96,18 @@ def _initial_state(model, optimizer, config, run_data, params, kmeans_rng, repli
       params = run_setup.kmeans_init_codebooks(
           model, params, run_data.catalogue_tokens, config, kmeans_rng,
           item_embeddings=_catalogue_embeddings(cache, model, params, config))
-  table = (_history_table(model, params, run_data, config, cache)
-           if _keeps_history_table(model, config) else None)
+  table = (run_setup.history_table(model, params, run_data.catalogue_tokens,
+                                   int(config.eval.item_batch_size))
+           if model.cfg.history_items else None)
   return jax.device_put(train_step_lib.create_train_state(params, optimizer, table),
                         replicated)
 
 
-def _history_table(model, params, run_data, config, cache) -> np.ndarray:
-  """The history table under `params` (models/history.py, `run_setup.history_table`);
-  with a frozen encoder's `cache` (text requests only) the item embeddings come from it,
-  l2-normalised as the table holds them."""
-  if cache is None:
-    return run_setup.history_table(model, params, run_data.catalogue_tokens,
-                                   int(config.eval.item_batch_size))
-  embeddings = _catalogue_embeddings(cache, model, params, config)
-  return np.asarray(quantizer.l2_normalize(jnp.asarray(embeddings)))
-
-
-def _refresh_history_table(model, state, run_data, config, on_host, put, cache):
-  """`state` with its history table recomputed from its params; `put` places the new
-  table as the state's other arrays are placed."""
-  table = _history_table(model, on_host(state).params, run_data, config, cache)
+def _refresh_history_table(model, state, run_data, config, on_host, put):
+  """`state` with its history table recomputed from its params (see models/history.py);
+  `put` places the new table as the state's other arrays are placed."""
+  table = run_setup.history_table(model, on_host(state).params, run_data.catalogue_tokens,
+                                  int(config.eval.item_batch_size))
   return state.replace(history_table=put(table))
 
 
@@ -371,8 +353,9 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
       on_host = sharding.unreplicate if pmapped else (lambda tree: tree)
       put = (sharding.replicate_for_pmap if pmapped
              else functools.partial(jax.device_put, device=replicated))
-      refresh_every = (int(config.train.history_refresh_every)
-                       if _keeps_history_table(model, config) else 0)
+      refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
+                       else 0)
+      history_negatives = int(config.loss.history_negatives)
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -389,6 +372,9 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
       for step in range(first_step, last_step):
         with timer.phase("input"):
           batch = next(data_iterator)
+          if history_negatives:
+            batch = train_step_lib.add_history_negatives(batch, history_negatives,
+                                                         run_data.catalogue_tokens)
           batch = to_device(cache.fill(batch) if cache else batch)
         with timer.step():  # Until the metrics arrive: the step has then run.
           state, metrics = step_fn(state, batch, run_rng)
@@ -403,8 +389,7 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
           # Before the checkpoint of this step, which then holds the table the next steps
           # read: a resumed run reads the same table as an uninterrupted one.
           with timer.phase("history_refresh"):
-            state = _refresh_history_table(model, state, run_data, config, on_host, put,
-                                           cache)
+            state = _refresh_history_table(model, state, run_data, config, on_host, put)
         preempted = guard.should_stop(done)
         # A stopped run logs its last steps too: the summary and the log end where it did.
         if done % config.train.log_every == 0 or done == last_step or preempted:

@@ -18,12 +18,10 @@ import sys
 import time
 import types
 
-import jax
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from dgi_jax import checkpointing, evaluate, run_lock, train
+from dgi_jax import evaluate, run_lock, train
 from dgi_jax import main as main_lib
 
 STEPS = 20
@@ -147,18 +145,3 @@ def wait_for_step(process, workdir, step, timeout=240) -> None:
     time.sleep(0.05)
   process.kill()
   pytest.fail("training did not reach the step in time")
-
-
-def saved_train_state(workdir):
-  """(the latest checkpoint's raw train state as numpy arrays, its step): every leaf the
-  checkpoint holds, the history table included, read as saved."""
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step()
-  metadata = checkpointer._manager.item_metadata(step)["state"]  # pylint: disable=protected-access
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        metadata)
-  state = checkpointer._manager.restore(step, args=ocp.args.Composite(  # pylint: disable=protected-access
-      state=ocp.args.StandardRestore(target))).state["train_state"]
-  checkpointer.close()
-  return state, step

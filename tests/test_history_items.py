@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgi_jax import diagnostics, retrieval, run_setup, train
+from dgi_jax import checkpointing, diagnostics, retrieval, run_setup, train
 from dgi_jax import trained_run
 from dgi_jax.data import pipeline, records
 from dgi_jax.models import history as history_lib
 from dgi_jax.models.dgi import DGIModel
 from conftest import load_config
 from model_fixtures import small_model
-from run_fixtures import saved_train_state, tiny_config
+from run_fixtures import tiny_config
 
 NUM_ITEMS = 30
 MAX_HISTORY = 20
@@ -182,6 +182,20 @@ def run(request, tfds_dir, tmp_path_factory):
   return workdir
 
 
+def _saved_state(workdir):
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step()
+  metadata = checkpointer._manager.item_metadata(step)["state"]  # pylint: disable=protected-access
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        metadata)
+  import orbax.checkpoint as ocp
+  state = checkpointer._manager.restore(step, args=ocp.args.Composite(  # pylint: disable=protected-access
+      state=ocp.args.StandardRestore(target))).state["train_state"]
+  checkpointer.close()
+  return state, step
+
+
 def test_training_batches_carry_the_most_recent_history(tfds_dir, tmp_path):
   config = _config(tfds_dir, "codes")
   with config.unlocked():
@@ -205,7 +219,7 @@ def test_training_batches_carry_the_most_recent_history(tfds_dir, tmp_path):
 
 def test_checkpoint_holds_the_table_of_the_last_refresh(run):
   """Refreshed every 4 steps, the step-12 table is that of the step-12 params exactly."""
-  state, step = saved_train_state(run)
+  state, step = _saved_state(run)
   assert step == 12
   trained = trained_run.load_trained(run)
   expected = run_setup.history_table(trained.model, state["params"],
@@ -224,8 +238,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tfds_dir, 
   train.train_and_evaluate(config, tmp_path / "straight")
   train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=6)
   train.train_and_evaluate(config, tmp_path / "resumed")
-  straight, _ = saved_train_state(tmp_path / "straight")
-  resumed, _ = saved_train_state(tmp_path / "resumed")
+  straight, _ = _saved_state(tmp_path / "straight")
+  resumed, _ = _saved_state(tmp_path / "resumed")
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 

@@ -28,11 +28,12 @@ from dgi_jax.models.transformer import EMBED_INIT, LAYER_NORM_EPS
 
 def zero_table(cfg: ModelConfig, num_items: int) -> np.ndarray:
   """A history table of `num_items` rows of zeros, of the shape and dtype `cfg` needs:
-  int32 [N, m] ('codes') or float32 [N, d] (the item embeddings: 'embedding', or 'text'
-  when the table holds the history's InfoNCE negatives alone)."""
+  int32 [N, m] ('codes') or float32 [N, d] ('embedding')."""
   if cfg.history_repr == "codes":
     return np.zeros((num_items, cfg.num_levels), np.int32)
-  return np.zeros((num_items, cfg.d_model), np.float32)
+  if cfg.history_repr == "embedding":
+    return np.zeros((num_items, cfg.d_model), np.float32)
+  raise ValueError(f"history_repr={cfg.history_repr!r} has no history table")
 
 
 def history_mask(history: jax.Array) -> jax.Array:
