@@ -107,11 +107,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Measured: Beauty benchmark DGI test hit@10 .0100 -> .0231 (391 -> 6,979 distinct
   # SIDs); this config's run hit@10 .634 -> .717 (492 -> 2,414 distinct SIDs of 5,000).
   c.loss.infonce_weight = 10.0
-  # k > 0: each request's k newest history items as extra InfoNCE negatives beside the
-  # batch's items [D, off], encoded by the item path with the targets (their gradient
-  # reaches both paths, as the in-batch negatives'); a history item that is the request's
-  # target is left out. See docs/DESIGN.md "The request's own history as negatives".
-  c.loss.history_negatives = 0
   c.loss.div_weight = 1.0  # Negative entropy of batch code usage [P].
   c.loss.beta = 0.25  # Commitment weight inside L_Local [D, as RQ-VAE].
   c.loss.infonce_temperature = 0.07  # tau_CL [D].

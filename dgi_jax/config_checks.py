@@ -86,11 +86,6 @@ def check_values(config) -> None:
   if history_repr not in (None, "text") and not _value(config, "data.max_history"):
     raise ConfigError(f"data.history_repr={history_repr!r} reads history items but "
                       "data.max_history=0; give data.max_history >= 1")
-  negatives = _value(config, "loss.history_negatives")
-  if negatives is not None and not 0 <= negatives <= (_value(config, "data.max_history") or 0):
-    raise ConfigError(f"loss.history_negatives={negatives}: the newest k history items are "
-                      "the negatives, so give 0 <= k <= data.max_history "
-                      f"({_value(config, 'data.max_history')})")
   cache_dtype = _value(config, "train.encoder_cache_dtype")
   if cache_dtype is not None and cache_dtype not in ENCODER_CACHE_DTYPES:
     raise ConfigError(f"train.encoder_cache_dtype={cache_dtype!r}: expected one of "

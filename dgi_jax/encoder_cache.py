@@ -49,13 +49,8 @@ from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 from dgi_jax.train_step import (ITEM_BOTTOM, ITEM_BOTTOM_MASK, ITEM_EMBEDDING,
-                                NEGATIVE_BOTTOM, NEGATIVE_BOTTOM_MASK, NEGATIVE_EMBEDDING,
-                                NEGATIVE_INDEX, NEGATIVE_TOKENS, REQUEST_BOTTOM,
-                                REQUEST_BOTTOM_MASK, REQUEST_MASK, REQUEST_STATES,
-                                REQUEST_VECTOR)
-
-# The token fields a cache's `fill` replaces by the encoder's (or its bottom's) outputs.
-_TOKEN_FIELDS = ("query_tokens", "item_tokens", NEGATIVE_TOKENS)
+                                REQUEST_BOTTOM, REQUEST_BOTTOM_MASK, REQUEST_MASK,
+                                REQUEST_STATES, REQUEST_VECTOR)
 
 def encoder_is_constant(model: DGIModel, params, config) -> bool:
   """Whether the encoder's outputs are fixed functions of the tokens for the whole run:
@@ -117,16 +112,13 @@ class EncoderCache:
   def fill(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """A training batch with the encoder's outputs in place of its tokens: `query_tokens`
     and `item_tokens` give way to item_embedding [b, d], request_states [b, Lq, d],
-    request_vector [b, d] and request_mask [b, Lq] (and the history negatives' tokens to
-    NEGATIVE_EMBEDDING [b, k, d]); the other fields stay."""
+    request_vector [b, d] and request_mask [b, Lq]; the other fields stay."""
     rows = batch["example_id"]
-    filled = {k: v for k, v in batch.items() if k not in _TOKEN_FIELDS}
+    filled = {k: v for k, v in batch.items() if k not in ("query_tokens", "item_tokens")}
     filled[ITEM_EMBEDDING] = self.item_embeddings[batch["item_index"]]
     filled[REQUEST_STATES] = self.request_states[rows]
     filled[REQUEST_VECTOR] = self.request_vectors[rows]
     filled[REQUEST_MASK] = self.request_masks[rows]
-    if NEGATIVE_INDEX in batch:  # [b, k] -> [b, k, d]
-      filled[NEGATIVE_EMBEDDING] = self.item_embeddings[np.maximum(batch[NEGATIVE_INDEX], 0)]
     return filled
 
   def catalogue_embeddings(self, model: DGIModel, params, batch_size: int) -> np.ndarray:
@@ -249,18 +241,13 @@ class BottomCache:
   def fill(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """A training batch with the bottom's outputs in place of its tokens:
     `query_tokens` and `item_tokens` give way to the ITEM_BOTTOM / REQUEST_BOTTOM fields
-    (and their masks; the history negatives' tokens to the NEGATIVE_BOTTOM fields); the
-    other fields stay."""
+    (and their masks); the other fields stay."""
     rows, items = batch["example_id"], batch["item_index"]
-    filled = {k: v for k, v in batch.items() if k not in _TOKEN_FIELDS}
+    filled = {k: v for k, v in batch.items() if k not in ("query_tokens", "item_tokens")}
     filled[ITEM_BOTTOM] = self.item_hidden[items]
     filled[ITEM_BOTTOM_MASK] = self.item_masks[items]
     filled[REQUEST_BOTTOM] = self.request_hidden[rows]
     filled[REQUEST_BOTTOM_MASK] = self.request_masks[rows]
-    if NEGATIVE_INDEX in batch:  # [b, k] -> [b, k, Li, d] and [b, k, Li]
-      negatives = np.maximum(batch[NEGATIVE_INDEX], 0)
-      filled[NEGATIVE_BOTTOM] = self.item_hidden[negatives]
-      filled[NEGATIVE_BOTTOM_MASK] = self.item_masks[negatives]
     return filled
 
   @property

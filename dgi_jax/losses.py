@@ -6,7 +6,7 @@ sharded batch that is automatic; under `jax.pmap` the caller passes `gather`, wh
 all-gathers a per-device array along the device axis.
 """
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,29 +53,9 @@ def local_loss(residuals: Sequence[jax.Array], hard_codewords: Sequence[jax.Arra
   return jnp.mean(total)
 
 
-class HistoryNegatives(NamedTuple):
-  """Each request's newest history items as extra InfoNCE negatives (`loss.history_negatives`).
-
-  keys: [b, k, d] the history items' l2-normalised embeddings, from the item path.
-  valid: bool [b, k], False where the history is short and at a history item that is the
-    row's target.
-  """
-  keys: jax.Array
-  valid: jax.Array
-
-
-def history_negatives(embeddings: jax.Array, negative_index: jax.Array,
-                      item_index: jax.Array) -> HistoryNegatives:
-  """The `HistoryNegatives` of a batch: `embeddings` [b, k, d] z_base of the history items
-  `negative_index` int32 [b, k] (-1 where the history is short), `item_index` [b] targets."""
-  valid = (negative_index >= 0) & (negative_index != item_index[:, None])
-  return HistoryNegatives(l2_normalize(embeddings), valid)
-
-
 def infonce_loss(z_q: jax.Array, z_base: jax.Array, item_index: jax.Array,
                  temperature: float, gather: Gather = identity_gather,
-                 row_offset: jax.Array | int = 0,
-                 extra_negatives: Optional[HistoryNegatives] = None) -> jax.Array:
+                 row_offset: jax.Array | int = 0) -> jax.Array:
   """In-batch contrastive loss, request -> item, over the global batch.
 
   Args:
@@ -85,21 +65,14 @@ def infonce_loss(z_q: jax.Array, z_base: jax.Array, item_index: jax.Array,
     temperature: tau_CL.
     gather: all-gathers [b, ...] -> [B, ...] (identity when b is already the global batch).
     row_offset: position of the local rows inside the gathered batch.
-    extra_negatives: per-row negatives [b, k, d] beside the batch's items (each row's own
-      history items), appended to its softmax; invalid ones are left out.
   """
   keys = l2_normalize(gather(z_base))
   key_items = gather(item_index)
-  queries = l2_normalize(z_q)
-  sims = queries @ keys.T / temperature
+  sims = l2_normalize(z_q) @ keys.T / temperature
   labels = row_offset + jnp.arange(z_q.shape[0])
   is_label = labels[:, None] == jnp.arange(keys.shape[0])[None, :]
   duplicate = (item_index[:, None] == key_items[None, :]) & ~is_label
   sims = jnp.where(duplicate, -jnp.inf, sims)
-  if extra_negatives is not None:
-    extra = jnp.einsum("bd,bkd->bk", queries, extra_negatives.keys) / temperature
-    sims = jnp.concatenate(
-        [sims, jnp.where(extra_negatives.valid, extra, -jnp.inf).astype(sims.dtype)], axis=1)
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(sims, labels))
 
 
@@ -131,17 +104,14 @@ def diversity_assignments(outputs: Dict, loss_config) -> Sequence[jax.Array]:
 
 
 def dgi_losses(outputs: Dict, item_index: jax.Array, loss_config, geometry: str,
-               gather: Gather = identity_gather, row_offset=0,
-               extra_negatives: Optional[HistoryNegatives] = None) -> Dict[str, jax.Array]:
-  """All terms and their weighted `total` from `DGIModel.forward_from_item_embedding`;
-  `extra_negatives` as `infonce_loss`'s."""
+               gather: Gather = identity_gather, row_offset=0) -> Dict[str, jax.Array]:
+  """All terms and their weighted `total` from `DGIModel.forward_from_item_embedding`."""
   terms = {
       "ntp": ntp_loss(outputs["logits"], outputs["codes"]),
       "global": global_loss(outputs["z_base"], outputs["code_vectors"], geometry),
       "local": local_loss(outputs["residuals"], outputs["hard_codewords"], loss_config.beta),
       "infonce": infonce_loss(outputs["z_q"], outputs["z_base"], item_index,
-                              loss_config.infonce_temperature, gather, row_offset,
-                              extra_negatives),
+                              loss_config.infonce_temperature, gather, row_offset),
       "div": diversity_loss(diversity_assignments(outputs, loss_config),
                             loss_config.div_eps, gather),
   }

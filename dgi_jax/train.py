@@ -355,7 +355,6 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
              else functools.partial(jax.device_put, device=replicated))
       refresh_every = (int(config.train.history_refresh_every) if model.cfg.history_items
                        else 0)
-      history_negatives = int(config.loss.history_negatives)
 
     config_json = checkpointing.dumps_config(config)
     run_record = resume_checks.run_record(run_data.dataset.version)
@@ -372,9 +371,6 @@ def _train(config, workdir, evaluate_fn, stop_at_step, allow_dataset_change,
       for step in range(first_step, last_step):
         with timer.phase("input"):
           batch = next(data_iterator)
-          if history_negatives:
-            batch = train_step_lib.add_history_negatives(batch, history_negatives,
-                                                         run_data.catalogue_tokens)
           batch = to_device(cache.fill(batch) if cache else batch)
         with timer.step():  # Until the metrics arrive: the step has then run.
           state, metrics = step_fn(state, batch, run_rng)

@@ -6,7 +6,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from dgi_jax import losses, optim
@@ -28,14 +27,6 @@ ITEM_BOTTOM = "item_bottom"  # [B, Li, d] layer k's input for the items.
 ITEM_BOTTOM_MASK = "item_bottom_mask"  # bool [B, Li].
 REQUEST_BOTTOM = "request_bottom"  # [B, Lq, d] layer k's input for the requests.
 REQUEST_BOTTOM_MASK = "request_bottom_mask"  # bool [B, Lq].
-# `loss.history_negatives` = k: each request's k newest history items, encoded by the item
-# path beside its target (`add_history_negatives`; a cache's `fill` swaps the tokens for
-# its rows as it does the target's).
-NEGATIVE_INDEX = "negative_index"  # int32 [B, k] item indices, -1 where the history is short.
-NEGATIVE_TOKENS = "negative_item_tokens"  # int32 [B, k, Li].
-NEGATIVE_EMBEDDING = "negative_embedding"  # float32 [B, k, d] (`EncoderCache`).
-NEGATIVE_BOTTOM = "negative_bottom"  # [B, k, Li, d] (`BottomCache`).
-NEGATIVE_BOTTOM_MASK = "negative_bottom_mask"  # bool [B, k, Li].
 
 
 @flax.struct.dataclass
@@ -68,25 +59,6 @@ def gumbel_noise(rng: jax.Array, example_id: jax.Array,
     return [jax.random.gumbel(jax.random.fold_in(key, t), (k,), jnp.float32)
             for t, k in enumerate(codebook_sizes)]
   return jax.vmap(per_example)(example_id)
-
-
-def newest_history(history: np.ndarray, k: int) -> np.ndarray:
-  """[B, H] item indices, oldest first and right-padded with -1 -> int32 [B, k], the k
-  newest (newest first), -1 where a history holds fewer."""
-  count = (history >= 0).sum(axis=1, keepdims=True)
-  slot = count - 1 - np.arange(k)[None]
-  rows = np.take_along_axis(history, np.maximum(slot, 0), axis=1)
-  return np.where(slot >= 0, rows, -1).astype(np.int32)
-
-
-def add_history_negatives(batch: Dict[str, np.ndarray], k: int,
-                          catalogue_tokens: np.ndarray) -> Dict[str, np.ndarray]:
-  """A host batch with NEGATIVE_INDEX and NEGATIVE_TOKENS: its requests' k newest history
-  items and their tokens (`catalogue_tokens` int32 [N, Li]; the row of item 0 where the
-  history is short, masked in the loss)."""
-  negatives = newest_history(batch["history"], k)
-  return dict(batch, **{NEGATIVE_INDEX: negatives,
-                        NEGATIVE_TOKENS: catalogue_tokens[np.maximum(negatives, 0)]})
 
 
 def make_loss_and_grads(model: DGIModel, config, total_steps: int,
@@ -140,16 +112,14 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
         # paper's Figure 3 signal) is separable from the request path's.
         item_params = {"params": dict(params, **{item_tower: item_encoder_params})}
         if ITEM_BOTTOM in batch:  # The frozen bottom's outputs, read from its cache.
-          z_base = model.apply(item_params, *_with_negatives(batch, ITEM_BOTTOM,
-                                                             ITEM_BOTTOM_MASK),
+          z_base = model.apply(item_params, batch[ITEM_BOTTOM], batch[ITEM_BOTTOM_MASK],
                                bottom_layers, deterministic, rngs=rngs,
                                method=DGIModel.embed_items_from_bottom)
         else:
-          z_base = model.apply(item_params, *_with_negatives(batch, "item_tokens"),
-                               deterministic, rngs=rngs, method=DGIModel.embed_items)
+          z_base = model.apply(item_params, batch["item_tokens"], deterministic, rngs=rngs,
+                               method=DGIModel.embed_items)
         if item_tower_frozen:  # Its gradient would be discarded: skip the backward pass.
           z_base = jax.lax.stop_gradient(z_base)
-        z_base, negative_embedding = _split_negatives(batch, z_base)
         if REQUEST_BOTTOM in batch:
           request = model.apply({"params": params}, batch[REQUEST_BOTTOM],
                                 batch[REQUEST_BOTTOM_MASK], bottom_layers, deterministic,
@@ -160,14 +130,8 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
           outputs = model.apply({"params": params}, z_base, batch["query_tokens"], noise,
                                 tau, deterministic, batch.get("history"), history_table,
                                 rngs=rngs, method=DGIModel.forward_from_item_embedding)
-      negatives = None
-      if NEGATIVE_INDEX in batch:
-        if REQUEST_STATES in batch:  # A constant encoder: the cached embeddings.
-          negative_embedding = batch[NEGATIVE_EMBEDDING]
-        negatives = losses.history_negatives(negative_embedding, batch[NEGATIVE_INDEX],
-                                             batch["item_index"])
       terms = losses.dgi_losses(outputs, batch["item_index"], config.loss, cfg.geometry,
-                                gather, offset, negatives)
+                                gather, offset)
       return terms["total"], terms
 
     (_, terms), (grads, item_grads) = jax.value_and_grad(
@@ -182,27 +146,6 @@ def make_loss_and_grads(model: DGIModel, config, total_steps: int,
     return terms, grads, item_grads
 
   return loss_and_grads
-
-
-def _with_negatives(batch: Batch, *fields: str):
-  """The item path's inputs `fields` ([B, ...] each) of the targets, followed by those of
-  the history negatives ([B, k, ...] flattened to [B * k, ...]) when the batch has them:
-  one encoder pass for both."""
-  if NEGATIVE_INDEX not in batch:
-    return tuple(batch[f] for f in fields)
-  negative = {"item_tokens": NEGATIVE_TOKENS, ITEM_BOTTOM: NEGATIVE_BOTTOM,
-              ITEM_BOTTOM_MASK: NEGATIVE_BOTTOM_MASK}
-  return tuple(jnp.concatenate([batch[f], batch[negative[f]].reshape(
-      (-1,) + batch[negative[f]].shape[2:])]) for f in fields)
-
-
-def _split_negatives(batch: Batch, z_base: jax.Array):
-  """`_with_negatives`' embeddings [B (1 + k), d] -> (targets [B, d], negatives [B, k, d]
-  or None)."""
-  if NEGATIVE_INDEX not in batch:
-    return z_base, None
-  b, k = batch[NEGATIVE_INDEX].shape
-  return z_base[:b], z_base[b:].reshape(b, k, -1)
 
 
 def _stop_frozen_gradients(params, labels):

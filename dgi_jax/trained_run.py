@@ -75,7 +75,7 @@ LEGACY_VALUES = {
     "data": {"history_repr": "text"},
     "train": {"history_refresh_every": 100, "init_from_kmeans": False,
               "cache_frozen_encoder": False, "encoder_cache_dtype": "float32"},
-    "loss": {"div_probs": "gumbel", "div_temperature": 0.0, "history_negatives": 0},
+    "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
     "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
              "exclude_history": False, "candidate_level": 0, "sid_rerank_depth": 0,
              "candidate_budget": 0},

@@ -2,7 +2,6 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,43 +64,6 @@ def test_infonce_hand_computed_with_duplicate_target_masked():
   expected = (ce(0, 0, {2}) + ce(1, 1, set()) + ce(2, 2, {0})) / 3
   got = losses.infonce_loss(z_q, z_item, items, t)
   assert float(got) == pytest.approx(expected, rel=1e-6)
-
-
-def test_infonce_with_history_negatives_hand_computed():
-  """Each row's newest history items join its softmax; a short history's padding (-1) and
-  a history item that is the row's target do not."""
-  z_q = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-  z_item = jnp.array([[3.0, 0.0], [0.0, 1.0]])
-  items = jnp.array([0, 1])
-  catalogue = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-0.6, 0.8]])  # Unit rows.
-  newest = np.array([[2, 3, -1], [1, 2, 0]])  # Row 1's history holds its target (1).
-  embeddings = jnp.asarray(2.5 * catalogue[np.maximum(newest, 0)])  # Any length.
-  t = 0.5
-  in_batch = np.array([[1.0, 0.0], [0.0, 1.0]]) / t
-  def ce(row, label, extra):
-    logits = list(in_batch[row]) + [c / t for c in extra]
-    return -in_batch[row, label] + math.log(sum(math.exp(x) for x in logits))
-  # Row 0 against items 2 and 3: cos .6, -.6; row 1 against items 2 and 0: cos .8, 0.
-  expected = (ce(0, 0, [0.6, -0.6]) + ce(1, 1, [0.8, 0.0])) / 2
-  negatives = losses.history_negatives(embeddings, jnp.asarray(newest), items)
-  np.testing.assert_array_equal(negatives.valid, [[True, True, False], [False, True, True]])
-  got = losses.infonce_loss(z_q, z_item, items, t, extra_negatives=negatives)
-  assert float(got) == pytest.approx(expected, rel=1e-6)
-  assert float(got) > float(losses.infonce_loss(z_q, z_item, items, t))
-
-
-def test_history_negatives_gradient_reaches_the_valid_ones_only():
-  z_q = jnp.array([[1.0, 0.2], [0.1, 2.0]])
-  z_item = jnp.array([[3.0, 0.0], [0.0, 1.0]])
-  items = jnp.array([0, 1])
-  newest = jnp.array([[1, -1], [1, 0]])  # Padding, and row 1's target.
-  def loss(embeddings):
-    return losses.infonce_loss(z_q, z_item, items, 0.5, extra_negatives=(
-        losses.history_negatives(embeddings, newest, items)))
-  grad = jax.grad(loss)(jnp.array([[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]))
-  norms = np.linalg.norm(np.asarray(grad), axis=-1)
-  assert norms[0, 0] > 0 and norms[1, 1] > 0
-  np.testing.assert_array_equal(norms[[0, 1], [1, 0]], [0.0, 0.0])
 
 
 def test_diversity_loss_is_negative_entropy_of_mean_usage():
