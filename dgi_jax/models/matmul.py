@@ -11,7 +11,8 @@ operands are flattened to 2-D first and the backward is written out: `dx = g W^T
 `dW = x^T g`, each one 2-D dot contracting the flattened token axis, with no transpose
 of the activations. The values are the same products as autodiff's.
 
-In bfloat16 the three products accumulate in float32 and round once to bfloat16.
+With 16-bit float operands (bfloat16, float16: `accumulates_in_float32`) the three
+products accumulate in float32 and round once to the operands' dtype.
 
 `model.dense_gradient` chooses: 'flat' (this), 'autodiff' (`lax.dot_general`'s own
 gradient) or 'auto' ('flat' on the CPU backend, 'autodiff' on GPU and TPU, where the
