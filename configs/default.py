@@ -218,6 +218,12 @@ def get_config() -> ml_collections.ConfigDict:
   # ranking: a recommender does not propose what the user just had. Off: the published
   # protocols (TIGER's Beauty split) rank the whole catalogue.
   c.eval.exclude_history = False
+  # Every cosine order of items (the beams' candidates, the encoder's exact ranking, the
+  # dense baselines) adds w x ln(1 + f(i)), f(i) the training requests whose target is
+  # item i. In-batch InfoNCE learns cos / tau = log p(i | q) - log p(i) + c(q): the
+  # popularity its negatives divide out, which ranking the catalogue for the next item
+  # needs back (dgi_jax/popularity.py). 0: the cosine alone (the paper's).
+  c.eval.popularity_weight = 0.0
   c.eval.num_popularity_buckets = 5  # Equal-count buckets B0 (head) .. B4 (tail) [P].
   # Validation during training also computes the decoder and encoder diagnostics (one
   # extra jitted pass per batch; `dgi eval` always does): their level1_information and

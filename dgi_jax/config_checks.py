@@ -36,14 +36,18 @@ WEIGHTED_RANKINGS = ("blend", "sid")
 
 def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
                      candidate_level: int = 0, sid_rerank_depth: int = 0,
-                     candidate_budget: int = 0) -> str:
-  """The order of the beams' items in words, for reports and results tables; the cosine
-  weight is a number or words (a weight chosen per method)."""
-  weight = f"{cosine_weight:g}" if isinstance(cosine_weight, (int, float)) else cosine_weight
+                     candidate_budget: int = 0, popularity_weight=0.0) -> str:
+  """The order of the beams' items in words, for reports and results tables; each weight
+  is a number or words (a weight chosen per method)."""
+  number = lambda w: f"{w:g}" if isinstance(w, (int, float)) else w  # noqa: E731
+  weight = number(cosine_weight)
   words = {"beam": "beam score, then cosine (the paper's order)",
            "cosine": "cosine over the beams' items",
            "blend": f"beam score + {weight} x cosine",
            "sid": f"log P(whole SID) + {weight} x cosine"}[ranking]
+  if popularity_weight:
+    words += (f", each cosine plus {number(popularity_weight)} x ln(1 + the item's "
+              "training popularity)")
   if ranking == "sid" and sid_rerank_depth:
     words += f" over the {sid_rerank_depth} candidates of highest cosine"
   if candidate_level:
@@ -97,6 +101,12 @@ def check_values(config) -> None:
   if depth is not None and depth < 0:
     raise ConfigError(f"eval.sid_rerank_depth={depth}: expected 0 (every candidate) or a "
                       "positive number of candidates")
+  for field in ("eval.popularity_weight", "benchmark.popularity_weight_grid"):
+    weights = _value(config, field)
+    weights = (weights,) if isinstance(weights, (int, float)) else weights
+    if weights is not None and not all(math.isfinite(w) and w >= 0 for w in weights):
+      raise ConfigError(f"{field}={_value(config, field)!r}: expected weights >= 0 "
+                        "(0: the cosine alone)")
   candidate_level = _value(config, "eval.candidate_level")
   if sizes and candidate_level is not None:
     check_candidate_level("eval.candidate_level", candidate_level, len(sizes))

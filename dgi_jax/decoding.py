@@ -179,7 +179,8 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
                cosines_from: str = "auto", exclude: Optional[jax.Array] = None,
                candidate_level: int = 0,
                sid_log_prob: Optional[Callable[[jax.Array], jax.Array]] = None,
-               sid_rerank_depth: int = 0) -> Tuple[jax.Array, jax.Array, jax.Array]:
+               sid_rerank_depth: int = 0, item_prior: Optional[jax.Array] = None
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Top-k items per query among the items of the beams' SIDs (or prefixes); jittable.
 
   Candidates are the items of every valid beam's bucket, padded to a fixed width so the
@@ -203,7 +204,9 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
               of one per candidate slot.
   All four cost O(batch * beam * cap), independent of the catalogue size ('sid' a decoder
   pass per candidate, the others a dot product). Items of
-  `exclude` (the request's history with `eval.exclude_history`) are no candidates.
+  `exclude` (the request's history with `eval.exclude_history`) are no candidates. With
+  `item_prior` each candidate's cosine is ranked as cosine + its prior (the popularity
+  prior, `popularity.py`) wherever the cosine orders, the returned cosines unchanged.
 
   The candidates' cosines (`cosines_from`, static): 'candidates' gathers their vectors,
   [batch, beam, cap, d], mostly padding when one bucket is much larger than the rest
@@ -230,6 +233,7 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     sid_log_prob: for 'sid': candidate item indices int [batch, C] (padding slots hold
       item 0) -> float32 [batch, C] log P(item's SID | request).
     sid_rerank_depth: static; for 'sid', 0 (every candidate) or R.
+    item_prior: float32 [N] added to each item's cosine in the ranking, or None.
 
   Returns:
     items: [batch, k] int32 item indices, -1 padded.
@@ -257,21 +261,25 @@ def rank_items(beams: BeamResult, inverted_index: index_lib.InvertedIndex,
     raise ValueError(f"cosines_from={cosines_from!r}: expected 'auto', 'candidates' or "
                      "'catalogue'")
   scores = jnp.broadcast_to(beams.scores[..., None], items.shape)
+  # What the ranking orders by in the cosine's place.
+  ranked_cosines = cosines if item_prior is None else cosines + item_prior[safe_items]
   flat = lambda x: x.reshape(batch, beam * cap)
-  items, present, scores, cosines = map(flat, (items, present, scores, cosines))
+  items, present, scores, cosines, ranked_cosines = map(
+      flat, (items, present, scores, cosines, ranked_cosines))
   if ranking == "sid":
     if sid_log_prob is None:
       raise ValueError("ranking='sid' needs sid_log_prob")
     depth = max(sid_rerank_depth, k)
     if sid_rerank_depth and depth < items.shape[1]:  # The best `depth` by cosine.
-      best = jnp.lexsort((-cosines, ~present), axis=-1)[:, :depth]
+      best = jnp.lexsort((-ranked_cosines, ~present), axis=-1)[:, :depth]
       keep = lambda x: jnp.take_along_axis(x, best, axis=1)
-      items, present, scores, cosines = map(keep, (items, present, scores, cosines))
+      items, present, scores, cosines, ranked_cosines = map(
+          keep, (items, present, scores, cosines, ranked_cosines))
     ranked_by = sid_log_prob(jnp.maximum(items, 0))
   else:
     ranked_by = scores
-  order = jnp.lexsort(_ranking_keys(ranking, cosine_weight, present, ranked_by, cosines),
-                      axis=-1)
+  order = jnp.lexsort(_ranking_keys(ranking, cosine_weight, present, ranked_by,
+                                    ranked_cosines), axis=-1)
   take = lambda x: jnp.take_along_axis(x, order[:, :k], axis=1)
   items, present, scores, cosines = map(take, (items, present, scores, cosines))
   pad = k - items.shape[1]

@@ -56,8 +56,9 @@ class Diagnostics:
 # so every evaluation of the same model shares one compilation per shape.
 @functools.partial(jax.jit, static_argnames=("model", "k", "route_width", "route_budget"))
 def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes: jax.Array,
-             request: EncodedRequests, target_sids: jax.Array, exclude=None, *,
-             route_width: int, route_budget: int = 0, k: int = DENSE_K) -> Diagnostics:
+             request: EncodedRequests, target_sids: jax.Array, exclude=None,
+             item_prior=None, *, route_width: int, route_budget: int = 0,
+             k: int = DENSE_K) -> Diagnostics:
   """The diagnostics of B encoded requests (`Retriever.encode`: the search's encoding,
   shared with it in evaluation).
 
@@ -69,6 +70,8 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
     request: `DGIModel.encode_requests`' output for the B requests.
     target_sids: int32 [B, R, m] SIDs whose cross-entropy is measured, R per request.
     exclude: int32 [B, E] items left out of the cosine ranking (-1 padded), or None.
+    item_prior: float32 [N] added to each item's cosine in both cosine rankings (the
+      search's popularity prior), or None.
     route_width: W, the level-1 codewords (holding items) the routed ranking searches.
     route_budget: with C > 0, of those W, nearest first, the fewest that hold at least C
       items (as the search's `eval.candidate_budget` takes its beams; 0: all W).
@@ -104,9 +107,10 @@ def diagnose(model: DGIModel, params, item_vectors: jax.Array, item_first_codes:
       jnp.where(routed_codes >= 0, routed_codes, num_codes)].set(True, mode="drop")  # [B, K_1]
   in_region = routed[:, item_first_codes]  # [B, N]
   routed_scores, routed_top_k = jax.lax.top_k(
-      dense.cosine_scores(request.z_q, item_vectors, exclude, allowed=in_region), k)
+      dense.cosine_scores(request.z_q, item_vectors, exclude, allowed=in_region,
+                          item_prior=item_prior), k)
   return Diagnostics(
-      dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude),
+      dense_top_k=dense.cosine_ranking(request.z_q, item_vectors, k, exclude, item_prior),
       request_codes=apply(z_q, method=DGIModel.hard_codes),
       code_cross_entropy=code_cross_entropy,
       routed_top_k=jnp.where(routed_scores > -jnp.inf, routed_top_k, -1),

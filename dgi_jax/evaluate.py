@@ -116,6 +116,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     report["cosine_weight"] = retriever.cosine_weight
   if retriever.ranking == "sid":
     report["sid_rerank_depth"] = retriever.sid_rerank_depth
+  report["popularity_weight"] = retriever.popularity_weight
   report.update(ranking_report(ranked, relevant,
                                run_data.dataset.train_popularity,
                                int(config.eval.num_popularity_buckets)))
@@ -153,7 +154,8 @@ def _batch_diagnostics(retriever: retrieval.Retriever, batch, request,
       retriever.model, retriever.params, retriever.device_item_embeddings,
       item_first_codes, request,
       jnp.asarray(retriever.sids[np.maximum(relevant, 0)]),
-      retriever.excluded_items(batch["history"]), route_width=route_width,
+      retriever.excluded_items(batch["history"]), retriever.item_prior(),
+      route_width=route_width,
       route_budget=retriever.candidate_budget))
   pairs = (batch["mask"][:, None] & (relevant >= 0)).T  # [R, B]
   target_sids = retriever.sids[relevant.T[pairs]]
@@ -214,22 +216,31 @@ def choose_cosine_weight(retriever: retrieval.Retriever, run_data: run_setup.Run
                          weights: Sequence[float], split: str = "validation"
                          ) -> Dict[str, Any]:
   """Sets `retriever.cosine_weight` to the weight of `weights` whose ranking ('blend' or
-  'sid') scores best on `split` by `config.train.best_metric` (ties: the first listed).
-
-  The cosine weight is a traced argument of the search, so the sweep compiles once.
-  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
-  """
+  'sid') scores best on `split` (`choose_on_validation`)."""
   if retriever.ranking not in config_checks.WEIGHTED_RANKINGS:
     raise ValueError(f"ranking={retriever.ranking!r} has no cosine weight to choose")
+  return choose_on_validation(retriever, run_data, config, "cosine_weight", weights, split)
+
+
+def choose_on_validation(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
+                         attribute: str, weights: Sequence[float],
+                         split: str = "validation") -> Dict[str, Any]:
+  """Sets the search weight `attribute` of `retriever` ('cosine_weight' or
+  'popularity_weight') to the one of `weights` whose search scores best on `split` by
+  `config.train.best_metric` (ties: the first listed).
+
+  Both weights are traced arguments of the search, so the sweep compiles once.
+  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
+  """
   metric = str(config.train.best_metric)
   scores = {}
   for weight in weights:
-    retriever.cosine_weight = float(weight)
+    setattr(retriever, attribute, float(weight))
     report = evaluate_split(retriever, run_data, config, split, with_diagnostics=False)
     scores[float(weight)] = flat_metrics(report)[metric]
-  retriever.cosine_weight = max(scores, key=scores.get)  # The first of equal scores.
-  return {"split": split, "metric": metric, "scores": scores,
-          "chosen": retriever.cosine_weight}
+  chosen = max(scores, key=scores.get)  # The first of equal scores.
+  setattr(retriever, attribute, chosen)
+  return {"split": split, "metric": metric, "scores": scores, "chosen": chosen}
 
 
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:
@@ -256,7 +267,7 @@ def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[
 # The `eval` fields `dgi eval` may change for one evaluation, as the search reads them
 # (`Retriever` attributes of the same names).
 SEARCH_OVERRIDES = ("ranking", "cosine_weight", "exclude_history", "candidate_level",
-                    "sid_rerank_depth", "candidate_budget")
+                    "sid_rerank_depth", "candidate_budget", "popularity_weight")
 
 
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
@@ -327,7 +338,8 @@ def format_report(report: Dict[str, Any]) -> str:
                                          report["exclude_history"],
                                          report.get("candidate_level", 0),
                                          report.get("sid_rerank_depth", 0),
-                                         report.get("candidate_budget", 0))
+                                         report.get("candidate_budget", 0),
+                                         report.get("popularity_weight", 0.0))
   lines = [(f"{report['split']}: {report['num_requests']} requests, "
             f"{report['num_pairs']} (request, item) pairs, beam {report['beam_size']}, "
             f"top {report['k']} by {order}; "

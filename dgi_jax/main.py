@@ -46,7 +46,7 @@ COMMAND_FLAGS = {
               "num_processes", "process_id", "local_device_count"),
     "parity": ("config", "torch_checkpoint"),
     "eval": ("workdir", "split", "beam", "k", "ranking", "cosine_weight", "exclude_history",
-             "candidate_level", "sid_rerank_depth", "candidate_budget"),
+             "candidate_level", "sid_rerank_depth", "candidate_budget", "popularity_weight"),
     "search": ("workdir", "history", "k", "beam"),
     "index": ("workdir", "out", "add"),
     "benchmark": ("dataset", "workdir", "methods", "data_root", "results_dir", "config"),
@@ -59,7 +59,8 @@ COMMAND_USAGE = {
                "Compares the JAX model with the PyTorch reference."),
     "eval": ("dgi eval --workdir DIR [--split test|validation] [--beam N] [--k K] "
              "[--ranking beam|cosine|blend|sid] [--cosine_weight W] [--[no]exclude_history] "
-             "[--candidate_level T] [--sid_rerank_depth R] [--candidate_budget C]",
+             "[--candidate_level T] [--sid_rerank_depth R] [--candidate_budget C] "
+             "[--popularity_weight W]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
              "plots/."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
@@ -91,6 +92,9 @@ flags.DEFINE_float("cosine_weight", None, "eval: the cosine's weight W with --ra
                    "blend or sid (default config.eval.cosine_weight).")
 flags.DEFINE_bool("exclude_history", None, "eval: leave each request's history items out "
                   "of every ranking (default config.eval.exclude_history).")
+flags.DEFINE_float("popularity_weight", None, "eval: add W x ln(1 + training popularity) "
+                   "to every item's cosine in the rankings (default "
+                   "config.eval.popularity_weight).", lower_bound=0.0)
 flags.DEFINE_integer("candidate_level", None, "eval: stop the search at the best "
                      "prefixes of T codes and rank every item under them (0: the items of "
                      "the beams' SIDs; default config.eval.candidate_level).", lower_bound=0)

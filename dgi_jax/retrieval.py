@@ -29,6 +29,7 @@ import numpy as np
 from dgi_jax import atomic_write
 from dgi_jax import decoding
 from dgi_jax import index as index_lib
+from dgi_jax import popularity
 from dgi_jax import run_setup
 from dgi_jax import sharding
 from dgi_jax.data import jsonl_format
@@ -118,7 +119,8 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
   return log_prob
 
 
-# The cosine weight is traced: a validation sweep over weights reuses one compilation.
+# The cosine weight and the item prior are traced: a validation sweep over their weights
+# reuses one compilation.
 _SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level",
                   "sid_rerank_depth", "candidate_budget")
 
@@ -128,11 +130,11 @@ def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                      request: EncodedRequests, exclude, *, beam_size: int, k: int,
                      bucket_cap: int, ranking: str, cosine_weight: float,
                      candidate_level: int, sid_rerank_depth: int = 0,
-                     candidate_budget: int = 0) -> SearchResult:
+                     candidate_budget: int = 0, item_prior=None) -> SearchResult:
   """Constrained beam search from encoded requests -> ranking of the beams' items
-  (without those of `exclude`, int [B, E] -1 padded, when given); with a
-  `candidate_budget`, of the beams' items only those of the fewest best beams that hold
-  that many."""
+  (without those of `exclude`, int [B, E] -1 padded, when given; each cosine plus its
+  item's `item_prior`, float32 [N], when given); with a `candidate_budget`, of the beams'
+  items only those of the fewest best beams that hold that many."""
   apply = functools.partial(model.apply, {"params": params})
   batch = request.z_q.shape[0]
   # With candidate_level t the search stops at the best t-code prefixes.
@@ -146,7 +148,7 @@ def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level,
       sid_log_prob=sid_log_prob_fn(apply, request, inverted) if ranking == "sid" else None,
-      sid_rerank_depth=sid_rerank_depth)
+      sid_rerank_depth=sid_rerank_depth, item_prior=item_prior)
   return SearchResult(items=items, beam_scores=beam_scores, cosines=cosines,
                       beams=beams)
 
@@ -278,6 +280,8 @@ class Retriever:
     self._bucket_cap = int(config.eval.bucket_cap)
     self.ranking = str(config.eval.ranking)
     self.cosine_weight = float(config.eval.cosine_weight)
+    # The popularity prior's weight in every cosine order (`popularity.py`; 0: none).
+    self.popularity_weight = float(config.eval.popularity_weight)
     # 'sid' scores the candidates of highest cosine only, this many (0: all of them).
     self.sid_rerank_depth = int(config.eval.sid_rerank_depth)
     # Search prefixes of `candidate_level` codes and rank every item under them (0: the
@@ -297,8 +301,11 @@ class Retriever:
     self.sids = np.zeros((0, num_levels), np.int32)
     self.item_embeddings = np.zeros((0, model.cfg.d_model), np.float32)
     self.item_norms = np.zeros((0,), np.float32)
+    self.item_log_popularity = np.zeros((0,), np.float32)
+    self._item_prior = None  # ((weight, N), the device array of `item_prior`).
     self._append(run_data.dataset.item_ids, run_data.dataset.item_texts,
-                 run_data.catalogue_tokens, item_embeddings)
+                 run_data.catalogue_tokens, item_embeddings,
+                 popularity.log_popularity(run_data.dataset.train_popularity))
 
   # ------------------------------------------------------------------ indexing
   @property
@@ -316,8 +323,10 @@ class Retriever:
     return z_base.astype(np.float32), codes.astype(np.int32)
 
   def _append(self, ids: Sequence[str], texts: Sequence[str], item_tokens: np.ndarray,
-              z_base: Optional[np.ndarray] = None) -> np.ndarray:
-    """Indexes items by their tokens, or by their z_base [n, d] when given."""
+              z_base: Optional[np.ndarray] = None,
+              log_popularity: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indexes items by their tokens, or by their z_base [n, d] when given, with their
+    ln(1 + training popularity) [n] (none given: 0, items no training request targets)."""
     if z_base is None:
       z_base, sids = self.quantize_tokens(item_tokens)
     else:
@@ -334,6 +343,10 @@ class Retriever:
     self.item_norms = np.concatenate([self.item_norms, norms.astype(np.float32)])
     normalised = np.asarray(quantizer.l2_normalize(jnp.asarray(z_base)), np.float32)
     self.item_embeddings = np.concatenate([self.item_embeddings, normalised])
+    if log_popularity is None:
+      log_popularity = np.zeros(len(ids), np.float32)
+    self.item_log_popularity = np.concatenate([self.item_log_popularity,
+                                               np.asarray(log_popularity, np.float32)])
     # Rebuilt from scratch: node and leaf ids shift when SIDs are added.
     codebook_sizes = self.model.cfg.codebook_sizes
     self.tables = index_lib.build_prefix_tables(self.sids, codebook_sizes)
@@ -350,6 +363,16 @@ class Retriever:
   def device_item_embeddings(self) -> jax.Array:
     """`item_embeddings` on the index's device."""
     return self._device_embeddings
+
+  def item_prior(self) -> jax.Array:
+    """float32 [N] on the index's device: each item's popularity prior at
+    `self.popularity_weight`, the term every cosine order adds (`popularity.py`); kept
+    until the weight or the catalogue changes."""
+    key = (self.popularity_weight, self.num_items)
+    if self._item_prior is None or self._item_prior[0] != key:
+      prior = (self.popularity_weight * self.item_log_popularity).astype(np.float32)
+      self._item_prior = (key, jax.device_put(prior, self._device))
+    return self._item_prior[1]
 
   @property
   def history_table(self):
@@ -424,10 +447,11 @@ class Retriever:
 
   def _search_options(self, beam_size: int, k: int) -> dict:
     """The keyword arguments of `_search` and `_search_encoded` (all but the cosine weight
-    static, `_SEARCH_STATIC`)."""
+    and the item prior static, `_SEARCH_STATIC`)."""
     return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
                 sid_rerank_depth=self.sid_rerank_depth,
                 ranking=self.ranking, cosine_weight=self.cosine_weight,
+                item_prior=self.item_prior(),
                 candidate_level=self.candidate_level,
                 candidate_budget=self.candidate_budget)
 

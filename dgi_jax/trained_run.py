@@ -78,7 +78,8 @@ LEGACY_VALUES = {
     "loss": {"div_probs": "gumbel", "div_temperature": 0.0},
     "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
              "exclude_history": False, "candidate_level": 0, "sid_rerank_depth": 0,
-             "candidate_budget": 0},
+             "candidate_budget": 0, "popularity_weight": 0.0},
+    "benchmark": {"popularity_weight_grid": ()},
 }
 
 

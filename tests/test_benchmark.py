@@ -152,6 +152,55 @@ def test_cosine_weight_chosen_on_validation_then_test_reported_at_it(bench, tmp_
   assert f"**{chosen:g}: {scores[chosen]:.3f}**" in text
 
 
+def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, tmp_path):
+  config = _benchmark_config()
+  with config.unlocked():
+    config.benchmark.popularity_weight_grid = (0.0, 100.0)
+  # The generative search: each validation score is `dgi eval`'s at that weight, and the
+  # test split is reported at the chosen one.
+  run_dir = bench["workdir"] / "dgi" / "main"
+  report = runner._generative_report(run_dir, config)  # pylint: disable=protected-access
+  selection = report["popularity_weight_selection"]
+  for weight in (0.0, 100.0):
+    valid, _, _, _ = evaluate.evaluate_workdir(run_dir, "validation",
+                                               popularity_weight=weight)
+    assert selection["scores"][weight] == pytest.approx(valid["metrics"]["hit@10"])
+  scores = selection["scores"]
+  assert selection["chosen"] == (100.0 if scores[100.0] > scores[0.0] else 0.0)
+  assert report["popularity_weight"] == selection["chosen"]
+  test, _, _, _ = evaluate.evaluate_workdir(run_dir, "test",
+                                            popularity_weight=selection["chosen"])
+  assert report["metrics"] == pytest.approx(test["metrics"])
+  # The dense row: the same choice over its exact cosine ranking.
+  dense_dir = bench["workdir"] / "dense"
+  dense_report = runner._dense_report(dense_dir, config)  # pylint: disable=protected-access
+  dense_selection = dense_report["popularity_weight_selection"]
+  trained = trained_run.load_trained(dense_dir)
+  for weight in (0.0, 100.0):
+    ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                            trained.config, "validation", 20,
+                                            popularity_weight=weight)
+    valid = evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity, 5)
+    assert dense_selection["scores"][weight] == pytest.approx(valid["metrics"]["hit@10"])
+  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                          trained.config, "test", 20,
+                                          popularity_weight=dense_selection["chosen"])
+  assert dense_report["metrics"]["hit@10"] == pytest.approx(
+      evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
+                              5)["metrics"]["hit@10"])
+  # results.md names each method's weight and its grid.
+  path = runner.report_lib.write_results("tiny", config, {
+      "dgi": {**finished_runs.read_result(bench["workdir"], "dgi"), "report": report},
+      "dense": {**finished_runs.read_result(bench["workdir"], "dense"),
+                "report": dense_report}}, tmp_path, "dgi")
+  text = path.read_text()
+  assert "plus v (chosen per method on validation, below) x ln(1 + the item's" in text
+  assert "## Popularity prior's weight of each ranking, chosen on validation" in text
+  for chosen_selection in (selection, dense_selection):
+    chosen = chosen_selection["chosen"]
+    assert f"**{chosen:g}: {chosen_selection['scores'][chosen]:.3f}**" in text
+
+
 def test_validation_picks_the_reported_checkpoint(tmp_path):
   raw = synthetic_catalogue.make_synthetic_dataset(300, 1200, 100, seed=4)
   data = jsonl_format.write_jsonl_dataset(tmp_path / "jsonl", raw.items, raw.splits)

@@ -70,11 +70,14 @@ def test_eval_writes_report_and_plots(run_copy):
 
 def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "blend",
-                       "--cosine_weight", "2.5", "--exclude_history")
+                       "--cosine_weight", "2.5", "--exclude_history",
+                       "--popularity_weight", "0.05")
   assert code == 0, err
-  assert "by beam score + 2.5 x cosine, the request's history items left out" in out
+  assert ("by beam score + 2.5 x cosine, each cosine plus 0.05 x ln(1 + the item's "
+          "training popularity), the request's history items left out") in out
   report = json.loads((run_copy / "eval_test.json").read_text())
   assert (report["ranking"], report["cosine_weight"]) == ("blend", 2.5)
+  assert report["popularity_weight"] == 0.05
   assert report["exclude_history"] and report["candidate_level"] == 0
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "cosine",
                        "--candidate_level", "2")

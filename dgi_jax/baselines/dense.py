@@ -5,39 +5,30 @@ loss alone (the other loss weights set to 0) and ranks the whole catalogue exact
 isolates what the generative index adds on top of the same encoder and data.
 """
 
-import functools
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgi_jax import evaluate, run_setup, sharding
+from dgi_jax import evaluate, popularity, run_setup, sharding
 from dgi_jax.data import pipeline
 from dgi_jax.models import encoders
 from dgi_jax.models.dgi import DGIModel
 from dgi_jax.models.quantizer import l2_normalize
 
 
-# The model is a static argument: a linen module is a hashable dataclass of its config.
-@functools.partial(jax.jit, static_argnames=("model", "k"))
-def cosine_top_k(model: DGIModel, params, item_vectors, query_tokens, history=None,
-                 history_table=None, exclude=None, *, k: int):
-  """Item indices [B, k] of the k unit-length `item_vectors` [N, d] closest in cosine to
-  the requests [B, Lq] (with history [B, H] read through `history_table` when the model
-  reads history items), best first, without the items of `exclude` ([B, E], -1 padded)."""
-  z_q = model.apply({"params": params}, query_tokens, history, history_table,
-                    method=DGIModel.encode_requests).z_q
-  return cosine_ranking(z_q, item_vectors, k, exclude)
-
-
 def cosine_scores(z_q: jax.Array, item_vectors: jax.Array,
                   exclude: Optional[jax.Array] = None,
-                  allowed: Optional[jax.Array] = None) -> jax.Array:
+                  allowed: Optional[jax.Array] = None,
+                  item_prior: Optional[jax.Array] = None) -> jax.Array:
   """float32 [B, N] cosines of the request vectors `z_q` [B, d] with the unit-length
-  `item_vectors` [N, d]; -inf for the items of `exclude` (int [B, E], -1 padded) and
-  where `allowed` (bool [B, N]) is False."""
+  `item_vectors` [N, d], plus each item's `item_prior` (float32 [N], `popularity.py`)
+  when given; -inf for the items of `exclude` (int [B, E], -1 padded) and where
+  `allowed` (bool [B, N]) is False."""
   scores = l2_normalize(z_q) @ item_vectors.T
+  if item_prior is not None:
+    scores = scores + item_prior
   if allowed is not None:
     scores = jnp.where(allowed, scores, -jnp.inf)
   if exclude is not None:
@@ -49,21 +40,24 @@ def cosine_scores(z_q: jax.Array, item_vectors: jax.Array,
 
 
 def cosine_ranking(z_q: jax.Array, item_vectors: jax.Array, k: int,
-                   exclude: Optional[jax.Array] = None) -> jax.Array:
-  """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine to the
-  request vectors `z_q` [B, d], best first; items of `exclude` (int [B, E], -1 padded)
-  are left out."""
-  return jax.lax.top_k(cosine_scores(z_q, item_vectors, exclude), k)[1]
+                   exclude: Optional[jax.Array] = None,
+                   item_prior: Optional[jax.Array] = None) -> jax.Array:
+  """Item indices [B, k] of the unit-length `item_vectors` [N, d] closest in cosine (plus
+  `item_prior` [N], when given) to the request vectors `z_q` [B, d], best first; items of
+  `exclude` (int [B, E], -1 padded) are left out."""
+  return jax.lax.top_k(cosine_scores(z_q, item_vectors, exclude, item_prior=item_prior),
+                       k)[1]
 
 
-def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
-                   k: int, item_embeddings: Optional[np.ndarray] = None):
-  """Ranks the catalogue for every request of `split` by cosine(z_q, z_base); without the
-  request's history items when `config.eval.exclude_history`. `item_embeddings` (float32
-  [N, d]) is z_base of the catalogue when already computed under `params`.
+def encode_split(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
+                 item_embeddings: Optional[np.ndarray] = None):
+  """The catalogue and the requests of `split`, encoded once for `rank_encoded`.
+  `item_embeddings` (float32 [N, d]) is z_base of the catalogue when already computed
+  under `params`.
 
   Returns:
-    (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
+    (item vectors float32 [N, d] unit length, request vectors z_q float32 [Q, d],
+    history int32 [Q, H] (-1 padded), relevant int32 [Q, R]) in split order.
   """
   params = sharding.to_local_device(params)
   item_batch = int(config.eval.item_batch_size)
@@ -74,17 +68,84 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
   table = (jnp.asarray(run_setup.history_table(model, params, run_data.catalogue_tokens,
                                            item_batch))
            if model.cfg.history_items else None)
-  ranked, relevant = [], []
+  z_q, history, relevant = [], [], []
   for batch in pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                      split, int(config.eval.batch_size),
                                      catalogue_tokens=run_data.catalogue_tokens):
-    history = jnp.asarray(batch["history"]) if table is not None else None
-    exclude = jnp.asarray(batch["history"]) if config.eval.exclude_history else None
-    top = cosine_top_k(model, params, item_vectors, jnp.asarray(batch["query_tokens"]),
-                       history, table, exclude, k=k)
-    ranked.append(np.asarray(top)[batch["mask"]])
+    read = jnp.asarray(batch["history"]) if table is not None else None
+    z = run_setup.encode_requests(model, params, jnp.asarray(batch["query_tokens"]), read,
+                                  table).z_q
+    z_q.append(np.asarray(z)[batch["mask"]])
+    history.append(batch["history"][batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
-  return np.concatenate(ranked).astype(np.int32), np.concatenate(relevant)
+  return (item_vectors, np.concatenate(z_q), np.concatenate(history).astype(np.int32),
+          np.concatenate(relevant))
+
+
+def rank_encoded(item_vectors: jax.Array, z_q: np.ndarray, history: np.ndarray, k: int,
+                 exclude_history: bool, item_prior: Optional[np.ndarray] = None,
+                 batch_size: int = 1024) -> np.ndarray:
+  """int32 [Q, k] the items of highest cosine (plus `item_prior` [N]) for each request
+  vector of `z_q` [Q, d], best first, without its `history` items ([Q, H], -1 padded)
+  when `exclude_history`; `batch_size` requests per product with the catalogue."""
+  prior = None if item_prior is None else jnp.asarray(item_prior, jnp.float32)
+  ranked = []
+  for start in range(0, len(z_q), batch_size):
+    exclude = (jnp.asarray(history[start:start + batch_size]) if exclude_history
+               else None)
+    ranked.append(np.asarray(_ranking(jnp.asarray(z_q[start:start + batch_size]),
+                                      item_vectors, k, exclude, prior)))
+  if not ranked:
+    return np.zeros((0, k), np.int32)
+  return np.concatenate(ranked).astype(np.int32)
+
+
+_ranking = jax.jit(cosine_ranking, static_argnames=("k",))
+
+
+def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
+                   k: int, item_embeddings: Optional[np.ndarray] = None,
+                   popularity_weight: Optional[float] = None):
+  """Ranks the catalogue for every request of `split` by cosine(z_q, z_base) plus the
+  popularity prior at `popularity_weight` (None: `config.eval.popularity_weight`);
+  without the request's history items when `config.eval.exclude_history`.
+  `item_embeddings` (float32 [N, d]) is z_base of the catalogue when already computed
+  under `params`.
+
+  Returns:
+    (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
+  """
+  item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
+                                                      split, item_embeddings)
+  if popularity_weight is None:
+    popularity_weight = config.eval.popularity_weight
+  prior = popularity.item_prior(run_data.dataset.train_popularity, popularity_weight)
+  return rank_encoded(item_vectors, z_q, history, k, bool(config.eval.exclude_history),
+                      prior), relevant
+
+
+def choose_popularity_weight(model: DGIModel, params, run_data: run_setup.RunData, config,
+                             weights: Sequence[float], split: str = "validation",
+                             item_embeddings: Optional[np.ndarray] = None
+                             ) -> Dict[str, Any]:
+  """The popularity weight of `weights` whose exact cosine ranking scores best on `split`
+  by `config.train.best_metric` (ties: the first listed); the requests are encoded once.
+
+  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
+  """
+  item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
+                                                      split, item_embeddings)
+  metric = str(config.train.best_metric)
+  scores = {}
+  for weight in weights:
+    prior = popularity.item_prior(run_data.dataset.train_popularity, weight)
+    ranked = rank_encoded(item_vectors, z_q, history, int(config.eval.k),
+                          bool(config.eval.exclude_history), prior)
+    report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
+                                     int(config.eval.num_popularity_buckets))
+    scores[float(weight)] = float(report["metrics"][metric])
+  return {"split": split, "metric": metric, "scores": scores,
+          "chosen": max(scores, key=scores.get)}
 
 
 def make_validation_fn(config, split: str = "validation"):

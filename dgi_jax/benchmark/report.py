@@ -146,23 +146,32 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines + [""]
 
 
-def _cosine_weight_lines(results: Sequence[Dict[str, Any]]) -> List[str]:
-  """The cosine weight each generative method's ranking took, and its validation scores
-  at every weight of the grid."""
-  rows = [r for r in results if "cosine_weight_selection" in r["report"]]
-  if not rows:
-    return []
-  metric = rows[0]["report"]["cosine_weight_selection"]["metric"]
-  lines = ["## Cosine weight of each ranking, chosen on validation", "",
-           f"Validation {metric} at each weight of the grid; the test split is reported at "
-           "the best (bold).", ""]
-  for r in rows:
-    selection = r["report"]["cosine_weight_selection"]
-    cells = [(f"**{weight:g}: {value:.3f}**" if weight == selection["chosen"]
-              else f"{weight:g}: {value:.3f}")
-             for weight, value in ((float(w), v) for w, v in selection["scores"].items())]
-    lines.append(f"- {r['label']}: " + ", ".join(cells))
-  return lines + [""]
+# The search weights a benchmark may choose per method on validation: (the report's key,
+# the section's title).
+_SELECTIONS = (("cosine_weight_selection", "Cosine weight of each ranking"),
+               ("popularity_weight_selection", "Popularity prior's weight of each ranking"))
+
+
+def _selection_lines(results: Sequence[Dict[str, Any]]) -> List[str]:
+  """For each weight chosen per method on validation (`_SELECTIONS`): the weight each
+  method's ranking took, and its validation scores at every weight of the grid."""
+  lines = []
+  for key, title in _SELECTIONS:
+    rows = [r for r in results if key in r["report"]]
+    if not rows:
+      continue
+    metric = rows[0]["report"][key]["metric"]
+    lines += [f"## {title}, chosen on validation", "",
+              f"Validation {metric} at each weight of the grid; the test split is reported "
+              "at the best (bold).", ""]
+    for r in rows:
+      selection = r["report"][key]
+      cells = [(f"**{weight:g}: {value:.3f}**" if weight == selection["chosen"]
+                else f"{weight:g}: {value:.3f}")
+               for weight, value in ((float(w), v) for w, v in selection["scores"].items())]
+      lines.append(f"- {r['label']}: " + ", ".join(cells))
+    lines.append("")
+  return lines
 
 
 def _encoder_words(config) -> str:
@@ -182,9 +191,12 @@ def _budget(config) -> str:
   m, t, b, e = config.model, config.train, config.benchmark, config.eval
   weight = (e.cosine_weight if not tuple(b.get("cosine_weight_grid", ())) else
             "w (chosen per method on validation, below)")
+  popularity_grid = tuple(b.get("popularity_weight_grid", ()))
+  popularity_weight = (e.get("popularity_weight", 0.0) if not popularity_grid else
+                       "v (chosen per method on validation, below)")
   order = config_checks.describe_ranking(e.ranking, weight, e.exclude_history,
                                          e.candidate_level, e.get("sid_rerank_depth", 0),
-                                         e.get("candidate_budget", 0))
+                                         e.get("candidate_budget", 0), popularity_weight)
   selected = (f"the checkpoint with the best validation {t.best_metric} (scored every "
               f"{t.eval_every} steps)" if t.eval_every else "the final checkpoint")
   warmup = float(b.get("encoder_warmup_fraction", 0.0))
@@ -196,7 +208,9 @@ def _budget(config) -> str:
           f"{tuple(m.codebook_sizes)}, request {config.data.max_query_len} tokens "
           f"(<= {config.data.max_history} history titles), item {config.data.max_item_len} "
           f"tokens; beam {e.beam_size}, the beams' items ranked by {order}; "
-          f"test split evaluated on {selected}.")
+          + ("the zero-shot and dense rows' exact cosine adds the same prior; "
+             if popularity_weight else "")
+          + f"test split evaluated on {selected}.")
 
 
 def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], results_dir,
@@ -242,7 +256,7 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
               "training popularity f; 'unseen' = items never a training target.", ""]
     lines += _long_tail_table(rows) + [""]
     lines += _decoder_table(rows)
-    lines += _cosine_weight_lines(rows)
+    lines += _selection_lines(rows)
     for r in rows:
       png = plots.plot_popularity_buckets(
           r["report"]["long_tail"], results_dir / f"longtail_{r['method']}.png",

@@ -29,6 +29,7 @@ named, rather than reported beside runs of another config. The results table and
 are rebuilt after each method, so an interrupted benchmark leaves a valid partial table.
 """
 
+import json
 import math
 import os
 import pathlib
@@ -192,7 +193,8 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
   """The test report of a trained generative run, searched under the benchmark's `eval`
   section (a run trained before that section changed is reported under the new one), the
   cosine weight of 'blend' or 'sid' chosen on validation from benchmark.cosine_weight_grid
-  when it lists any."""
+  when it lists any, then the popularity prior's weight from
+  benchmark.popularity_weight_grid when it lists any."""
   trained = trained_run.load_trained(run_dir)
   run_config = trained.config.copy_and_resolve_references()
   with run_config.unlocked():
@@ -205,9 +207,16 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
     # The one index serves the sweep on validation and the test report.
     selection = evaluate.choose_cosine_weight(retriever, trained.run_data, run_config,
                                               weights)
+  popularity_weights = tuple(config.benchmark.popularity_weight_grid)
+  popularity_selection = (
+      evaluate.choose_on_validation(retriever, trained.run_data, run_config,
+                                    "popularity_weight", popularity_weights)
+      if popularity_weights else None)
   report = evaluate.evaluate_split(retriever, trained.run_data, run_config, SPLIT)
   if selection is not None:
     report["cosine_weight_selection"] = selection
+  if popularity_selection is not None:
+    report["popularity_weight_selection"] = popularity_selection
   report["num_params"] = _num_params(trained.params)
   report["checkpoint"] = _checkpoint(trained)
   return report
@@ -258,23 +267,35 @@ def _zero_shot_report(config, workdir) -> Dict[str, Any]:
   params = encoders.load_pretrained_params(
       run_setup.init_params(model, config, jax.random.PRNGKey(config.train.seed)),
       model.cfg, config.model.pretrained)
-  start = time.perf_counter()
-  ranked, relevant = dense.dense_rankings(model, params, run_data, config, SPLIT,
-                                          int(config.eval.k))
-  report = _ranked_report(ranked, relevant, run_data, config, time.perf_counter() - start)
-  report["num_params"] = _num_params(params)
-  return report
+  return _cosine_report(model, params, run_data, config)
 
 
 def _dense_report(run_dir, config) -> Dict[str, Any]:
   trained = trained_run.load_trained(run_dir)
-  start = time.perf_counter()
-  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                          trained.config, SPLIT, int(config.eval.k))
-  report = _ranked_report(ranked, relevant, trained.run_data, trained.config,
-                          time.perf_counter() - start)
-  report["num_params"] = _num_params(trained.params)
+  report = _cosine_report(trained.model, trained.params, trained.run_data, trained.config,
+                          config.benchmark.popularity_weight_grid)
   report["checkpoint"] = _checkpoint(trained)
+  return report
+
+
+def _cosine_report(model, params, run_data, config, popularity_weights=None
+                   ) -> Dict[str, Any]:
+  """The test report of an exact cosine ranking of the catalogue (the zero-shot and dense
+  rows), the popularity prior's weight chosen on validation from `popularity_weights`
+  (default config.benchmark.popularity_weight_grid) when it lists any."""
+  if popularity_weights is None:
+    popularity_weights = config.benchmark.popularity_weight_grid
+  selection = (dense.choose_popularity_weight(model, params, run_data, config,
+                                              tuple(popularity_weights))
+               if tuple(popularity_weights) else None)
+  start = time.perf_counter()
+  ranked, relevant = dense.dense_rankings(
+      model, params, run_data, config, SPLIT, int(config.eval.k),
+      popularity_weight=None if selection is None else selection["chosen"])
+  report = _ranked_report(ranked, relevant, run_data, config, time.perf_counter() - start)
+  report["num_params"] = _num_params(params)
+  if selection is not None:
+    report["popularity_weight_selection"] = selection
   return report
 
 
@@ -326,8 +347,9 @@ def run_method(method: methods_lib.Method, base_config, workdir) -> Dict[str, An
       "machine": machine_description(),
       "report": report,
   }
-  evaluate.write_report(result, method_dir / finished_runs.RESULT_FILE)
-  return result
+  path = evaluate.write_report(result, method_dir / finished_runs.RESULT_FILE)
+  # What was written, as a later run reads it back (JSON: a weight grid's keys are text).
+  return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _check_finished_runs(finished, base, workdir, results_dir):
