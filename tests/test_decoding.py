@@ -294,15 +294,10 @@ PREFIX_BEAMS = {
 }
 
 
-@pytest.mark.parametrize("level, ranking, expected, expected_scores", [
-    (0, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # The beams' own SIDs.
-    (2, "beam", [1, 3, 0, 4], [-0.5, -0.5, -1.0, -1.2]),  # (1,1): 1, 3; (0,0): 0; (1,0): 4.
-    (2, "cosine", [4, 1, 0, 3], [-1.2, -0.5, -1.0, -0.5]),
-    # (1) holds items 4, 1, 3, (0) items 2, 0 and (2) item 5, the worst prefix.
-    (1, "beam", [4, 1, 3, 2, 0, 5], [-0.5] * 3 + [-1.0] * 2 + [-3.0]),
-    (1, "cosine", [4, 1, 2, 5, 0, 3], [-0.5, -0.5, -1.0, -3.0, -1.0, -0.5]),
-])
-def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
+def prefix_search(level: int):
+  """The PREFIX_SIDS index, its items' angles (cosine = cos(angle) with the query [1, 0]),
+  their unit vectors [6, 2] and the beams of PREFIX_BEAMS[level] for one request, a fourth
+  beam dead."""
   inverted = index.build_inverted_index(PREFIX_SIDS)
   angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
   item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
@@ -312,6 +307,19 @@ def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
       scores=jnp.array([scores + [-np.inf]], jnp.float32),
       leaf_nodes=jnp.array([nodes + [-1]], jnp.int32),
       valid=jnp.array([[True, True, True, False]]))
+  return inverted, angles, item_emb, beams
+
+
+@pytest.mark.parametrize("level, ranking, expected, expected_scores", [
+    (0, "beam", [1, 3, 0], [-0.5, -0.7, -1.0]),  # The beams' own SIDs.
+    (2, "beam", [1, 3, 0, 4], [-0.5, -0.5, -1.0, -1.2]),  # (1,1): 1, 3; (0,0): 0; (1,0): 4.
+    (2, "cosine", [4, 1, 0, 3], [-1.2, -0.5, -1.0, -0.5]),
+    # (1) holds items 4, 1, 3, (0) items 2, 0 and (2) item 5, the worst prefix.
+    (1, "beam", [4, 1, 3, 2, 0, 5], [-0.5] * 3 + [-1.0] * 2 + [-3.0]),
+    (1, "cosine", [4, 1, 2, 5, 0, 3], [-0.5, -0.5, -1.0, -3.0, -1.0, -0.5]),
+])
+def test_rank_items_candidate_level(level, ranking, expected, expected_scores):
+  inverted, angles, item_emb, beams = prefix_search(level)
   rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7),
                  static_argnames="candidate_level")
   items, beam_scores, cosines = map(np.asarray, rank(
@@ -340,15 +348,7 @@ ITEM_SID_LOG_PROBS = np.array([-1.0, -2.0, -0.4, -0.1, -3.0, -2.5], np.float32)
 ])
 def test_rank_items_sid_orders_items_under_a_prefix_by_their_whole_sid(cosine_weight,
                                                                         expected):
-  inverted = index.build_inverted_index(PREFIX_SIDS)
-  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
-  item_emb = _normalise(np.stack([np.cos(angles), np.sin(angles)], axis=1))
-  codes, scores, nodes = PREFIX_BEAMS[1]
-  beams = decoding.BeamResult(
-      sequences=jnp.array([codes + [[-1, -1, -1]]], jnp.int32),
-      scores=jnp.array([scores + [-np.inf]], jnp.float32),
-      leaf_nodes=jnp.array([nodes + [-1]], jnp.int32),
-      valid=jnp.array([[True, True, True, False]]))
+  inverted, angles, item_emb, beams = prefix_search(1)
   seen = []
   def sid_log_prob(items):  # [1, C] candidate slots, padding as item 0.
     seen.append(items.shape)

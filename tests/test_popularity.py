@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgi_jax import decoding, evaluate, index, popularity, retrieval, trained_run
+from dgi_jax import decoding, evaluate, popularity, retrieval, trained_run
 from dgi_jax.baselines import dense
-from test_decoding import PREFIX_BEAMS, PREFIX_SIDS
+from test_decoding import prefix_search
 
 
 def test_log_popularity_known_answer():
@@ -49,19 +49,11 @@ def test_cosine_ranking_adds_the_prior_to_each_items_cosine():
     (np.array([0.1, 0.0, 0.0, 0.7, 0.0, 0.0]), [3, 4, 1, 2, 0, 5]),
 ])
 def test_rank_items_orders_the_candidates_by_cosine_plus_prior(prior, expected):
-  inverted = index.build_inverted_index(PREFIX_SIDS)
-  angles = np.array([0.5, 0.1, 0.2, 1.2, 0.0, 0.3])
-  item_emb = _items_at(angles)
-  codes, scores, nodes = PREFIX_BEAMS[1]
-  beams = decoding.BeamResult(
-      sequences=jnp.array([codes + [[-1, -1, -1]]], jnp.int32),
-      scores=jnp.array([scores + [-np.inf]], jnp.float32),
-      leaf_nodes=jnp.array([nodes + [-1]], jnp.int32),
-      valid=jnp.array([[True, True, True, False]]))
+  inverted, angles, item_emb, beams = prefix_search(1)
   rank = jax.jit(decoding.rank_items, static_argnums=(4, 5, 6, 7),
                  static_argnames="candidate_level")
   items, _, cosines = map(np.asarray, rank(
-      beams, inverted, jnp.array([[1.0, 0.0]]), item_emb, 6, 0, "cosine", 0.0,
+      beams, inverted, jnp.array([[1.0, 0.0]]), jnp.asarray(item_emb), 6, 0, "cosine", 0.0,
       candidate_level=1, item_prior=None if prior is None else jnp.asarray(prior, jnp.float32)))
   np.testing.assert_array_equal(items[0], expected)
   # The returned cosines stay the items' cosines, the prior left out.

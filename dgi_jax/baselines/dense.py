@@ -82,6 +82,10 @@ def encode_split(model: DGIModel, params, run_data: run_setup.RunData, config, s
           np.concatenate(relevant))
 
 
+# One compilation per request batch shape (the last batch of a split is shorter).
+_ranking = jax.jit(cosine_ranking, static_argnames=("k",))
+
+
 def rank_encoded(item_vectors: jax.Array, z_q: np.ndarray, history: np.ndarray, k: int,
                  exclude_history: bool, item_prior: Optional[np.ndarray] = None,
                  batch_size: int = 1024) -> np.ndarray:
@@ -98,9 +102,6 @@ def rank_encoded(item_vectors: jax.Array, z_q: np.ndarray, history: np.ndarray, 
   if not ranked:
     return np.zeros((0, k), np.int32)
   return np.concatenate(ranked).astype(np.int32)
-
-
-_ranking = jax.jit(cosine_ranking, static_argnames=("k",))
 
 
 def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
