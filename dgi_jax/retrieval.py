@@ -253,6 +253,8 @@ class Retriever:
     sids: int32 [N, m] hard SID of each item.
     item_embeddings: float32 [N, d] l2-normalised z_base (the cosine re-rank's vectors).
     item_norms: float32 [N] norms of the raw z_base (for hubness checks).
+    item_log_popularity: float32 [N] ln(1 + the item's training popularity); 0 for items
+      added after training (the popularity prior's, `popularity.py`).
     tables, inverted_index: The structures `search` runs on.
     stats: `index.collision_stats` of the current SIDs.
   """
