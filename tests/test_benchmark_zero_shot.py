@@ -29,9 +29,10 @@ def dataset(tmp_path_factory):
   return jsonl_format.write_jsonl_dataset(root / "jsonl", raw.items, raw.splits)
 
 
-def _metrics(model, params, config, workdir):
+def _metrics(model, params, config, workdir, popularity_weight):
   run_data = run_setup.prepare_run_data(config, workdir)
-  ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", 20)
+  ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", 20,
+                                          popularity_weight=popularity_weight)
   return runner._ranked_report(ranked, relevant, run_data, config, 1.0)["metrics"]  # pylint: disable=protected-access
 
 
@@ -44,12 +45,15 @@ def test_zero_shot_ranks_by_the_pretrained_weights_without_training(
   model = run_setup.build_model(config)
   fresh = run_setup.init_params(model, config, jax.random.PRNGKey(config.train.seed))
   loaded = encoders.load_pretrained_params(fresh, model.cfg, config.model.pretrained)
+  # The test split is ranked at the popularity weight validation chose from the grid.
+  weight = result["report"]["popularity_weight_selection"]["chosen"]
+  assert weight in config.benchmark.popularity_weight_grid
   assert result["report"]["metrics"] == pytest.approx(_metrics(model, loaded, config,
-                                                               tmp_path))
+                                                               tmp_path, weight))
   # The same ranking with the encoder's random initialisation differs: the row reads
   # the checkpoint's weights.
   assert result["report"]["metrics"] != pytest.approx(_metrics(model, fresh, config,
-                                                               tmp_path))
+                                                               tmp_path, weight))
 
 
 def test_zero_shot_is_skipped_without_a_pretrained_encoder(dataset, tmp_path):

@@ -76,7 +76,8 @@ def _retriever(model: DGIModel, params, seed=0) -> retrieval.Retriever:
   run_data = types.SimpleNamespace(
       tokenizer=None, catalogue_tokens=tokens,
       dataset=types.SimpleNamespace(item_ids=[f"it{i}" for i in range(NUM_ITEMS)],
-                                    item_texts=[f"item {i}" for i in range(NUM_ITEMS)]))
+                                    item_texts=[f"item {i}" for i in range(NUM_ITEMS)],
+                                    train_popularity=np.zeros(NUM_ITEMS, np.int64)))
   r = retrieval.Retriever(model, params, run_data, load_config("tiny"))
   sids = np.stack([rng.integers(0, k, NUM_ITEMS) for k in SIZES], axis=1).astype(np.int32)
   vectors = rng.normal(size=(NUM_ITEMS, WIDTH)).astype(np.float32)
