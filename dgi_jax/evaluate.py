@@ -238,9 +238,17 @@ def choose_on_validation(retriever: retrieval.Retriever, run_data: run_setup.Run
     setattr(retriever, attribute, float(weight))
     report = evaluate_split(retriever, run_data, config, split, with_diagnostics=False)
     scores[float(weight)] = flat_metrics(report)[metric]
-  chosen = max(scores, key=scores.get)  # The first of equal scores.
-  setattr(retriever, attribute, chosen)
-  return {"split": split, "metric": metric, "scores": scores, "chosen": chosen}
+  selection = best_weight(split, metric, scores)
+  setattr(retriever, attribute, selection["chosen"])
+  return selection
+
+
+def best_weight(split: str, metric: str, scores: Dict[float, float]) -> Dict[str, Any]:
+  """The selection record of a validation sweep: {'split', 'metric', 'scores' (weight ->
+  metric value, in the grid's order), 'chosen': the weight of the best score, the first
+  listed of equal ones}."""
+  return {"split": split, "metric": metric, "scores": scores,
+          "chosen": max(scores, key=scores.get)}
 
 
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:

@@ -130,10 +130,8 @@ def choose_popularity_weight(model: DGIModel, params, run_data: run_setup.RunDat
                              item_embeddings: Optional[np.ndarray] = None
                              ) -> Dict[str, Any]:
   """The popularity weight of `weights` whose exact cosine ranking scores best on `split`
-  by `config.train.best_metric` (ties: the first listed); the requests are encoded once.
-
-  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
-  """
+  by `config.train.best_metric` (`evaluate.best_weight`'s record); the requests are
+  encoded once."""
   item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
                                                       split, item_embeddings)
   metric = str(config.train.best_metric)
@@ -145,8 +143,7 @@ def choose_popularity_weight(model: DGIModel, params, run_data: run_setup.RunDat
     report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
                                      int(config.eval.num_popularity_buckets))
     scores[float(weight)] = float(report["metrics"][metric])
-  return {"split": split, "metric": metric, "scores": scores,
-          "chosen": max(scores, key=scores.get)}
+  return evaluate.best_weight(split, metric, scores)
 
 
 def make_validation_fn(config, split: str = "validation"):
