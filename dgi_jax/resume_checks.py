@@ -23,7 +23,7 @@ MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
               "train.cache_frozen_encoder", "train.encoder_cache_dtype",
               "train.encoder_cache_dir",
               "data.tfds_dir", "data.worker_count", "model.pretrained",
-              "model.dense_gradient", "eval.",
+              "model.dense_gradient", "model.attention_gradient", "eval.",
               "benchmark.")
 # Fields that select the dataset: compared through the run record's dataset version.
 DATASET_FIELDS = ("data.dataset", "data.synthetic_num_items", "data.synthetic_num_train",

@@ -4,13 +4,14 @@ Prints steps/s, examples/s and the achieved FLOP/s of the jitted (sharded) train
 FLOPs from XLA's cost analysis of the compiled step — and the utilisation against an
 n^3 matmul in the step's compute dtype measured in the same run (n 2048 on a CPU, 8192
 on an accelerator, whose peak a smaller product does not reach). With several
-`--dense_gradient` settings (models/matmul.py) or `--dtype`s each combination gets its own
+`--dense_gradient` settings (models/matmul.py), `--attention_gradient` settings
+(models/attention.py) or `--dtype`s each combination gets its own
 compiled step, and the steps are timed in turn in one process, side by side; each is
 compared with the peak of its own dtype.
 
   python speed/train_throughput.py [--config configs/default.py] [--steps 20]
       [--repeats 3] [--batch_size B] [--dtype float32,bfloat16] [--peak_n N]
-      [--dense_gradient flat,autodiff]
+      [--dense_gradient flat,autodiff] [--attention_gradient written,autodiff]
 """
 
 import argparse
@@ -59,6 +60,9 @@ def main():
   parser.add_argument("--dense_gradient", default="",
                       help="comma-separated model.dense_gradient settings to time side by "
                       "side (default: the config's)")
+  parser.add_argument("--attention_gradient", default="",
+                      help="comma-separated model.attention_gradient settings to time side "
+                      "by side (default: the config's)")
   parser.add_argument("--batch_size", type=int, default=0,
                       help="global batch (default: the config's train.global_batch_size)")
   parser.add_argument("--dtype", default="",
@@ -80,14 +84,18 @@ def main():
   batch_size = config.train.global_batch_size
   gradients = (args.dense_gradient.split(",") if args.dense_gradient
                else [config.model.dense_gradient])
+  attentions = (args.attention_gradient.split(",") if args.attention_gradient
+                else [config.model.attention_gradient])
   dtypes = args.dtype.split(",") if args.dtype else [config.model.dtype]
-  variants = [(gradient, dtype) for dtype in dtypes for gradient in gradients]
+  variants = [(gradient, attention, dtype) for dtype in dtypes for attention in attentions
+              for gradient in gradients]
 
   windows, flops, n_params = {}, {}, 0
   for variant_key in variants:
     variant = config.copy_and_resolve_references()
     with variant.unlocked():
-      variant.model.dense_gradient, variant.model.dtype = variant_key
+      (variant.model.dense_gradient, variant.model.attention_gradient,
+       variant.model.dtype) = variant_key
     params, state, step, data = sharded_train_step(variant)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     batch = sharding.global_batch(random_batch(variant, batch_size, np.random.RandomState(0)),
@@ -108,8 +116,8 @@ def main():
     print(f"matmul peak ({peak_n}^3, {dtype}): {peak / 1e9:.1f} GFLOP/s")
   print(f"each step the best of {args.repeats} interleaved windows of {args.steps}")
   for key in variants:
-    gradient, dtype = key
-    print(f"dense_gradient={gradient} dtype={dtype}: step {seconds[key] * 1e3:.1f} ms   "
+    gradient, attention, dtype = key
+    print(f"dense_gradient={gradient} attention_gradient={attention} dtype={dtype}: step {seconds[key] * 1e3:.1f} ms   "
           f"steps/s {1 / seconds[key]:.2f}   examples/s {batch_size / seconds[key]:.0f}   "
           f"FLOPs/step (XLA) {flops[key] / 1e9:.2f} G   achieved "
           f"{flops[key] / seconds[key] / 1e9:.1f} GFLOP/s   utilisation "

@@ -1,6 +1,7 @@
 """Small models and batches shared by the model, loss and train-step tests."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dgi_jax.models.config import ModelConfig
@@ -34,6 +35,34 @@ def init(model: DGIModel, batch, seed: int = 0):
   noise = gumbel(model, batch["item_tokens"].shape[0])
   return model.init(jax.random.PRNGKey(seed), batch["item_tokens"], batch["query_tokens"],
                     noise, 1.0)["params"]
+
+
+def sin_loss_and_grads(model: DGIModel, batch, params):
+  """sum(sin(x)) over every float output of a forward pass (fixed Gumbel noise), and its
+  gradient: every output, and so every parameter, takes part."""
+  noise = gumbel(model, batch["item_tokens"].shape[0])
+
+  def loss(p):
+    out = model.apply({"params": p}, batch["item_tokens"], batch["query_tokens"], noise, 1.0)
+    return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)
+               if jnp.issubdtype(x.dtype, jnp.floating))
+
+  return loss, jax.jit(jax.value_and_grad(loss))(params)
+
+
+def assert_gradients_close(grads, reference, rtol=1e-4):
+  """Leaf by leaf; returns [(path name, reference leaf)]. The absolute tolerance is 1e-5
+  of the largest reference entry: the attention key projection's gradient cancels (its
+  bias's is exactly zero, since one constant added to a query's scores leaves the softmax
+  unchanged), so there two summation orders differ by rounding, not by a relative amount."""
+  atol = 1e-5 * max(float(np.abs(g).max()) for g in jax.tree.leaves(reference))
+  got = dict(jax.tree_util.tree_leaves_with_path(grads))
+  leaves = []
+  for path, ref in jax.tree_util.tree_leaves_with_path(reference):
+    name = jax.tree_util.keystr(path)
+    np.testing.assert_allclose(got[path], ref, rtol=rtol, atol=atol, err_msg=name)
+    leaves.append((name, ref))
+  return leaves
 
 
 def count_leaves(tree) -> int:

@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from dgi_jax.models import matmul, pretrained, quantizer  # noqa: E402
+from dgi_jax.models import encoders, matmul, pretrained, quantizer  # noqa: E402
+from dgi_jax.models.config import ModelConfig  # noqa: E402
 from dgi_jax.models.bert import BertEncoder  # noqa: E402
 from dgi_jax.models.pretrained import EncoderSpec, PretrainedError  # noqa: E402
 from dgi_jax.models.t5 import T5Encoder, relative_position_bucket  # noqa: E402
@@ -80,14 +81,16 @@ def assert_hidden_states_match(spec, params, model, tokens, tol=1e-5):
 
 
 def assert_gradients_match(spec, params, model, tokens, leaves, tol=1e-4,
-                           dense_gradient="autodiff"):
-  """d sum(normalize(pooled) * w) / d leaf, Flax (its Dense layers' backward as
-  `dense_gradient` says) vs torch autograd through `param_map`."""
+                           dense_gradient="autodiff", written_attention=False):
+  """d sum(normalize(pooled) * w) / d leaf, Flax (its Dense layers' and attention's
+  backward as `dense_gradient` and `written_attention` say) vs torch autograd through
+  `param_map`."""
   w = np.random.default_rng(1).normal(size=(tokens.shape[0], spec.hidden_size))
   w = w.astype(np.float32)
 
   def loss(p):
-    encoder = encoder_cls(spec)(spec, dot_general=matmul.dense_dot_general(dense_gradient))
+    encoder = encoder_cls(spec)(spec, dot_general=matmul.dense_dot_general(dense_gradient),
+                                written_attention=written_attention)
     _, pooled = encoder.apply({"params": p}, jnp.asarray(tokens))
     return jnp.sum(quantizer.l2_normalize(pooled) * w)
 
@@ -156,8 +159,12 @@ def test_minilm_hidden_states_match_torch(minilm):
   assert_hidden_states_match(spec, params, model, tokens)
 
 
-@pytest.mark.parametrize("dense_gradient", ["autodiff", "flat"])
-def test_minilm_gradients_match_torch(minilm, dense_gradient):
+# Autodiff's backward, the Dense layers' written one, and with it attention's (the CPU's).
+BACKWARDS = [("autodiff", False), ("flat", False), ("flat", True)]
+
+
+@pytest.mark.parametrize("dense_gradient,written_attention", BACKWARDS)
+def test_minilm_gradients_match_torch(minilm, dense_gradient, written_attention):
   spec, params, model, tokens = minilm
   assert_gradients_match(spec, params, model, tokens, [
       ("embeddings", "word_embeddings", "embedding"),
@@ -167,7 +174,7 @@ def test_minilm_gradients_match_torch(minilm, dense_gradient):
       ("layer_4", "output_layer_norm", "scale"),
       ("layer_5", "intermediate", "bias"),
       ("layer_5", "output", "kernel"),
-  ], dense_gradient=dense_gradient)
+  ], dense_gradient=dense_gradient, written_attention=written_attention)
 
 
 # ----------------------------------------------------------------- tiny random models
@@ -232,6 +239,16 @@ def tiny_t5(request, tmp_path_factory):
   return spec, pretrained.load_params(directory, spec), model
 
 
+@pytest.mark.parametrize("attention_gradient", ["written", "autodiff"])
+def test_model_config_reaches_the_pretrained_encoders_attention(tiny_bert, tiny_t5,
+                                                                 attention_gradient):
+  for spec in (pretrained.read_spec(tiny_bert[0]), tiny_t5[0]):
+    cfg = ModelConfig(vocab_size=spec.vocab_size, max_len=8, d_model=spec.hidden_size,
+                      encoder=spec.kind, encoder_spec=spec,
+                      attention_gradient=attention_gradient)
+    assert encoders.make_encoder(cfg).written_attention == (attention_gradient == "written")
+
+
 def test_tiny_bert_matches_torch(tiny_bert):
   directory, model = tiny_bert
   spec = pretrained.read_spec(directory)
@@ -260,8 +277,8 @@ def test_t5_hidden_states_match_torch(tiny_t5):
   assert_hidden_states_match(spec, params, model, tokens)
 
 
-@pytest.mark.parametrize("dense_gradient", ["autodiff", "flat"])
-def test_t5_gradients_match_torch(tiny_t5, dense_gradient):
+@pytest.mark.parametrize("dense_gradient,written_attention", BACKWARDS)
+def test_t5_gradients_match_torch(tiny_t5, dense_gradient, written_attention):
   spec, params, model = tiny_t5
   ff = "wi_0" if spec.activation == "gated-gelu" else "wi"
   assert_gradients_match(spec, params, model, random_tokens(spec.vocab_size, [45, 30, 7]), [
@@ -271,7 +288,7 @@ def test_t5_gradients_match_torch(tiny_t5, dense_gradient):
       ("layer_2", ff, "kernel"),
       ("layer_1", "ff_layer_norm", "scale"),
       ("final_layer_norm", "scale"),
-  ], dense_gradient=dense_gradient)
+  ], dense_gradient=dense_gradient, written_attention=written_attention)
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 20), (64, 256)])

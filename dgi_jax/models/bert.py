@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dgi_jax.models import attention
 from dgi_jax.models.pretrained import EncoderSpec
 from dgi_jax.models.transformer import append_inputs, exact_gelu, masked_mean
 
@@ -22,13 +23,16 @@ INIT = nn.initializers.normal(stddev=0.02)
 def self_attention(x: jax.Array, key_mask: jax.Array, *, spec: EncoderSpec, dtype: Any,
                    dropout_rate: float, deterministic: bool, use_bias: bool, scale: float,
                    bias: Optional[jax.Array] = None,
-                   dot_general: Optional[Callable] = None) -> jax.Array:
+                   dot_general: Optional[Callable] = None,
+                   written_gradient: bool = False) -> jax.Array:
   """Multi-head self-attention; its Dense layers query/key/value/attention_output.
 
   Call it from a compact `__call__`: the Dense layers become children of that module.
   x [B, L, d], key_mask [B, L] (True at real tokens), bias [1 | B, H, L, L] added to the
   scores -> [B, L, d]. Scores and softmax are float32 whatever the compute dtype.
   `dot_general` is the Dense layers' (`matmul.dense_dot_general`; None: Flax's default).
+  `written_gradient`: the scores, softmax and context through `attention.attend` (the
+  same values, a backward written for XLA:CPU) unless dropout is active.
   """
   batch, length = x.shape[:2]
 
@@ -40,6 +44,10 @@ def self_attention(x: jax.Array, key_mask: jax.Array, *, spec: EncoderSpec, dtyp
     return dense(name, spec.inner_size)(x).reshape(batch, length, spec.num_heads, -1)
 
   q, k, v = heads("query"), heads("key"), heads("value")
+  if written_gradient and (dropout_rate == 0.0 or deterministic):
+    context = attention.attend(q, k, v, scale=scale, mask=key_mask[:, None, None, :],
+                               bias=bias).reshape(batch, length, spec.inner_size)
+    return dense("attention_output", spec.hidden_size)(context)
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
   if bias is not None:
     scores = scores + bias.astype(jnp.float32)
@@ -98,6 +106,7 @@ class BertLayer(nn.Module):
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
+  written_attention: bool = False  # `self_attention`'s written_gradient.
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array, deterministic: bool) -> jax.Array:
@@ -113,7 +122,8 @@ class BertLayer(nn.Module):
 
     y = self_attention(x, key_mask, spec=spec, dtype=dtype, dropout_rate=self.dropout_rate,
                        deterministic=deterministic, use_bias=True, scale=spec.head_dim**-0.5,
-                       dot_general=self.dot_general)
+                       dot_general=self.dot_general,
+                       written_gradient=self.written_attention)
     x = _layer_norm(spec, dtype, "attention_layer_norm")(x + dropout(y))
     y = exact_gelu(dense(spec.intermediate_size, "intermediate")(x))
     y = dense(spec.hidden_size, "output")(y)
@@ -132,6 +142,7 @@ class BertEncoder(nn.Module):
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
+  written_attention: bool = False  # `self_attention`'s written_gradient.
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True,
@@ -163,7 +174,8 @@ class BertEncoder(nn.Module):
       x = x.astype(self.dtype)
     for i in range(start, stop):
       self.sow("intermediates", "hidden_states", x)
-      x = BertLayer(**settings, dot_general=self.dot_general, name=f"layer_{i}")(
+      x = BertLayer(**settings, dot_general=self.dot_general,
+                    written_attention=self.written_attention, name=f"layer_{i}")(
           x, mask, deterministic)
     if stop < spec.num_layers:
       return x, mask

@@ -12,6 +12,7 @@ ENCODERS = ("scratch", "bert", "t5")
 GRAD_PATHS = ("gumbel_soft", "ste", "gumbel_st", "frozen")
 GEOMETRIES = ("cosine", "dot")
 DENSE_GRADIENTS = ("auto", "flat", "autodiff")  # models/matmul.py.
+ATTENTION_GRADIENTS = ("auto", "written", "autodiff")  # models/attention.py.
 DECODER_INPUTS = ("sum", "residual")
 HISTORY_REPRS = ("text", "codes", "embedding")
 
@@ -49,6 +50,7 @@ class ModelConfig:
   # 'codes': whether the history's gradient reaches the codebooks it reads.
   history_code_gradient: bool = True
   dense_gradient: str = "auto"  # The Dense layers' backward pass (models/matmul.py).
+  attention_gradient: str = "auto"  # Attention's backward pass (models/attention.py).
 
   def __post_init__(self):
     if self.encoder not in ENCODERS:
@@ -74,6 +76,9 @@ class ModelConfig:
     if self.dense_gradient not in DENSE_GRADIENTS:
       raise ValueError(f"model.dense_gradient={self.dense_gradient!r}; expected one of "
                        f"{DENSE_GRADIENTS}")
+    if self.attention_gradient not in ATTENTION_GRADIENTS:
+      raise ValueError(f"model.attention_gradient={self.attention_gradient!r}; expected one "
+                       f"of {ATTENTION_GRADIENTS}")
     if self.history_repr not in HISTORY_REPRS:
       raise ValueError(f"data.history_repr={self.history_repr!r}; expected one of "
                        f"{HISTORY_REPRS}")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgi_jax.models import matmul
+from dgi_jax.models import attention, matmul
 from dgi_jax.models import pretrained
 from dgi_jax.models.bert import BertEncoder
 from dgi_jax.models.config import ModelConfig
@@ -37,7 +37,8 @@ def make_encoder(cfg: ModelConfig) -> nn.Module:
     return TextEncoder(cfg)
   return _PRETRAINED_ENCODERS[cfg.encoder](
       cfg.encoder_spec, dtype=cfg.compute_dtype, dropout_rate=cfg.dropout_rate,
-      dot_general=matmul.dense_dot_general(cfg.dense_gradient))
+      dot_general=matmul.dense_dot_general(cfg.dense_gradient),
+      written_attention=attention.uses_written_gradient(cfg.attention_gradient))
 
 
 def resolve_pretrained(config):

@@ -60,6 +60,7 @@ class T5Layer(nn.Module):
   dropout_rate: float = 0.0
   has_relative_bias: bool = False
   dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
+  written_attention: bool = False  # `bert.self_attention`'s written_gradient.
 
   @nn.compact
   def __call__(self, x: jax.Array, position_bias: Optional[jax.Array], key_mask: jax.Array,
@@ -76,7 +77,8 @@ class T5Layer(nn.Module):
     y = RMSNorm(spec.layer_norm_eps, self.dtype, name="attention_layer_norm")(x)
     y = self_attention(y, key_mask, spec=spec, dtype=self.dtype, deterministic=deterministic,
                        dropout_rate=self.dropout_rate, use_bias=False, scale=1.0,
-                       bias=position_bias, dot_general=self.dot_general)
+                       bias=position_bias, dot_general=self.dot_general,
+                       written_gradient=self.written_attention)
     x = x + dropout(y)
     y = RMSNorm(spec.layer_norm_eps, self.dtype, name="ff_layer_norm")(x)
     return x + dropout(self._feed_forward(y, dropout)), position_bias
@@ -122,6 +124,7 @@ class T5Encoder(nn.Module):
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   dot_general: Optional[Callable] = None  # The Dense layers' (`matmul.dense_dot_general`).
+  written_attention: bool = False  # `bert.self_attention`'s written_gradient.
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True,
@@ -146,7 +149,8 @@ class T5Encoder(nn.Module):
     for i in range(spec.num_layers):
       self.sow("intermediates", "hidden_states", x)
       x, bias = T5Layer(spec, self.dtype, self.dropout_rate, has_relative_bias=(i == 0),
-                        dot_general=self.dot_general, name=f"layer_{i}")(
+                        dot_general=self.dot_general,
+                        written_attention=self.written_attention, name=f"layer_{i}")(
                             x, bias, mask, deterministic)
     states = dropout(RMSNorm(spec.layer_norm_eps, self.dtype, name="final_layer_norm")(x))
     states = states.astype(jnp.float32)

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dgi_jax.models import attention as attention_core
 from dgi_jax.models import matmul
 from dgi_jax.models.config import ModelConfig
 
@@ -37,7 +38,8 @@ def attention(cfg: ModelConfig, name: str,
   return nn.MultiHeadDotProductAttention(
       num_heads=cfg.num_heads, qkv_features=cfg.d_model, out_features=cfg.d_model,
       dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype, out_kernel_init=out_init,
-      qkv_dot_general=dot_general, out_dot_general=dot_general, name=name)
+      qkv_dot_general=dot_general, out_dot_general=dot_general,
+      attention_fn=attention_core.flax_attention_fn(cfg.attention_gradient), name=name)
 
 
 class Mlp(nn.Module):
