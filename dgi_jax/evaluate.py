@@ -87,57 +87,94 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
     among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
     timing (seconds, requests_per_sec; the search with the diagnostics).
   """
+  (report,) = _evaluate(retriever, run_data, config, split, beam_size, k, keep_rankings,
+                        with_diagnostics, attribute=None, weights=(None,))
+  return report
+
+
+def sweep_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
+                split: str, attribute: str, weights: Sequence[float]
+                ) -> Dict[float, Dict[str, Any]]:
+  """`evaluate_split`'s report (without diagnostics) at each of `weights` of the search
+  weight `attribute` ('cosine_weight' or 'popularity_weight'): weight -> report. Neither
+  weight changes the beams, so each batch is encoded and searched once and its beams
+  ranked at every weight. Leaves `retriever`'s attribute at the last weight."""
+  reports = _evaluate(retriever, run_data, config, split, None, None, False, False,
+                      attribute=attribute, weights=[float(w) for w in weights])
+  return dict(zip((float(w) for w in weights), reports))
+
+
+def _evaluate(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
+              split: str, beam_size: Optional[int], k: Optional[int], keep_rankings: bool,
+              with_diagnostics: bool, attribute: Optional[str],
+              weights: Sequence[Optional[float]]):
+  """`evaluate_split`'s reports, one per weight of `attribute` (None: as it stands)."""
   beam_size = int(beam_size or config.eval.beam_size)
   k = int(k or config.eval.k)
+
+  def set_weight(weight):
+    if attribute is not None:
+      setattr(retriever, attribute, weight)
+
   start = time.perf_counter()
-  ranked, relevant, candidates, found, parts = [], [], [], [], []
+  ranked = [[] for _ in weights]
+  relevant, candidates, found, parts = [], [], [], []
   item_first_codes = jnp.asarray(retriever.sids[:, 0])  # For the routed diagnostic.
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
                                   catalogue_tokens=run_data.catalogue_tokens)
   for batch in batches:
-    # Encoded once for the search and the diagnostics.
+    # Encoded once for the search and the diagnostics, searched once for every weight.
     request = retriever.encode(batch["query_tokens"], batch["history"])
-    result = retriever.search_encoded(request, beam_size, k, batch["history"])
-    ranked.append(np.asarray(result.items)[batch["mask"]])
+    beams = retriever.search_beams(request, beam_size)
+    for rankings, weight in zip(ranked, weights):
+      set_weight(weight)
+      result = retriever.rank_beams(request, beams, k, batch["history"])
+      rankings.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
-    candidates.append(retriever.candidate_counts(result.beams)[batch["mask"]])
-    found.append(retriever.under_beams(result.beams, batch["relevant"])[batch["mask"]])
+    candidates.append(retriever.candidate_counts(beams)[batch["mask"]])
+    found.append(retriever.under_beams(beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
       parts.append(_batch_diagnostics(retriever, batch, request, item_first_codes,
                                       beam_size))
   seconds = time.perf_counter() - start
-  ranked, relevant = np.concatenate(ranked), np.concatenate(relevant)
-  report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
-                exclude_history=retriever.exclude_history,
-                candidate_level=retriever.candidate_level,
-                candidate_budget=retriever.candidate_budget)
-  if retriever.ranking in config_checks.WEIGHTED_RANKINGS:
-    report["cosine_weight"] = retriever.cosine_weight
-  if retriever.ranking == "sid":
-    report["sid_rerank_depth"] = retriever.sid_rerank_depth
-  report["popularity_weight"] = retriever.popularity_weight
-  report.update(ranking_report(ranked, relevant,
-                               run_data.dataset.train_popularity,
-                               int(config.eval.num_popularity_buckets)))
-  report["hubness"] = hubness(retriever, run_data.dataset.train_popularity)
-  report["index"] = dict(retriever.stats)
+  relevant = np.concatenate(relevant)
   mean_candidates = float(np.concatenate(candidates).mean())
-  report["candidates"] = {"mean": mean_candidates,
-                          "catalogue_share": mean_candidates / retriever.num_items,
-                          "recall": float(np.concatenate(found).sum() / (relevant >= 0).sum())}
+  shared = dict(hubness=hubness(retriever, run_data.dataset.train_popularity),
+                index=dict(retriever.stats),
+                candidates={"mean": mean_candidates,
+                            "catalogue_share": mean_candidates / retriever.num_items,
+                            "recall": float(np.concatenate(found).sum()
+                                            / (relevant >= 0).sum())})
   if with_diagnostics:
     (dense_ranked, cross_entropy, target_sids, agreement, routed_ranked, routed_candidates,
      routed_found) = (np.concatenate(p) for p in zip(*parts))
-    report["decoder"] = diagnostics.decoder_report(cross_entropy, target_sids,
+    shared["decoder"] = diagnostics.decoder_report(cross_entropy, target_sids,
                                                    retriever.model.cfg.codebook_sizes)
-    report["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement,
+    shared["encoder"] = diagnostics.encoder_report(dense_ranked, relevant, agreement,
                                                    routed_ranked, routed_candidates,
                                                    routed_found, retriever.item_embeddings)
-  report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
-  if keep_rankings:
-    report["rankings"] = ranked
-  return report
+  reports = []
+  for rankings, weight in zip(ranked, weights):
+    set_weight(weight)
+    rankings = np.concatenate(rankings)
+    report = dict(split=split, beam_size=beam_size, k=k, ranking=retriever.ranking,
+                  exclude_history=retriever.exclude_history,
+                  candidate_level=retriever.candidate_level,
+                  candidate_budget=retriever.candidate_budget)
+    if retriever.ranking in config_checks.WEIGHTED_RANKINGS:
+      report["cosine_weight"] = retriever.cosine_weight
+    if retriever.ranking == "sid":
+      report["sid_rerank_depth"] = retriever.sid_rerank_depth
+    report["popularity_weight"] = retriever.popularity_weight
+    report.update(ranking_report(rankings, relevant, run_data.dataset.train_popularity,
+                                 int(config.eval.num_popularity_buckets)))
+    report.update(shared)
+    report["timing"] = {"seconds": seconds, "requests_per_sec": len(rankings) / seconds}
+    if keep_rankings:
+      report["rankings"] = rankings
+    reports.append(report)
+  return reports
 
 
 def _batch_diagnostics(retriever: retrieval.Retriever, batch, request,
@@ -229,16 +266,14 @@ def choose_on_validation(retriever: retrieval.Retriever, run_data: run_setup.Run
   'popularity_weight') to the one of `weights` whose search scores best on `split` by
   `config.train.best_metric` (ties: the first listed).
 
-  Both weights are traced arguments of the search, so the sweep compiles once.
+  The split is searched once and its beams ranked at each weight (`sweep_split`); both
+  weights are traced arguments of the ranking, so the sweep compiles once.
   Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
   """
   metric = str(config.train.best_metric)
-  scores = {}
-  for weight in weights:
-    setattr(retriever, attribute, float(weight))
-    report = evaluate_split(retriever, run_data, config, split, with_diagnostics=False)
-    scores[float(weight)] = flat_metrics(report)[metric]
-  selection = best_weight(split, metric, scores)
+  reports = sweep_split(retriever, run_data, config, split, attribute, weights)
+  selection = best_weight(split, metric, {weight: flat_metrics(report)[metric]
+                                          for weight, report in reports.items()})
   setattr(retriever, attribute, selection["chosen"])
   return selection
 

@@ -121,29 +121,37 @@ def sid_log_prob_fn(apply, request, inverted: index_lib.InvertedIndex,
 
 # The cosine weight and the item prior are traced: a validation sweep over their weights
 # reuses one compilation.
-_SEARCH_STATIC = ("model", "beam_size", "k", "bucket_cap", "ranking", "candidate_level",
-                  "sid_rerank_depth", "candidate_budget")
+_BEAM_STATIC = ("model", "beam_size", "bucket_cap", "candidate_level", "candidate_budget")
+_RANK_STATIC = ("model", "k", "bucket_cap", "ranking", "candidate_level", "sid_rerank_depth")
+_SEARCH_STATIC = tuple(dict.fromkeys(_BEAM_STATIC + _RANK_STATIC))
 
 
-def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
-                     inverted: index_lib.InvertedIndex, item_emb: jax.Array,
-                     request: EncodedRequests, exclude, *, beam_size: int, k: int,
-                     bucket_cap: int, ranking: str, cosine_weight: float,
-                     candidate_level: int, sid_rerank_depth: int = 0,
-                     candidate_budget: int = 0, item_prior=None) -> SearchResult:
-  """Constrained beam search from encoded requests -> ranking of the beams' items
-  (without those of `exclude`, int [B, E] -1 padded, when given; each cosine plus its
-  item's `item_prior`, float32 [N], when given); with a `candidate_budget`, of the beams'
-  items only those of the fewest best beams that hold that many."""
+def _search_beams(model: DGIModel, params, tables: index_lib.PrefixTables,
+                  inverted: index_lib.InvertedIndex, request: EncodedRequests, *,
+                  beam_size: int, bucket_cap: int, candidate_level: int,
+                  candidate_budget: int = 0) -> decoding.BeamResult:
+  """Constrained beam search from encoded requests -> the beams (with candidate_level t,
+  the best t-code prefixes; with a `candidate_budget`, only the fewest best beams that
+  hold that many items)."""
   apply = functools.partial(model.apply, {"params": params})
   batch = request.z_q.shape[0]
-  # With candidate_level t the search stops at the best t-code prefixes.
   beams = decoding.beam_search(grouped_logits_fn(apply, request, batch, beam_size), batch,
                                beam_size, tables, model.cfg.codebook_sizes,
                                levels=candidate_level)
   if candidate_budget:
     beams = decoding.keep_within_budget(beams, inverted, candidate_budget, candidate_level,
                                         bucket_cap)
+  return beams
+
+
+def _rank_beams(model: DGIModel, params, inverted: index_lib.InvertedIndex,
+                item_emb: jax.Array, request: EncodedRequests, beams: decoding.BeamResult,
+                exclude, *, k: int, bucket_cap: int, ranking: str, cosine_weight: float,
+                candidate_level: int, sid_rerank_depth: int = 0,
+                item_prior=None) -> SearchResult:
+  """The ranking of the beams' items (without those of `exclude`, int [B, E] -1 padded,
+  when given; each cosine plus its item's `item_prior`, float32 [N], when given)."""
+  apply = functools.partial(model.apply, {"params": params})
   items, beam_scores, cosines = decoding.rank_items(
       beams, inverted, quantizer.l2_normalize(request.z_q), item_emb, k, bucket_cap,
       ranking, cosine_weight, exclude=exclude, candidate_level=candidate_level,
@@ -153,8 +161,26 @@ def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
                       beams=beams)
 
 
-# The search of encoded requests (evaluation shares them with the diagnostics).
-_search_encoded = jax.jit(_search_requests, static_argnames=_SEARCH_STATIC)
+def _search_requests(model: DGIModel, params, tables: index_lib.PrefixTables,
+                     inverted: index_lib.InvertedIndex, item_emb: jax.Array,
+                     request: EncodedRequests, exclude, *, beam_size: int, k: int,
+                     bucket_cap: int, ranking: str, cosine_weight: float,
+                     candidate_level: int, sid_rerank_depth: int = 0,
+                     candidate_budget: int = 0, item_prior=None) -> SearchResult:
+  """`_search_beams`, then `_rank_beams`."""
+  beams = _search_beams(model, params, tables, inverted, request, beam_size=beam_size,
+                        bucket_cap=bucket_cap, candidate_level=candidate_level,
+                        candidate_budget=candidate_budget)
+  return _rank_beams(model, params, inverted, item_emb, request, beams, exclude, k=k,
+                     bucket_cap=bucket_cap, ranking=ranking, cosine_weight=cosine_weight,
+                     candidate_level=candidate_level, sid_rerank_depth=sid_rerank_depth,
+                     item_prior=item_prior)
+
+
+# Evaluation's halves (it encodes requests once for the search and the diagnostics, and a
+# validation sweep ranks one search's beams at every weight).
+_search_beams_jit = jax.jit(_search_beams, static_argnames=_BEAM_STATIC)
+_rank_beams_jit = jax.jit(_rank_beams, static_argnames=_RANK_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=_SEARCH_STATIC)
@@ -448,28 +474,40 @@ class Retriever:
                    self.excluded_items(history), **self._search_options(beam_size, k))
 
   def _search_options(self, beam_size: int, k: int) -> dict:
-    """The keyword arguments of `_search` and `_search_encoded` (all but the cosine weight
-    and the item prior static, `_SEARCH_STATIC`)."""
-    return dict(beam_size=int(beam_size), k=int(k), bucket_cap=self._bucket_cap,
-                sid_rerank_depth=self.sid_rerank_depth,
-                ranking=self.ranking, cosine_weight=self.cosine_weight,
-                item_prior=self.item_prior(),
-                candidate_level=self.candidate_level,
-                candidate_budget=self.candidate_budget)
+    """The keyword arguments of `_search` (all but the cosine weight and the item prior
+    static, `_SEARCH_STATIC`)."""
+    return dict(self._beam_options(beam_size), **self._rank_options(k))
+
+  def _beam_options(self, beam_size: int) -> dict:
+    return dict(beam_size=int(beam_size), bucket_cap=self._bucket_cap,
+                candidate_level=self.candidate_level, candidate_budget=self.candidate_budget)
+
+  def _rank_options(self, k: int) -> dict:
+    return dict(k=int(k), bucket_cap=self._bucket_cap, ranking=self.ranking,
+                cosine_weight=self.cosine_weight, candidate_level=self.candidate_level,
+                sid_rerank_depth=self.sid_rerank_depth, item_prior=self.item_prior())
 
   def encode(self, query_tokens, history=None) -> EncodedRequests:
     """The requests of `search(query_tokens, ..., history)`, encoded as it encodes them
-    (trimmed by `search_inputs`), for `search_encoded` and the diagnostics."""
+    (trimmed by `search_inputs`), for `search_beams`, `rank_beams` and the diagnostics."""
     return run_setup.encode_requests(self.model, self.params,
                                      *self.search_inputs(query_tokens, history))
 
-  def search_encoded(self, request: EncodedRequests, beam_size: int, k: int,
-                     history=None) -> SearchResult:
-    """`search` of requests already encoded by `encode` (`history` [B, H]: the same
-    requests' history, for `exclude_history`)."""
-    return _search_encoded(self.model, self.params, self.tables, self.inverted_index,
-                           self._device_embeddings, request, self.excluded_items(history),
-                           **self._search_options(beam_size, k))
+  def search_beams(self, request: EncodedRequests, beam_size: int) -> decoding.BeamResult:
+    """The beams `search` ranks, of requests encoded by `encode`. They depend on neither
+    search weight, so a sweep over the cosine or popularity weight searches once and
+    ranks per weight (`rank_beams` of these beams is `search`'s result)."""
+    return _search_beams_jit(self.model, self.params, self.tables, self.inverted_index,
+                             request, **self._beam_options(beam_size))
+
+  def rank_beams(self, request: EncodedRequests, beams: decoding.BeamResult, k: int,
+                 history=None) -> SearchResult:
+    """The top-k items under `beams` (of `search_beams` on the same requests; `history`
+    [B, H] their history, for `exclude_history`) in `self.ranking`'s order at the current
+    weights."""
+    return _rank_beams_jit(self.model, self.params, self.inverted_index,
+                           self._device_embeddings, request, beams,
+                           self.excluded_items(history), **self._rank_options(k))
 
   def candidate_counts(self, beams: decoding.BeamResult) -> np.ndarray:
     """int [B]: how many items the ranking scored for each request of a `search` result's

@@ -97,3 +97,33 @@ def test_search_diagnostics_and_added_items_read_the_prior(trained):
   new = retriever.add_items(["a lamp nobody bought"], ["new-lamp"])
   assert retriever.item_log_popularity[new].tolist() == [0.0]
   assert retriever.item_prior().shape == (retriever.num_items,)
+
+
+@pytest.mark.parametrize("attribute,weights", [("popularity_weight", (0.0, 0.05, 100.0)),
+                                               ("cosine_weight", (0.0, 10.0))])
+def test_a_sweep_searches_once_and_ranks_as_each_weights_own_evaluation(trained, attribute,
+                                                                        weights,
+                                                                        monkeypatch):
+  """`sweep_split` ranks one search's beams at every weight: each weight's report equals
+  `evaluate_split`'s at that weight, and the beam search runs once per batch."""
+  config, run_data = trained.config, trained.run_data
+  retriever = retrieval.Retriever(trained.model, trained.params, run_data, config)
+  retriever.ranking = "blend" if attribute == "cosine_weight" else "cosine"
+  searches = []
+  search_beams = retriever.search_beams
+  monkeypatch.setattr(retriever, "search_beams",
+                      lambda *args: searches.append(1) or search_beams(*args))
+  swept = evaluate.sweep_split(retriever, run_data, config, "validation", attribute, weights)
+  batches = len(searches)
+  assert list(swept) == list(weights) and batches > 0
+  metrics = []
+  for weight in weights:
+    setattr(retriever, attribute, weight)
+    own = evaluate.evaluate_split(retriever, run_data, config, "validation",
+                                  with_diagnostics=False)
+    assert swept[weight][attribute] == weight
+    for key in ("metrics", "long_tail", "candidates", "index"):
+      assert swept[weight][key] == own[key], (weight, key)
+    metrics.append(own["metrics"])
+  assert len(searches) == batches * (1 + len(weights))  # One search per batch per call.
+  assert metrics[0] != metrics[-1]  # The weights rank differently.
