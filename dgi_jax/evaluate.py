@@ -15,9 +15,12 @@
              unless `with_diagnostics` is False (validation during training:
              `eval.validation_diagnostics`); one jitted pass per batch beside the search.
 
-`make_validation_fn` gives `train.train_and_evaluate` its `evaluate_fn`. With several
-processes every process evaluates the whole split on its own local device (same data,
-same result): simple, and the split is small next to training.
+`sweep_split` gives the same report (without the diagnostics) at several weights of one
+search weight, ranking one search's beams at each (its timing is the whole sweep's);
+`choose_on_validation` picks a weight from it. `make_validation_fn` gives
+`train.train_and_evaluate` its `evaluate_fn`. With several processes every process
+evaluates the whole split on its own local device (same data, same result): simple, and
+the split is small next to training.
 """
 
 import json
