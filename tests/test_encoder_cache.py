@@ -127,9 +127,20 @@ def test_cached_training_follows_the_uncached_run(uncached, tmp_path, parallelis
   uncached_params, uncached_timing = uncached
   assert timing["seconds"]["encoder_cache"] > 0  # The steps read the cache ...
   assert uncached_timing["seconds"]["encoder_cache"] == 0
+  compared = 0
   for name in ("codebook_0", "codebook_2", "gamma_quantizer", "decoder"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
-                 params[name], uncached_params[name])
+    cached_leaves = dict(jax.tree_util.tree_leaves_with_path(params[name]))
+    for path, reference in jax.tree_util.tree_leaves_with_path(uncached_params[name]):
+      leaf = jax.tree_util.keystr(path)
+      # An attention key projection's bias adds one constant to a query's scores, which
+      # the softmax ignores: its true gradient is zero, so Adam moves it by rounding noise
+      # (normalised to about the learning rate) in whichever direction that noise points.
+      if leaf.endswith("['key']['bias']"):
+        continue
+      np.testing.assert_allclose(cached_leaves[path], reference, rtol=2e-4, atol=2e-5,
+                                 err_msg=name + leaf)
+      compared += 1
+  assert compared > 10
   # ... and the frozen encoder is where it started.
   jax.tree.map(np.testing.assert_array_equal, params["encoder"], uncached_params["encoder"])
   initial = _model_params(config)[1]["decoder"]
