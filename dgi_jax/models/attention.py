@@ -26,8 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dgi_jax.models.config import ATTENTION_GRADIENTS
-
 
 def _probs(q, k, mask, bias):
   """q [N, H, Lq, D] (scaled), k [N, H, Lk, D] -> float32 softmax weights [N, H, Lq, Lk]."""
@@ -100,10 +98,8 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
 
 
 def uses_written_gradient(attention_gradient: str) -> bool:
-  """Whether `model.attention_gradient` selects `attend` on this backend."""
-  if attention_gradient not in ATTENTION_GRADIENTS:
-    raise ValueError(f"model.attention_gradient={attention_gradient!r}; expected one of "
-                     f"{ATTENTION_GRADIENTS}")
+  """Whether `model.attention_gradient` (checked by `ModelConfig`) selects `attend` on
+  this backend."""
   if attention_gradient == "auto":
     return jax.default_backend() == "cpu"
   return attention_gradient == "written"

@@ -44,18 +44,19 @@ def self_attention(x: jax.Array, key_mask: jax.Array, *, spec: EncoderSpec, dtyp
     return dense(name, spec.inner_size)(x).reshape(batch, length, spec.num_heads, -1)
 
   q, k, v = heads("query"), heads("key"), heads("value")
+  attend_mask = key_mask[:, None, None, :]  # [B, 1, 1, L]
   if written_gradient and (dropout_rate == 0.0 or deterministic):
-    context = attention.attend(q, k, v, scale=scale, mask=key_mask[:, None, None, :],
-                               bias=bias).reshape(batch, length, spec.inner_size)
-    return dense("attention_output", spec.hidden_size)(context)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-  if bias is not None:
-    scores = scores + bias.astype(jnp.float32)
-  # The most negative float, as HF's additive mask: padding keys get exactly zero weight.
-  scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  probs = nn.Dropout(dropout_rate)(probs, deterministic=deterministic)
-  context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, spec.inner_size)
+    context = attention.attend(q, k, v, scale=scale, mask=attend_mask, bias=bias)
+  else:
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+      scores = scores + bias.astype(jnp.float32)
+    # The most negative float, as HF's additive mask: padding keys get exactly zero weight.
+    scores = jnp.where(attend_mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    probs = nn.Dropout(dropout_rate)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  context = context.reshape(batch, length, spec.inner_size)
   return dense("attention_output", spec.hidden_size)(context)
 
 
