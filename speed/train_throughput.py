@@ -117,8 +117,9 @@ def main():
   print(f"each step the best of {args.repeats} interleaved windows of {args.steps}")
   for key in variants:
     gradient, attention, dtype = key
-    print(f"dense_gradient={gradient} attention_gradient={attention} dtype={dtype}: step {seconds[key] * 1e3:.1f} ms   "
-          f"steps/s {1 / seconds[key]:.2f}   examples/s {batch_size / seconds[key]:.0f}   "
+    print(f"dense_gradient={gradient} attention_gradient={attention} dtype={dtype}: "
+          f"step {seconds[key] * 1e3:.1f} ms   steps/s {1 / seconds[key]:.2f}   "
+          f"examples/s {batch_size / seconds[key]:.0f}   "
           f"FLOPs/step (XLA) {flops[key] / 1e9:.2f} G   achieved "
           f"{flops[key] / seconds[key] / 1e9:.1f} GFLOP/s   utilisation "
           f"{flops[key] / seconds[key] / peaks[dtype]:.1%} of the {dtype} peak")
