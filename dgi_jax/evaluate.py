@@ -6,6 +6,9 @@
              means over requests (sums plus a count, divided once).
   long_tail  Hit@10 of (request, relevant item) pairs in five equal-count buckets by the
              item's training popularity, B0 head .. B4 tail, and of unseen items apart.
+  history    how often a relevant item is one of the request's own history items, and
+             how often the ranking puts one of them first (`metrics.history_overlap`):
+             where the first is common and the second rare, `eval.exclude_history` pays.
   hubness    Spearman correlation of the raw item-embedding norm with item popularity,
              and of each level's codeword norm with its code popularity (summed f(i)).
   index      code-usage perplexity per level, unique-SID share, bucket sizes.
@@ -85,7 +88,7 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    hubness, index, candidates (mean items ranked per request, that mean's share of the
+    history, hubness, index, candidates (mean items ranked per request, that mean's share of the
     catalogue, and recall: the share of (request, relevant item) pairs whose item is
     among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
     timing (seconds, requests_per_sec; the search with the diagnostics).
@@ -121,7 +124,7 @@ def _evaluate(retriever: retrieval.Retriever, run_data: run_setup.RunData, confi
 
   start = time.perf_counter()
   ranked = [[] for _ in weights]
-  relevant, candidates, found, parts = [], [], [], []
+  relevant, history, candidates, found, parts = [], [], [], [], []
   item_first_codes = jnp.asarray(retriever.sids[:, 0])  # For the routed diagnostic.
   batches = pipeline.iterate_eval(run_data.dataset, run_data.tokenizer, config.data,
                                   split, int(config.eval.batch_size),
@@ -135,13 +138,14 @@ def _evaluate(retriever: retrieval.Retriever, run_data: run_setup.RunData, confi
       result = retriever.rank_beams(request, beams, k, batch["history"])
       rankings.append(np.asarray(result.items)[batch["mask"]])
     relevant.append(batch["relevant"][batch["mask"]])
+    history.append(batch["history"][batch["mask"]])
     candidates.append(retriever.candidate_counts(beams)[batch["mask"]])
     found.append(retriever.under_beams(beams, batch["relevant"])[batch["mask"]])
     if with_diagnostics:
       parts.append(_batch_diagnostics(retriever, batch, request, item_first_codes,
                                       beam_size))
   seconds = time.perf_counter() - start
-  relevant = np.concatenate(relevant)
+  relevant, history = np.concatenate(relevant), np.concatenate(history)
   mean_candidates = float(np.concatenate(candidates).mean())
   shared = dict(hubness=hubness(retriever, run_data.dataset.train_popularity),
                 index=dict(retriever.stats),
@@ -171,7 +175,7 @@ def _evaluate(retriever: retrieval.Retriever, run_data: run_setup.RunData, confi
       report["sid_rerank_depth"] = retriever.sid_rerank_depth
     report["popularity_weight"] = retriever.popularity_weight
     report.update(ranking_report(rankings, relevant, run_data.dataset.train_popularity,
-                                 int(config.eval.num_popularity_buckets)))
+                                 int(config.eval.num_popularity_buckets), history))
     report.update(shared)
     report["timing"] = {"seconds": seconds, "requests_per_sec": len(rankings) / seconds}
     if keep_rankings:
@@ -209,7 +213,8 @@ def _batch_diagnostics(retriever: retrieval.Retriever, batch, request,
 
 
 def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: np.ndarray,
-                   num_buckets: int) -> Dict[str, Any]:
+                   num_buckets: int, history: Optional[np.ndarray] = None
+                   ) -> Dict[str, Any]:
   """Metrics and long-tail profile of any retriever's rankings of one split.
 
   Args:
@@ -217,9 +222,11 @@ def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: n
     relevant: int [Q, R] relevant item indices per request, padded with -1.
     train_popularity: int [num_items] training requests per item, f(i).
     num_buckets: popularity buckets of the long-tail profile.
+    history: int [Q, H] the requests' history items (-1 padded), or None.
 
   Returns:
-    num_requests, num_pairs, metrics (@K for K <= k, MRR@min(20, k)) and long_tail.
+    num_requests, num_pairs, metrics (@K for K <= k, MRR@min(20, k)), long_tail and,
+    with `history`, history (`metrics.history_overlap`).
   """
   k = ranked.shape[1]
   ks = tuple(x for x in metrics.DEFAULT_KS if x <= k)
@@ -228,8 +235,11 @@ def ranking_report(ranked: np.ndarray, relevant: np.ndarray, train_popularity: n
   pair_popularity, pair_hits = metrics.pair_hits(ranked, relevant, train_popularity,
                                                  LONG_TAIL_K)
   long_tail = metrics.popularity_buckets(pair_popularity, pair_hits, num_buckets)
-  return {"num_requests": num_requests, "num_pairs": int(len(pair_popularity)),
-          "metrics": means, "long_tail": dict(k=LONG_TAIL_K, **long_tail)}
+  report = {"num_requests": num_requests, "num_pairs": int(len(pair_popularity)),
+            "metrics": means, "long_tail": dict(k=LONG_TAIL_K, **long_tail)}
+  if history is not None:
+    report["history"] = metrics.history_overlap(ranked, relevant, history)
+  return report
 
 
 def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
@@ -417,6 +427,12 @@ def format_report(report: Dict[str, Any]) -> str:
             "hubness (Spearman with popularity): item norm "
             f"{_fmt(hub['item_norm_spearman'])}, codeword norm per level "
             + " / ".join(_fmt(c) for c in hub["codeword_norm_spearman"])]
+  overlap = report.get("history")
+  if overlap:
+    lines.append(f"the requests' own history items: {_fmt(overlap['relevant_in_history'])} "
+                 f"of the relevant items; ranked first for "
+                 f"{_fmt(overlap['first_in_history'])} of the requests, "
+                 f"{_fmt(overlap['ranked_in_history'])} per ranking of {report['k']}")
   candidates = report["candidates"]
   lines.append(f"candidates ranked per request: {candidates['mean']:,.0f} "
                f"({candidates['catalogue_share']:.1%} of the catalogue), holding "

@@ -1,4 +1,5 @@
-"""Retrieval metrics, long-tail buckets and hubness statistics (host-side numpy).
+"""Retrieval metrics, the rankings' history overlap, long-tail buckets and hubness
+statistics (host-side numpy).
 
 Ranking metrics follow DGI_METHOD.md ("Metrics"), generalised to a set of relevant items
 per request: binary relevance, positions are 1-based ranks.
@@ -104,6 +105,35 @@ def retrieval_metrics(ranked, relevant, ks: Sequence[int] = DEFAULT_KS,
                       mrr_k: int = MRR_K) -> Dict[str, float]:
   """Mean Hit@K, NDCG@K, Recall@K and MRR@mrr_k of one batch (see the module doc)."""
   return finalize(metric_sums(ranked, relevant, ks, mrr_k))
+
+
+def history_overlap(ranked, relevant, history) -> Dict[str, float]:
+  """How a ranking treats the request's own history items (the items of its history,
+  which `eval.exclude_history` leaves out).
+
+  Args:
+    ranked: [Q, L] int item indices, best first, -1 = empty slot.
+    relevant: [Q, R] int relevant item indices, -1 padded.
+    history: [Q, H] int history item indices, -1 padded.
+
+  Returns (over the requests with a relevant item, as the ranking metrics):
+    relevant_in_history: share of (request, relevant item) pairs whose item is one of the
+      request's history items: how often the split's users come back to an item.
+    first_in_history: share of requests whose first-ranked item is a history item.
+    ranked_in_history: history items per ranking (of its L slots), on average.
+  """
+  ranked, relevant, history = (np.asarray(x) for x in (ranked, relevant, history))
+  in_history = lambda items: ((items[:, :, None] == history[:, None, :])
+                              & (items[:, :, None] >= 0)).any(-1)  # [Q, *] bool
+  counted = (relevant >= 0).any(axis=1)
+  pairs = relevant >= 0
+  if not counted.any():
+    return {"relevant_in_history": float("nan"), "first_in_history": float("nan"),
+            "ranked_in_history": float("nan")}
+  ranked_hist = in_history(ranked)[counted]
+  return {"relevant_in_history": float(in_history(relevant)[pairs].mean()),
+          "first_in_history": float(ranked_hist[:, 0].mean()),
+          "ranked_in_history": float(ranked_hist.sum(axis=1).mean())}
 
 
 # ---------------------------------------------------------------------------- long tail

@@ -62,6 +62,15 @@ def test_results_md_lists_every_method_with_plots(bench):
             for row in decoder_table.splitlines()[2:]}
   dgi_encoder = finished_runs.read_result(bench["workdir"], "dgi")["report"]["encoder"]
   assert spread["dgi"] == f"{dgi_encoder['item_mean_cosine']:.3f}"
+  # Every ranking's treatment of the requests' own history items, BM25's included.
+  history_table = text.split("## The requests' own history items")[1].split("\n\n")[2]
+  for row in history_table.splitlines()[2:]:
+    label, *cells = row.strip("| ").split(" | ")
+    history = finished_runs.read_result(bench["workdir"], labels[label])["report"]["history"]
+    assert cells == [f"{history['relevant_in_history']:.3f}",
+                     f"{history['first_in_history']:.3f}",
+                     f"{history['ranked_in_history']:.2f}"]
+  assert len(history_table.splitlines()) == 2 + len(labels)
   missing = [line for line in text.splitlines() if line.startswith("Not run")]
   assert missing and "dgi_ste" in missing[0] and "bm25" not in missing[0]
 
@@ -177,14 +186,14 @@ def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, 
   dense_selection = dense_report["popularity_weight_selection"]
   trained = trained_run.load_trained(dense_dir)
   for weight in (0.0, 100.0):
-    ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                            trained.config, "validation", 20,
-                                            popularity_weight=weight)
+    ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                               trained.config, "validation", 20,
+                                               popularity_weight=weight)
     valid = evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity, 5)
     assert dense_selection["scores"][weight] == pytest.approx(valid["metrics"]["hit@10"])
-  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                          trained.config, "test", 20,
-                                          popularity_weight=dense_selection["chosen"])
+  ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                             trained.config, "test", 20,
+                                             popularity_weight=dense_selection["chosen"])
   assert dense_report["metrics"]["hit@10"] == pytest.approx(
       evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
                               5)["metrics"]["hit@10"])
@@ -222,8 +231,8 @@ def test_validation_picks_the_reported_checkpoint(tmp_path):
   # The dense method is scored by its own exact top-K, not by the generative search.
   trained = trained_run.load_trained(workdir / "dense")
   e = trained.config.eval
-  ranked, relevant = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                          trained.config, "validation", e.k)
+  ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                             trained.config, "validation", e.k)
   report = evaluate.ranking_report(ranked, relevant,
                                    trained.run_data.dataset.train_popularity,
                                    e.num_popularity_buckets)

@@ -143,7 +143,7 @@ def test_dense_rankings_match_brute_force_cosine(tmp_path):
   run_data = run_setup.prepare_run_data(config, tmp_path)
   model = run_setup.build_model(config)
   params = run_setup.init_params(model, config, jax.random.PRNGKey(3))
-  ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", k=7)
+  ranked, relevant, _ = dense.dense_rankings(model, params, run_data, config, "test", k=7)
   assert ranked.shape == (run_data.dataset.num_examples("test"), 7)
   items = run_setup.embed_items(model, params, run_data.catalogue_tokens)
   items = items / np.linalg.norm(items, axis=-1, keepdims=True)

@@ -31,9 +31,9 @@ def dataset(tmp_path_factory):
 
 def _metrics(model, params, config, workdir, popularity_weight):
   run_data = run_setup.prepare_run_data(config, workdir)
-  ranked, relevant = dense.dense_rankings(model, params, run_data, config, "test", 20,
-                                          popularity_weight=popularity_weight)
-  return runner._ranked_report(ranked, relevant, run_data, config, 1.0)["metrics"]  # pylint: disable=protected-access
+  ranked, relevant, _ = dense.dense_rankings(model, params, run_data, config, "test", 20,
+                                             popularity_weight=popularity_weight)
+  return runner._ranked_report(ranked, relevant, None, run_data, config, 1.0)["metrics"]  # pylint: disable=protected-access
 
 
 def test_zero_shot_ranks_by_the_pretrained_weights_without_training(

@@ -69,6 +69,17 @@ def test_sums_accumulate_over_batches():
     assert parts[name] == pytest.approx(whole[name])
 
 
+def test_history_overlap():
+  ranked = np.array([[4, 7, 2], [9, 1, -1], [3, 5, 6], [8, 0, 1]])
+  relevant = np.array([[2, -1], [5, 1], [-1, -1], [6, -1]])
+  history = np.array([[4, 2, -1], [1, -1, -1], [3, 5, 6], [-1, -1, -1]])
+  out = metrics.history_overlap(ranked, relevant, history)
+  # Request 2 has no relevant item and is left out; -1 never counts as an item.
+  assert out["relevant_in_history"] == pytest.approx(2 / 4)  # 2 and 1 of 2, 5, 1, 6.
+  assert out["first_in_history"] == pytest.approx(1 / 3)  # Only request 0 starts with one.
+  assert out["ranked_in_history"] == pytest.approx((2 + 1 + 0) / 3)
+
+
 def test_pair_hits():
   ranked = np.array([[3, 1] + list(range(10, 18)) + [4], [2, 9] + [-1] * 9])
   relevant = np.array([[1, 4], [5, -1]])

@@ -88,8 +88,8 @@ def test_search_diagnostics_and_added_items_read_the_prior(trained):
     changed += first[first >= 0].tolist() != kept.tolist()
   assert changed
   # The encoder's exact ranking, as the dense rows compute it, at the same weight.
-  dense_ranked, relevant = dense.dense_rankings(trained.model, trained.params, run_data,
-                                                config, "test", 10, popularity_weight=100.0)
+  dense_ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, run_data,
+                                                   config, "test", 10, popularity_weight=100.0)
   assert np.all(np.diff(counts[dense_ranked], axis=1) <= 0)
   hit = np.mean([np.isin(r, rel[rel >= 0]).any() for r, rel in zip(dense_ranked, relevant)])
   assert after["encoder"]["dense"]["hit"] == pytest.approx(hit)

@@ -108,8 +108,8 @@ def test_search_agrees_with_evaluate_split(trained, retriever):
       np.log(metrics.code_usage_perplexity(pair_sids, trained.model.cfg.codebook_sizes)))
   # The encoder section: the dense ranking of the same parameters, and prefix agreement
   # that can only fall with depth.
-  dense_ranked, _ = dense.dense_rankings(trained.model, trained.params, run_data, config,
-                                         "test", 10)
+  dense_ranked, _, _ = dense.dense_rankings(trained.model, trained.params, run_data, config,
+                                            "test", 10)
   expected_dense = metrics.retrieval_metrics(dense_ranked, relevant, (10,), 10)
   assert report["encoder"]["dense"]["hit"] == pytest.approx(expected_dense["hit@10"])
   agreement = report["encoder"]["sid_prefix_agreement"]
@@ -156,8 +156,24 @@ def test_excluded_history_leaves_the_ranking_otherwise_unchanged(trained, retrie
     assert after.tolist()[:len(remaining)] == remaining, row
     changed += remaining != before[before >= 0].tolist()
   assert changed  # Some history item was ranked before it was left out.
+  # The reports count the history items in each ranking, none once they are left out.
+  split_history = np.concatenate([batch["history"][batch["mask"]] for batch in
+                                  pipeline.iterate_eval(
+                                      run_data.dataset, run_data.tokenizer, config.data,
+                                      "test", config.eval.batch_size,
+                                      catalogue_tokens=run_data.catalogue_tokens)])
+  in_history = np.asarray([[i >= 0 and i in set(drop) for i in row]
+                           for row, drop in zip(first, split_history.tolist())])
+  in_history = in_history[(_relevant(run_data) >= 0).any(axis=1)]
+  assert reports[False]["history"]["ranked_in_history"] == pytest.approx(
+      in_history.sum(axis=1).mean()) and in_history.any()
+  assert reports[False]["history"]["first_in_history"] == pytest.approx(
+      in_history[:, 0].mean())
+  assert reports[True]["history"]["ranked_in_history"] == 0
+  assert (reports[True]["history"]["relevant_in_history"]
+          == reports[False]["history"]["relevant_in_history"])
   # The encoder's own cosine ranking leaves the history out too.
-  dense_kept, _ = dense.dense_rankings(
+  dense_kept, _, _ = dense.dense_rankings(
       trained.model, trained.params, run_data,
       _with_exclude_history(config), "test", 10)
   assert reports[True]["encoder"]["dense"]["hit"] == pytest.approx(

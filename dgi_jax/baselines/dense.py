@@ -114,7 +114,8 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
   under `params`.
 
   Returns:
-    (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R]) in split order.
+    (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R], history int32
+    [Q, H] the requests' history items, -1 padded) in split order.
   """
   item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
                                                       split, item_embeddings)
@@ -122,7 +123,7 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
     popularity_weight = config.eval.popularity_weight
   prior = popularity.item_prior(run_data.dataset.train_popularity, popularity_weight)
   return rank_encoded(item_vectors, z_q, history, k, bool(config.eval.exclude_history),
-                      prior), relevant
+                      prior), relevant, history
 
 
 def choose_popularity_weight(model: DGIModel, params, run_data: run_setup.RunData, config,
@@ -156,8 +157,8 @@ def make_validation_fn(config, split: str = "validation"):
 
   def evaluate_fn(params, run_data: run_setup.RunData,
                   item_embeddings: Optional[np.ndarray] = None):
-    ranked, relevant = dense_rankings(model, params, run_data, config, split,
-                                      int(config.eval.k), item_embeddings)
+    ranked, relevant, _ = dense_rankings(model, params, run_data, config, split,
+                                         int(config.eval.k), item_embeddings)
     report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
                                      int(config.eval.num_popularity_buckets))
     return {name: float(value) for name, value in report["metrics"].items()}

@@ -146,6 +146,27 @@ def _decoder_table(results: Sequence[Dict[str, Any]]) -> List[str]:
   return lines + [""]
 
 
+def _history_table(results: Sequence[Dict[str, Any]]) -> List[str]:
+  """How each ranking treats the requests' own history items (`metrics.history_overlap`);
+  nothing where no ranking holds one and no relevant item is one (e.g. no histories)."""
+  rows = [r for r in results if r["report"].get("history")]
+  if not any(r["report"]["history"]["ranked_in_history"]
+             or r["report"]["history"]["relevant_in_history"] for r in rows):
+    return []
+  lines = ["## The requests' own history items", "",
+           "Relevant: the share of (request, relevant item) pairs whose item is in the "
+           "request's history. First: the share of requests whose ranking starts with one "
+           "of its history items; per ranking: how many of its top k are. Where users do "
+           "not come back to an item, every such slot is a miss "
+           "(`eval.exclude_history` leaves them out).", "",
+           "| method | relevant | first | per ranking |", "|---|---|---|---|"]
+  for r in rows:
+    h = r["report"]["history"]
+    lines.append(f"| {r['label']} | {_num(h['relevant_in_history'], 3)} | "
+                 f"{_num(h['first_in_history'], 3)} | {_num(h['ranked_in_history'], 2)} |")
+  return lines + [""]
+
+
 # The search weights a benchmark may choose per method on validation: (the report's key,
 # the section's title).
 _SELECTIONS = (("cosine_weight_selection", "Cosine weight of each ranking"),
@@ -256,6 +277,7 @@ def write_results(dataset: str, config, finished: Dict[str, Dict[str, Any]], res
               "training popularity f; 'unseen' = items never a training target.", ""]
     lines += _long_tail_table(rows) + [""]
     lines += _decoder_table(rows)
+    lines += _history_table(rows)
     lines += _selection_lines(rows)
     for r in rows:
       png = plots.plot_popularity_buckets(

@@ -222,10 +222,10 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
   return report
 
 
-def _ranked_report(ranked, relevant, run_data, config, seconds) -> Dict[str, Any]:
+def _ranked_report(ranked, relevant, history, run_data, config, seconds) -> Dict[str, Any]:
   report = dict(split=SPLIT, k=int(ranked.shape[1]))
   report.update(evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
-                                        int(config.eval.num_popularity_buckets)))
+                                        int(config.eval.num_popularity_buckets), history))
   report["timing"] = {"seconds": seconds, "requests_per_sec": len(ranked) / seconds}
   return report
 
@@ -253,11 +253,11 @@ def _bm25_report(config, workdir) -> Dict[str, Any]:
   ranked = bm25.bm25_rankings(dataset.item_texts, texts, k + max_history * exclude,
                               k1=float(config.benchmark.bm25_k1),
                               b=float(config.benchmark.bm25_b))
+  history = [records.recent_history(h, max_history) for h in requests["history"]]
   if exclude:
-    ranked = _without_items(ranked, [records.recent_history(h, max_history)
-                                     for h in requests["history"]], k)
-  return _ranked_report(ranked, requests["relevant"], run_data, config,
-                        time.perf_counter() - start)
+    ranked = _without_items(ranked, history, k)
+  return _ranked_report(ranked, requests["relevant"], pipeline.pad_rows(history, max_history),
+                        run_data, config, time.perf_counter() - start)
 
 
 def _zero_shot_report(config, workdir) -> Dict[str, Any]:
@@ -289,10 +289,11 @@ def _cosine_report(model, params, run_data, config, popularity_weights=None
                                               tuple(popularity_weights))
                if tuple(popularity_weights) else None)
   start = time.perf_counter()
-  ranked, relevant = dense.dense_rankings(
+  ranked, relevant, history = dense.dense_rankings(
       model, params, run_data, config, SPLIT, int(config.eval.k),
       popularity_weight=None if selection is None else selection["chosen"])
-  report = _ranked_report(ranked, relevant, run_data, config, time.perf_counter() - start)
+  report = _ranked_report(ranked, relevant, history, run_data, config,
+                          time.perf_counter() - start)
   report["num_params"] = _num_params(params)
   if selection is not None:
     report["popularity_weight_selection"] = selection
