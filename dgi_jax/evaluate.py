@@ -8,7 +8,7 @@
              item's training popularity, B0 head .. B4 tail, and of unseen items apart.
   history    how often a relevant item is one of the request's own history items, and
              how often the ranking puts one of them first (`metrics.history_overlap`):
-             where the first is common and the second rare, `eval.exclude_history` pays.
+             where the first is rare and the second common, `eval.exclude_history` pays.
   hubness    Spearman correlation of the raw item-embedding norm with item popularity,
              and of each level's codeword norm with its code popularity (summed f(i)).
   index      code-usage perplexity per level, unique-SID share, bucket sizes.
@@ -88,9 +88,9 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
 
   Returns:
     A JSON-ready dict: split, beam_size, k, num_requests, num_pairs, metrics, long_tail,
-    history, hubness, index, candidates (mean items ranked per request, that mean's share of the
-    catalogue, and recall: the share of (request, relevant item) pairs whose item is
-    among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
+    history, hubness, index, candidates (mean items ranked per request, that mean's share
+    of the catalogue, and recall: the share of (request, relevant item) pairs whose item
+    is among them, the ceiling of every Hit@K), decoder and encoder (with diagnostics),
     timing (seconds, requests_per_sec; the search with the diagnostics).
   """
   (report,) = _evaluate(retriever, run_data, config, split, beam_size, k, keep_rankings,
