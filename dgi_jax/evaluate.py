@@ -430,7 +430,7 @@ def format_report(report: Dict[str, Any]) -> str:
   overlap = report.get("history")
   if overlap:
     lines.append(f"the requests' own history items: {_fmt(overlap['relevant_in_history'])} "
-                 f"of the relevant items; ranked first for "
+                 "of the relevant items; ranked first for "
                  f"{_fmt(overlap['first_in_history'])} of the requests, "
                  f"{_fmt(overlap['ranked_in_history'])} per ranking of {report['k']}")
   candidates = report["candidates"]

@@ -125,8 +125,8 @@ def history_overlap(ranked, relevant, history) -> Dict[str, float]:
   ranked, relevant, history = (np.asarray(x) for x in (ranked, relevant, history))
   in_history = lambda items: ((items[:, :, None] == history[:, None, :])
                               & (items[:, :, None] >= 0)).any(-1)  # [Q, *] bool
-  counted = (relevant >= 0).any(axis=1)
   pairs = relevant >= 0
+  counted = pairs.any(axis=1)
   if not counted.any():
     return {"relevant_in_history": float("nan"), "first_in_history": float("nan"),
             "ranked_in_history": float("nan")}

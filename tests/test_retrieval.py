@@ -49,10 +49,14 @@ def _diagnose(retriever, tokens, target_items, route_width=3, route_budget=0):
       route_budget=route_budget))
 
 
-def _first_test_batch(trained):
-  return next(pipeline.iterate_eval(
+def _test_batches(trained):
+  return pipeline.iterate_eval(
       trained.run_data.dataset, trained.run_data.tokenizer, trained.config.data, "test",
-      trained.config.eval.batch_size, catalogue_tokens=trained.run_data.catalogue_tokens))
+      trained.config.eval.batch_size, catalogue_tokens=trained.run_data.catalogue_tokens)
+
+
+def _first_test_batch(trained):
+  return next(_test_batches(trained))
 
 
 def test_search_returns_existing_sids_and_only_their_items(trained, retriever):
@@ -157,11 +161,8 @@ def test_excluded_history_leaves_the_ranking_otherwise_unchanged(trained, retrie
     changed += remaining != before[before >= 0].tolist()
   assert changed  # Some history item was ranked before it was left out.
   # The reports count the history items in each ranking, none once they are left out.
-  split_history = np.concatenate([batch["history"][batch["mask"]] for batch in
-                                  pipeline.iterate_eval(
-                                      run_data.dataset, run_data.tokenizer, config.data,
-                                      "test", config.eval.batch_size,
-                                      catalogue_tokens=run_data.catalogue_tokens)])
+  split_history = np.concatenate([batch["history"][batch["mask"]]
+                                  for batch in _test_batches(trained)])
   in_history = np.asarray([[i >= 0 and i in set(drop) for i in row]
                            for row, drop in zip(first, split_history.tolist())])
   in_history = in_history[(_relevant(run_data) >= 0).any(axis=1)]
