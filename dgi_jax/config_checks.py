@@ -34,11 +34,12 @@ RANKINGS = ("beam", "cosine", "blend", "sid")
 WEIGHTED_RANKINGS = ("blend", "sid")
 
 
-def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
+def describe_ranking(ranking: str, cosine_weight, exclude_history,
                      candidate_level: int = 0, sid_rerank_depth: int = 0,
                      candidate_budget: int = 0, popularity_weight=0.0) -> str:
   """The order of the beams' items in words, for reports and results tables; each weight
-  is a number or words (a weight chosen per method)."""
+  is a number or words (a weight chosen per method), `exclude_history` a bool or words
+  (a choice made per method)."""
   number = lambda w: f"{w:g}" if isinstance(w, (int, float)) else w  # noqa: E731
   weight = number(cosine_weight)
   words = {"beam": "beam score, then cosine (the paper's order)",
@@ -55,6 +56,8 @@ def describe_ranking(ranking: str, cosine_weight, exclude_history: bool,
               "them a candidate")
   if candidate_budget:
     words += f", the fewest best beams holding at least {candidate_budget} items"
+  if isinstance(exclude_history, str):
+    return f"{words}, {exclude_history}"
   return words + (", the request's history items left out" if exclude_history else "")
 
 
@@ -107,6 +110,10 @@ def check_values(config) -> None:
     if weights is not None and not all(math.isfinite(w) and w >= 0 for w in weights):
       raise ConfigError(f"{field}={_value(config, field)!r}: expected weights >= 0 "
                         "(0: the cosine alone)")
+  exclusion_grid = _value(config, "benchmark.exclude_history_grid")
+  if exclusion_grid is not None and not all(isinstance(x, bool) for x in exclusion_grid):
+    raise ConfigError(f"benchmark.exclude_history_grid={exclusion_grid!r}: expected True "
+                      "and/or False (empty: eval.exclude_history)")
   candidate_level = _value(config, "eval.candidate_level")
   if sizes and candidate_level is not None:
     check_candidate_level("eval.candidate_level", candidate_level, len(sizes))

@@ -98,16 +98,23 @@ def evaluate_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, 
   return report
 
 
+# The ranking settings a sweep may vary: neither changes the beams. The weights are
+# traced arguments of the ranking; leaving the history out is one more compilation.
+SWEPT_SETTINGS = {"cosine_weight": float, "popularity_weight": float, "exclude_history": bool}
+
+
 def sweep_split(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
-                split: str, attribute: str, weights: Sequence[float]
-                ) -> Dict[float, Dict[str, Any]]:
-  """`evaluate_split`'s report (without diagnostics) at each of `weights` of the search
-  weight `attribute` ('cosine_weight' or 'popularity_weight'): weight -> report. Neither
-  weight changes the beams, so each batch is encoded and searched once and its beams
-  ranked at every weight. Leaves `retriever`'s attribute at the last weight."""
+                split: str, attribute: str, weights: Sequence[Any]
+                ) -> Dict[Any, Dict[str, Any]]:
+  """`evaluate_split`'s report (without diagnostics) at each of `weights` of the ranking
+  setting `attribute` (`SWEPT_SETTINGS`: 'cosine_weight', 'popularity_weight' or
+  'exclude_history'): value -> report. No setting changes the beams, so each batch is
+  encoded and searched once and its beams ranked at every value. Leaves `retriever`'s
+  attribute at the last value."""
+  values = [SWEPT_SETTINGS[attribute](w) for w in weights]
   reports = _evaluate(retriever, run_data, config, split, None, None, False, False,
-                      attribute=attribute, weights=[float(w) for w in weights])
-  return dict(zip((float(w) for w in weights), reports))
+                      attribute=attribute, weights=values)
+  return dict(zip(values, reports))
 
 
 def _evaluate(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
@@ -275,13 +282,12 @@ def choose_cosine_weight(retriever: retrieval.Retriever, run_data: run_setup.Run
 def choose_on_validation(retriever: retrieval.Retriever, run_data: run_setup.RunData, config,
                          attribute: str, weights: Sequence[float],
                          split: str = "validation") -> Dict[str, Any]:
-  """Sets the search weight `attribute` of `retriever` ('cosine_weight' or
-  'popularity_weight') to the one of `weights` whose search scores best on `split` by
-  `config.train.best_metric` (ties: the first listed).
+  """Sets the ranking setting `attribute` of `retriever` (`SWEPT_SETTINGS`: a weight, or
+  whether the history is left out) to the one of `weights` whose search scores best on
+  `split` by `config.train.best_metric` (ties: the first listed).
 
-  The split is searched once and its beams ranked at each weight (`sweep_split`); both
-  weights are traced arguments of the ranking, so the sweep compiles once.
-  Returns {'split', 'metric', 'scores': {weight: metric value}, 'chosen': weight}.
+  The split is searched once and its beams ranked at each value (`sweep_split`).
+  Returns {'split', 'metric', 'scores': {value: metric value}, 'chosen': value}.
   """
   metric = str(config.train.best_metric)
   reports = sweep_split(retriever, run_data, config, split, attribute, weights)

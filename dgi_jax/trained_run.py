@@ -80,7 +80,7 @@ LEGACY_VALUES = {
     "eval": {"validation_diagnostics": True, "ranking": "beam", "cosine_weight": 10.0,
              "exclude_history": False, "candidate_level": 0, "sid_rerank_depth": 0,
              "candidate_budget": 0, "popularity_weight": 0.0},
-    "benchmark": {"popularity_weight_grid": ()},
+    "benchmark": {"popularity_weight_grid": (), "exclude_history_grid": ()},
 }
 
 

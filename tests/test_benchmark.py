@@ -124,7 +124,10 @@ def test_runs_use_the_index_sized_to_the_catalogue(bench):
 
 def test_generative_result_equals_dgi_eval(bench):
   result = finished_runs.read_result(bench["workdir"], "dgi")
-  report, _, _, _ = evaluate.evaluate_workdir(bench["workdir"] / "dgi" / "main", "test")
+  chosen = result["report"]  # At the history choice and prior weight validation chose.
+  report, _, _, _ = evaluate.evaluate_workdir(
+      bench["workdir"] / "dgi" / "main", "test", exclude_history=chosen["exclude_history"],
+      popularity_weight=chosen["popularity_weight"])
   assert result["report"]["metrics"] == pytest.approx(report["metrics"])
   assert result["train_seconds"] > 0
 
@@ -136,6 +139,8 @@ def test_cosine_weight_chosen_on_validation_then_test_reported_at_it(bench, tmp_
   with config.unlocked():
     config.eval.ranking, config.eval.candidate_level = "sid", 1
     config.benchmark.cosine_weight_grid = (0.0, 50.0)
+    config.benchmark.exclude_history_grid = ()
+    config.benchmark.popularity_weight_grid = ()
   run_dir = bench["workdir"] / "dgi" / "main"
   assert trained_run.load_trained(run_dir).config.eval.ranking != "sid"
   report = runner._generative_report(run_dir, config)  # pylint: disable=protected-access
@@ -165,6 +170,7 @@ def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, 
   config = _benchmark_config()
   with config.unlocked():
     config.benchmark.popularity_weight_grid = (0.0, 100.0)
+    config.benchmark.exclude_history_grid = ()
   # The generative search: each validation score is `dgi eval`'s at that weight, and the
   # test split is reported at the chosen one.
   run_dir = bench["workdir"] / "dgi" / "main"
@@ -208,6 +214,87 @@ def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, 
   for chosen_selection in (selection, dense_selection):
     chosen = chosen_selection["chosen"]
     assert f"**{chosen:g}: {chosen_selection['scores'][chosen]:.3f}**" in text
+
+
+def test_history_left_out_or_kept_as_validation_chooses_for_every_method(bench, tmp_path,
+                                                                        monkeypatch):
+  config = _benchmark_config()
+  with config.unlocked():
+    config.benchmark.popularity_weight_grid = ()
+  assert tuple(config.benchmark.exclude_history_grid) == (False, True)
+  choices = (False, True)
+
+  def check(selection, valid_hit, report):
+    """Each validation score is the method's own ranking under that choice; the best is
+    chosen (ties: kept); the test report follows it. On this data no relevant item is a
+    history item, so leaving the history out can only free top-10 slots."""
+    for value in choices:
+      assert selection["scores"][value] == pytest.approx(valid_hit(value))
+    scores = selection["scores"]
+    assert selection["chosen"] == (scores[True] > scores[False])
+    assert report["history"]["relevant_in_history"] == 0
+    assert scores[True] >= scores[False]
+    if selection["chosen"]:
+      assert report["history"]["ranked_in_history"] == 0
+
+  run_dir = bench["workdir"] / "dgi" / "main"
+  report = runner._generative_report(run_dir, config)  # pylint: disable=protected-access
+  selection = report["exclude_history_selection"]
+  check(selection, lambda value: evaluate.evaluate_workdir(
+      run_dir, "validation", exclude_history=value)[0]["metrics"]["hit@10"], report)
+  assert report["exclude_history"] == selection["chosen"]
+  test, _, _, _ = evaluate.evaluate_workdir(run_dir, "test",
+                                            exclude_history=selection["chosen"])
+  assert report["metrics"] == pytest.approx(test["metrics"])
+
+  dense_dir = bench["workdir"] / "dense"
+  dense_report = runner._dense_report(dense_dir, config)  # pylint: disable=protected-access
+  trained = trained_run.load_trained(dense_dir)
+
+  def dense_hit(split, value):
+    ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params,
+                                               trained.run_data, trained.config, split, 20,
+                                               exclude_history=value)
+    return evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
+                                   5)["metrics"]["hit@10"]
+  dense_selection = dense_report["exclude_history_selection"]
+  check(dense_selection, lambda value: dense_hit("validation", value), dense_report)
+  assert dense_report["metrics"]["hit@10"] == pytest.approx(
+      dense_hit("test", dense_selection["chosen"]))
+
+  # BM25: each validation score is its report on that split under the fixed choice.
+  bm25 = runner._bm25_report(config, bench["workdir"])  # pylint: disable=protected-access
+
+  def bm25_report(value, split):
+    fixed = _benchmark_config()
+    with fixed.unlocked():
+      fixed.benchmark.exclude_history_grid = ()
+      fixed.eval.exclude_history = value
+    monkeypatch.setattr(runner, "SPLIT", split)
+    return runner._bm25_report(fixed, bench["workdir"])  # pylint: disable=protected-access
+  bm25_selection = bm25["exclude_history_selection"]
+  check(bm25_selection,
+        lambda value: bm25_report(value, "validation")["metrics"]["hit@10"], bm25)
+  assert bm25["metrics"] == pytest.approx(
+      bm25_report(bm25_selection["chosen"], "test")["metrics"])
+
+  # results.md names the choice of each method and the score of each.
+  path = runner.report_lib.write_results("tiny", config, {
+      "dgi": {**finished_runs.read_result(bench["workdir"], "dgi"), "report": report},
+      "bm25": {**finished_runs.read_result(bench["workdir"], "bm25"), "report": bm25}},
+      tmp_path, "dgi")
+  text = path.read_text()
+  # The benchmark's own results.md, written from the results read back as JSON, too.
+  for written in (text, bench["path"].read_text()):
+    assert "## The requests' history items, left out of each ranking or kept" in written
+  assert ("the request's history items left out of every method's ranking or kept, as "
+          "validation chooses per method (below)") in text
+  assert "## The requests' history items, left out of each ranking or kept, chosen on " in text
+  for chosen_selection in (selection, bm25_selection):
+    words = {False: "kept", True: "left out"}
+    chosen = chosen_selection["chosen"]
+    assert f"**{words[chosen]}: {chosen_selection['scores'][chosen]:.3f}**" in text
+    assert f"{words[not chosen]}: {chosen_selection['scores'][not chosen]:.3f}" in text
 
 
 def test_validation_picks_the_reported_checkpoint(tmp_path):

@@ -5,7 +5,7 @@ loss alone (the other loss weights set to 0) and ranks the whole catalogue exact
 isolates what the generative index adds on top of the same encoder and data.
 """
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -106,12 +106,13 @@ def rank_encoded(item_vectors: jax.Array, z_q: np.ndarray, history: np.ndarray, 
 
 def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config, split: str,
                    k: int, item_embeddings: Optional[np.ndarray] = None,
-                   popularity_weight: Optional[float] = None):
+                   popularity_weight: Optional[float] = None,
+                   exclude_history: Optional[bool] = None):
   """Ranks the catalogue for every request of `split` by cosine(z_q, z_base) plus the
   popularity prior at `popularity_weight` (None: `config.eval.popularity_weight`);
-  without the request's history items when `config.eval.exclude_history`.
-  `item_embeddings` (float32 [N, d]) is z_base of the catalogue when already computed
-  under `params`.
+  without the request's history items when `exclude_history` (None:
+  `config.eval.exclude_history`). `item_embeddings` (float32 [N, d]) is z_base of the
+  catalogue when already computed under `params`.
 
   Returns:
     (ranked int32 [Q, k] item indices best first, relevant int32 [Q, R], history int32
@@ -119,32 +120,59 @@ def dense_rankings(model: DGIModel, params, run_data: run_setup.RunData, config,
   """
   item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
                                                       split, item_embeddings)
-  if popularity_weight is None:
-    popularity_weight = config.eval.popularity_weight
-  prior = popularity.item_prior(run_data.dataset.train_popularity, popularity_weight)
-  return rank_encoded(item_vectors, z_q, history, k, bool(config.eval.exclude_history),
-                      prior), relevant, history
+  settings = _settings(config, popularity_weight=popularity_weight,
+                       exclude_history=exclude_history)
+  return _rank_at(settings, item_vectors, z_q, history, k, run_data), relevant, history
 
 
-def choose_popularity_weight(model: DGIModel, params, run_data: run_setup.RunData, config,
-                             weights: Sequence[float], split: str = "validation",
-                             item_embeddings: Optional[np.ndarray] = None
-                             ) -> Dict[str, Any]:
-  """The popularity weight of `weights` whose exact cosine ranking scores best on `split`
-  by `config.train.best_metric` (`evaluate.best_weight`'s record); the requests are
-  encoded once."""
+def _settings(config, **chosen) -> Dict[str, Any]:
+  """{'exclude_history', 'popularity_weight'}: the config's eval values, replaced by
+  those of `chosen` that are not None."""
+  settings = {"exclude_history": bool(config.eval.exclude_history),
+              "popularity_weight": float(config.eval.popularity_weight)}
+  settings.update({name: value for name, value in chosen.items() if value is not None})
+  return settings
+
+
+def _rank_at(settings: Dict[str, Any], item_vectors, z_q, history, k: int,
+             run_data: run_setup.RunData) -> np.ndarray:
+  """`rank_encoded` under `_settings`' history exclusion and popularity weight."""
+  prior = popularity.item_prior(run_data.dataset.train_popularity,
+                                settings["popularity_weight"])
+  return rank_encoded(item_vectors, z_q, history, k, settings["exclude_history"], prior)
+
+
+def choose_on_validation(model: DGIModel, params, run_data: run_setup.RunData, config,
+                         grids: Sequence[Tuple[str, Sequence[Any]]],
+                         split: str = "validation",
+                         item_embeddings: Optional[np.ndarray] = None
+                         ) -> Dict[str, Dict[str, Any]]:
+  """The exact cosine ranking's settings chosen on `split`, one after another, each under
+  the choices before it (the generative search's `evaluate.choose_on_validation`).
+
+  Args:
+    grids: (setting, values) pairs, 'exclude_history' and/or 'popularity_weight', in the
+      order they are chosen; a setting not listed keeps the config's value.
+
+  Returns:
+    setting -> `evaluate.best_weight`'s record (by `config.train.best_metric`; ties: the
+    first listed). The requests are encoded once.
+  """
   item_vectors, z_q, history, relevant = encode_split(model, params, run_data, config,
                                                       split, item_embeddings)
   metric = str(config.train.best_metric)
-  scores = {}
-  for weight in weights:
-    prior = popularity.item_prior(run_data.dataset.train_popularity, weight)
-    ranked = rank_encoded(item_vectors, z_q, history, int(config.eval.k),
-                          bool(config.eval.exclude_history), prior)
-    report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
-                                     int(config.eval.num_popularity_buckets))
-    scores[float(weight)] = float(report["metrics"][metric])
-  return evaluate.best_weight(split, metric, scores)
+  settings, selections = _settings(config), {}
+  for name, values in grids:
+    scores = {}
+    for value in values:
+      ranked = _rank_at(dict(settings, **{name: value}), item_vectors, z_q, history,
+                        int(config.eval.k), run_data)
+      report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
+                                       int(config.eval.num_popularity_buckets))
+      scores[value] = float(report["metrics"][metric])
+    selections[name] = evaluate.best_weight(split, metric, scores)
+    settings[name] = selections[name]["chosen"]
+  return selections
 
 
 def make_validation_fn(config, split: str = "validation"):

@@ -170,12 +170,22 @@ def _history_table(results: Sequence[Dict[str, Any]]) -> List[str]:
 # The search weights a benchmark may choose per method on validation: (the report's key,
 # the section's title).
 _SELECTIONS = (("cosine_weight_selection", "Cosine weight of each ranking"),
+               ("exclude_history_selection",
+                "The requests' history items, left out of each ranking or kept"),
                ("popularity_weight_selection", "Popularity prior's weight of each ranking"))
 
 
+def _grid_value(value) -> str:
+  """A grid's value as results.md writes it: a weight as a number, the history choice
+  (a bool, or 'true' / 'false' as a JSON key) in words."""
+  if isinstance(value, bool) or value in ("true", "false"):
+    return "left out" if value in (True, "true") else "kept"
+  return f"{float(value):g}"
+
+
 def _selection_lines(results: Sequence[Dict[str, Any]]) -> List[str]:
-  """For each weight chosen per method on validation (`_SELECTIONS`): the weight each
-  method's ranking took, and its validation scores at every weight of the grid."""
+  """For each setting chosen per method on validation (`_SELECTIONS`): the value each
+  method's ranking took, and its validation scores at every value of the grid."""
   lines = []
   for key, title in _SELECTIONS:
     rows = [r for r in results if key in r["report"]]
@@ -183,13 +193,14 @@ def _selection_lines(results: Sequence[Dict[str, Any]]) -> List[str]:
       continue
     metric = rows[0]["report"][key]["metric"]
     lines += [f"## {title}, chosen on validation", "",
-              f"Validation {metric} at each weight of the grid; the test split is reported "
+              f"Validation {metric} at each value of the grid; the test split is reported "
               "at the best (bold).", ""]
     for r in rows:
       selection = r["report"][key]
-      cells = [(f"**{weight:g}: {value:.3f}**" if weight == selection["chosen"]
-                else f"{weight:g}: {value:.3f}")
-               for weight, value in ((float(w), v) for w, v in selection["scores"].items())]
+      chosen = _grid_value(selection["chosen"])
+      cells = [(f"**{_grid_value(value)}: {score:.3f}**" if _grid_value(value) == chosen
+                else f"{_grid_value(value)}: {score:.3f}")
+               for value, score in selection["scores"].items()]
       lines.append(f"- {r['label']}: " + ", ".join(cells))
     lines.append("")
   return lines
@@ -215,7 +226,11 @@ def _budget(config) -> str:
   popularity_grid = tuple(b.get("popularity_weight_grid", ()))
   popularity_weight = (e.get("popularity_weight", 0.0) if not popularity_grid else
                        "v (chosen per method on validation, below)")
-  order = config_checks.describe_ranking(e.ranking, weight, e.exclude_history,
+  exclude = (("the request's history items left out of every method's ranking or "
+              "kept, as validation chooses per method (below)")
+             if tuple(b.get("exclude_history_grid", ())) and config.data.max_history
+             else e.exclude_history)
+  order = config_checks.describe_ranking(e.ranking, weight, exclude,
                                          e.candidate_level, e.get("sid_rerank_depth", 0),
                                          e.get("candidate_budget", 0), popularity_weight)
   selected = (f"the checkpoint with the best validation {t.best_metric} (scored every "

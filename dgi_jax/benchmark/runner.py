@@ -36,7 +36,7 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -193,8 +193,9 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
   """The test report of a trained generative run, searched under the benchmark's `eval`
   section (a run trained before that section changed is reported under the new one), the
   cosine weight of 'blend' or 'sid' chosen on validation from benchmark.cosine_weight_grid
-  when it lists any, then the popularity prior's weight from
-  benchmark.popularity_weight_grid when it lists any."""
+  when it lists any, then whether the requests' history items are left out from
+  benchmark.exclude_history_grid, then the popularity prior's weight from
+  benchmark.popularity_weight_grid, each when its grid lists any."""
   trained = trained_run.load_trained(run_dir)
   run_config = trained.config.copy_and_resolve_references()
   with run_config.unlocked():
@@ -207,19 +208,30 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
     # The one index serves the sweep on validation and the test report.
     selection = evaluate.choose_cosine_weight(retriever, trained.run_data, run_config,
                                               weights)
-  popularity_weights = tuple(config.benchmark.popularity_weight_grid)
-  popularity_selection = (
-      evaluate.choose_on_validation(retriever, trained.run_data, run_config,
-                                    "popularity_weight", popularity_weights)
-      if popularity_weights else None)
+  selections = {"cosine_weight_selection": selection}
+  for attribute, grid in _validation_grids(config):
+    selections[f"{attribute}_selection"] = evaluate.choose_on_validation(
+        retriever, trained.run_data, run_config, attribute, grid)
   report = evaluate.evaluate_split(retriever, trained.run_data, run_config, SPLIT)
-  if selection is not None:
-    report["cosine_weight_selection"] = selection
-  if popularity_selection is not None:
-    report["popularity_weight_selection"] = popularity_selection
+  report.update({key: value for key, value in selections.items() if value is not None})
   report["num_params"] = _num_params(trained.params)
   report["checkpoint"] = _checkpoint(trained)
   return report
+
+
+def _validation_grids(config) -> List[Tuple[str, tuple]]:
+  """The ranking settings chosen on validation after training, in the order they are
+  chosen, each with its grid: whether the history is left out (whether users come back
+  to an item is a property of the data, which the validation targets show), then the
+  popularity prior's weight under that choice. A setting whose grid is empty keeps the
+  config's value, and requests that read no history (data.max_history 0) have none to
+  leave out."""
+  b = config.benchmark
+  exclusion = (tuple(b.get("exclude_history_grid", ()))
+               if int(config.data.max_history) else ())
+  grids = [("exclude_history", exclusion),
+           ("popularity_weight", tuple(float(x) for x in b.popularity_weight_grid))]
+  return [(attribute, grid) for attribute, grid in grids if grid]
 
 
 def _ranked_report(ranked, relevant, history, run_data, config, seconds) -> Dict[str, Any]:
@@ -241,23 +253,54 @@ def _without_items(ranked: np.ndarray, excluded, k: int) -> np.ndarray:
   return out
 
 
-def _bm25_report(config, workdir) -> Dict[str, Any]:
-  run_data = run_setup.prepare_run_data(config, workdir)
-  dataset = run_data.dataset
-  start = time.perf_counter()
-  requests = pipeline.read_requests(dataset, SPLIT)
-  texts = [bm25.request_text(query, dataset.history_texts(history), config.data.max_history)
+def _bm25_split(config, dataset, split: str, depth: int):
+  """BM25's top `depth` items of `split`'s requests: (ranked int [Q, depth], relevant
+  [Q, R], the requests' recent history items, one list each)."""
+  requests = pipeline.read_requests(dataset, split)
+  max_history = int(config.data.max_history)
+  texts = [bm25.request_text(query, dataset.history_texts(history), max_history)
            for query, history in zip(requests["query"], requests["history"])]
-  k, max_history = int(config.eval.k), int(config.data.max_history)
-  exclude = config.eval.exclude_history
-  ranked = bm25.bm25_rankings(dataset.item_texts, texts, k + max_history * exclude,
+  ranked = bm25.bm25_rankings(dataset.item_texts, texts, depth,
                               k1=float(config.benchmark.bm25_k1),
                               b=float(config.benchmark.bm25_b))
   history = [records.recent_history(h, max_history) for h in requests["history"]]
-  if exclude:
-    ranked = _without_items(ranked, history, k)
-  return _ranked_report(ranked, requests["relevant"], pipeline.pad_rows(history, max_history),
-                        run_data, config, time.perf_counter() - start)
+  return ranked, requests["relevant"], history
+
+
+def _bm25_top(ranked: np.ndarray, history, k: int, exclude_history: bool) -> np.ndarray:
+  """The top k of BM25's deeper `ranked` [Q, >= k], without each request's `history`
+  items when `exclude_history`."""
+  return _without_items(ranked, history, k) if exclude_history else ranked[:, :k]
+
+
+def _bm25_report(config, workdir) -> Dict[str, Any]:
+  """BM25's test report; with benchmark.exclude_history_grid, whether the history is left
+  out is chosen on validation (BM25 has no cosine, so no popularity weight)."""
+  run_data = run_setup.prepare_run_data(config, workdir)
+  dataset = run_data.dataset
+  k, max_history = int(config.eval.k), int(config.data.max_history)
+  grid = dict(_validation_grids(config)).get("exclude_history", ())
+  exclude = bool(config.eval.exclude_history)
+  # Deep enough that k items remain once the history is left out.
+  depth = k + max_history * (exclude or any(grid))
+  selection = None
+  if grid:
+    ranked, relevant, history = _bm25_split(config, dataset, "validation", depth)
+    metric = str(config.train.best_metric)
+    selection = evaluate.best_weight("validation", metric, {
+        value: float(evaluate.ranking_report(
+            _bm25_top(ranked, history, k, value), relevant, dataset.train_popularity,
+            int(config.eval.num_popularity_buckets))["metrics"][metric])
+        for value in grid})
+    exclude = selection["chosen"]
+  start = time.perf_counter()
+  ranked, relevant, history = _bm25_split(config, dataset, SPLIT, depth)
+  report = _ranked_report(_bm25_top(ranked, history, k, exclude), relevant,
+                          pipeline.pad_rows(history, max_history), run_data, config,
+                          time.perf_counter() - start)
+  if selection is not None:
+    report["exclude_history_selection"] = selection
+  return report
 
 
 def _zero_shot_report(config, workdir) -> Dict[str, Any]:
@@ -267,36 +310,31 @@ def _zero_shot_report(config, workdir) -> Dict[str, Any]:
   params = encoders.load_pretrained_params(
       run_setup.init_params(model, config, jax.random.PRNGKey(config.train.seed)),
       model.cfg, config.model.pretrained)
-  return _cosine_report(model, params, run_data, config)
+  return _cosine_report(model, params, run_data, config, _validation_grids(config))
 
 
 def _dense_report(run_dir, config) -> Dict[str, Any]:
   trained = trained_run.load_trained(run_dir)
   report = _cosine_report(trained.model, trained.params, trained.run_data, trained.config,
-                          config.benchmark.popularity_weight_grid)
+                          _validation_grids(config))
   report["checkpoint"] = _checkpoint(trained)
   return report
 
 
-def _cosine_report(model, params, run_data, config, popularity_weights=None
-                   ) -> Dict[str, Any]:
+def _cosine_report(model, params, run_data, config, grids) -> Dict[str, Any]:
   """The test report of an exact cosine ranking of the catalogue (the zero-shot and dense
-  rows), the popularity prior's weight chosen on validation from `popularity_weights`
-  (default config.benchmark.popularity_weight_grid) when it lists any."""
-  if popularity_weights is None:
-    popularity_weights = config.benchmark.popularity_weight_grid
-  selection = (dense.choose_popularity_weight(model, params, run_data, config,
-                                              tuple(popularity_weights))
-               if tuple(popularity_weights) else None)
+  rows), with the settings of `grids` (`_validation_grids`: whether the history is left
+  out, then the popularity prior's weight) chosen on validation."""
+  selections = (dense.choose_on_validation(model, params, run_data, config, grids)
+                if grids else {})
+  chosen = {name: selection["chosen"] for name, selection in selections.items()}
   start = time.perf_counter()
-  ranked, relevant, history = dense.dense_rankings(
-      model, params, run_data, config, SPLIT, int(config.eval.k),
-      popularity_weight=None if selection is None else selection["chosen"])
+  ranked, relevant, history = dense.dense_rankings(model, params, run_data, config, SPLIT,
+                                                   int(config.eval.k), **chosen)
   report = _ranked_report(ranked, relevant, history, run_data, config,
                           time.perf_counter() - start)
   report["num_params"] = _num_params(params)
-  if selection is not None:
-    report["popularity_weight_selection"] = selection
+  report.update({f"{name}_selection": selection for name, selection in selections.items()})
   return report
 
 
