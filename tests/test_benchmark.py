@@ -166,6 +166,15 @@ def test_cosine_weight_chosen_on_validation_then_test_reported_at_it(bench, tmp_
   assert f"**{chosen:g}: {scores[chosen]:.3f}**" in text
 
 
+def _dense_hit(trained, split: str, **settings) -> float:
+  """Hit@10 of a trained dense run's exact ranking of `split` under `settings`
+  (`dense.dense_rankings`' popularity weight or history choice)."""
+  ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
+                                             trained.config, split, 20, **settings)
+  return evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
+                                 5)["metrics"]["hit@10"]
+
+
 def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, tmp_path):
   config = _benchmark_config()
   with config.unlocked():
@@ -192,17 +201,10 @@ def test_popularity_weight_chosen_on_validation_for_every_cosine_ranking(bench, 
   dense_selection = dense_report["popularity_weight_selection"]
   trained = trained_run.load_trained(dense_dir)
   for weight in (0.0, 100.0):
-    ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                               trained.config, "validation", 20,
-                                               popularity_weight=weight)
-    valid = evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity, 5)
-    assert dense_selection["scores"][weight] == pytest.approx(valid["metrics"]["hit@10"])
-  ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params, trained.run_data,
-                                             trained.config, "test", 20,
-                                             popularity_weight=dense_selection["chosen"])
+    assert dense_selection["scores"][weight] == pytest.approx(
+        _dense_hit(trained, "validation", popularity_weight=weight))
   assert dense_report["metrics"]["hit@10"] == pytest.approx(
-      evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
-                              5)["metrics"]["hit@10"])
+      _dense_hit(trained, "test", popularity_weight=dense_selection["chosen"]))
   # results.md names each method's weight and its grid.
   path = runner.report_lib.write_results("tiny", config, {
       "dgi": {**finished_runs.read_result(bench["workdir"], "dgi"), "report": report},
@@ -250,17 +252,11 @@ def test_history_left_out_or_kept_as_validation_chooses_for_every_method(bench, 
   dense_dir = bench["workdir"] / "dense"
   dense_report = runner._dense_report(dense_dir, config)  # pylint: disable=protected-access
   trained = trained_run.load_trained(dense_dir)
-
-  def dense_hit(split, value):
-    ranked, relevant, _ = dense.dense_rankings(trained.model, trained.params,
-                                               trained.run_data, trained.config, split, 20,
-                                               exclude_history=value)
-    return evaluate.ranking_report(ranked, relevant, trained.run_data.dataset.train_popularity,
-                                   5)["metrics"]["hit@10"]
   dense_selection = dense_report["exclude_history_selection"]
-  check(dense_selection, lambda value: dense_hit("validation", value), dense_report)
+  check(dense_selection,
+        lambda value: _dense_hit(trained, "validation", exclude_history=value), dense_report)
   assert dense_report["metrics"]["hit@10"] == pytest.approx(
-      dense_hit("test", dense_selection["chosen"]))
+      _dense_hit(trained, "test", exclude_history=dense_selection["chosen"]))
 
   # BM25: each validation score is its report on that split under the fixed choice.
   bm25 = runner._bm25_report(config, bench["workdir"])  # pylint: disable=protected-access
