@@ -58,8 +58,8 @@ def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
     # Hit@10 (docs/DESIGN.md, "The popularity the in-batch softmax divides out").
     c.benchmark.popularity_weight_grid = (0.0, 0.01, 0.02, 0.03, 0.05)
     # Every method (BM25 included) leaves each request's history items out of its ranking
-    # or keeps them, as scores best on validation, chosen before the popularity weight;
-    # empty: eval.exclude_history. Users who never take an item twice (Beauty: no test
+    # or keeps them, whichever scores best on validation, chosen before the popularity
+    # weight; empty: eval.exclude_history. Users who never take an item twice (Beauty: no test
     # target is in its history) gain; logs of repeat purchases keep them. Requests
     # without a history tie, and the first listed (kept) wins.
     c.benchmark.exclude_history_grid = (False, True)
