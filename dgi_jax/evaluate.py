@@ -305,6 +305,14 @@ def best_weight(split: str, metric: str, scores: Dict[float, float]) -> Dict[str
           "chosen": max(scores, key=scores.get)}
 
 
+def ranking_score(ranked: np.ndarray, relevant: np.ndarray, train_popularity, config) -> float:
+  """`config.train.best_metric` of rankings `ranked` [Q, k] against `relevant` [Q, R]: the
+  score a validation choice compares (`best_weight`)."""
+  report = ranking_report(ranked, relevant, train_popularity,
+                          int(config.eval.num_popularity_buckets))
+  return float(report["metrics"][str(config.train.best_metric)])
+
+
 def make_validation_fn(config, split: str = "validation") -> Callable[..., Dict[str, float]]:
   """`evaluate_fn(params, run_data, item_embeddings=None) -> {metric: float}` for
   `train.train_and_evaluate`.

@@ -6,7 +6,7 @@ import pytest
 
 from dgi_jax import config_checks, errors
 from dgi_jax.baselines import dense
-from dgi_jax.benchmark import runner
+from dgi_jax.benchmark import methods, runner
 from conftest import load_config
 
 
@@ -32,7 +32,7 @@ def _grids(max_history: int, grid):
   with config.unlocked():
     config.data.max_history = max_history
     config.benchmark.exclude_history_grid = grid
-  return runner._validation_grids(config)  # pylint: disable=protected-access
+  return methods.validation_grids(config)
 
 
 def test_the_history_choice_comes_before_the_prior_and_only_with_a_history():

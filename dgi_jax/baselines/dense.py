@@ -167,9 +167,8 @@ def choose_on_validation(model: DGIModel, params, run_data: run_setup.RunData, c
     for value in values:
       ranked = _rank_at(dict(settings, **{name: value}), item_vectors, z_q, history,
                         int(config.eval.k), run_data)
-      report = evaluate.ranking_report(ranked, relevant, run_data.dataset.train_popularity,
-                                       int(config.eval.num_popularity_buckets))
-      scores[value] = float(report["metrics"][metric])
+      scores[value] = evaluate.ranking_score(ranked, relevant,
+                                             run_data.dataset.train_popularity, config)
     selections[name] = evaluate.best_weight(split, metric, scores)
     settings[name] = selections[name]["chosen"]
   return selections

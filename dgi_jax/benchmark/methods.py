@@ -28,7 +28,7 @@ budget training the encoder alone (ENCODER_WARMUP), then k-means the codebooks o
 """
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 BM25, ZERO_SHOT, DENSE, GENERATIVE, TWO_STAGE = ("bm25", "zero_shot", "dense", "generative",
                                                  "two_stage")
@@ -122,3 +122,18 @@ def select(spec: str) -> Tuple[Method, ...]:
     raise ValueError(f"unknown method(s) {unknown or spec!r}; choose from "
                      f"{', '.join(BY_NAME)} or 'all'")
   return tuple(BY_NAME[n] for n in dict.fromkeys(names))
+
+
+def validation_grids(config) -> List[Tuple[str, tuple]]:
+  """The ranking settings every method chooses on validation after training, in the order
+  they are chosen, each with its grid: whether the history is left out (whether users come
+  back to an item is a property of the data, which the validation targets show), then the
+  popularity prior's weight under that choice. A setting whose grid is empty keeps the
+  config's value, and requests that read no history (data.max_history 0) have none to
+  leave out."""
+  b = config.benchmark
+  exclusion = (tuple(b.get("exclude_history_grid", ()))
+               if int(config.data.max_history) else ())
+  grids = [("exclude_history", exclusion),
+           ("popularity_weight", tuple(float(x) for x in b.get("popularity_weight_grid", ())))]
+  return [(setting, grid) for setting, grid in grids if grid]

@@ -228,7 +228,7 @@ def _budget(config) -> str:
                        "v (chosen per method on validation, below)")
   exclude = (("the request's history items left out of every method's ranking or "
               "kept, as validation chooses per method (below)")
-             if tuple(b.get("exclude_history_grid", ())) and config.data.max_history
+             if "exclude_history" in dict(methods_lib.validation_grids(config))
              else e.exclude_history)
   order = config_checks.describe_ranking(e.ranking, weight, exclude,
                                          e.candidate_level, e.get("sid_rerank_depth", 0),

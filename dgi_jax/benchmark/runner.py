@@ -36,7 +36,7 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import ml_collections
@@ -209,7 +209,7 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
     selection = evaluate.choose_cosine_weight(retriever, trained.run_data, run_config,
                                               weights)
   selections = {"cosine_weight_selection": selection}
-  for attribute, grid in _validation_grids(config):
+  for attribute, grid in methods_lib.validation_grids(config):
     selections[f"{attribute}_selection"] = evaluate.choose_on_validation(
         retriever, trained.run_data, run_config, attribute, grid)
   report = evaluate.evaluate_split(retriever, trained.run_data, run_config, SPLIT)
@@ -217,21 +217,6 @@ def _generative_report(run_dir, config) -> Dict[str, Any]:
   report["num_params"] = _num_params(trained.params)
   report["checkpoint"] = _checkpoint(trained)
   return report
-
-
-def _validation_grids(config) -> List[Tuple[str, tuple]]:
-  """The ranking settings chosen on validation after training, in the order they are
-  chosen, each with its grid: whether the history is left out (whether users come back
-  to an item is a property of the data, which the validation targets show), then the
-  popularity prior's weight under that choice. A setting whose grid is empty keeps the
-  config's value, and requests that read no history (data.max_history 0) have none to
-  leave out."""
-  b = config.benchmark
-  exclusion = (tuple(b.get("exclude_history_grid", ()))
-               if int(config.data.max_history) else ())
-  grids = [("exclude_history", exclusion),
-           ("popularity_weight", tuple(float(x) for x in b.popularity_weight_grid))]
-  return [(attribute, grid) for attribute, grid in grids if grid]
 
 
 def _ranked_report(ranked, relevant, history, run_data, config, seconds) -> Dict[str, Any]:
@@ -279,18 +264,16 @@ def _bm25_report(config, workdir) -> Dict[str, Any]:
   run_data = run_setup.prepare_run_data(config, workdir)
   dataset = run_data.dataset
   k, max_history = int(config.eval.k), int(config.data.max_history)
-  grid = dict(_validation_grids(config)).get("exclude_history", ())
+  grid = dict(methods_lib.validation_grids(config)).get("exclude_history", ())
   exclude = bool(config.eval.exclude_history)
   # Deep enough that k items remain once the history is left out.
   depth = k + max_history * (exclude or any(grid))
   selection = None
   if grid:
     ranked, relevant, history = _bm25_split(config, dataset, "validation", depth)
-    metric = str(config.train.best_metric)
-    selection = evaluate.best_weight("validation", metric, {
-        value: float(evaluate.ranking_report(
-            _bm25_top(ranked, history, k, value), relevant, dataset.train_popularity,
-            int(config.eval.num_popularity_buckets))["metrics"][metric])
+    selection = evaluate.best_weight("validation", str(config.train.best_metric), {
+        value: evaluate.ranking_score(_bm25_top(ranked, history, k, value), relevant,
+                                      dataset.train_popularity, config)
         for value in grid})
     exclude = selection["chosen"]
   start = time.perf_counter()
@@ -310,21 +293,21 @@ def _zero_shot_report(config, workdir) -> Dict[str, Any]:
   params = encoders.load_pretrained_params(
       run_setup.init_params(model, config, jax.random.PRNGKey(config.train.seed)),
       model.cfg, config.model.pretrained)
-  return _cosine_report(model, params, run_data, config, _validation_grids(config))
+  return _cosine_report(model, params, run_data, config, methods_lib.validation_grids(config))
 
 
 def _dense_report(run_dir, config) -> Dict[str, Any]:
   trained = trained_run.load_trained(run_dir)
   report = _cosine_report(trained.model, trained.params, trained.run_data, trained.config,
-                          _validation_grids(config))
+                          methods_lib.validation_grids(config))
   report["checkpoint"] = _checkpoint(trained)
   return report
 
 
 def _cosine_report(model, params, run_data, config, grids) -> Dict[str, Any]:
   """The test report of an exact cosine ranking of the catalogue (the zero-shot and dense
-  rows), with the settings of `grids` (`_validation_grids`: whether the history is left
-  out, then the popularity prior's weight) chosen on validation."""
+  rows), with the settings of `grids` (`methods.validation_grids`: whether the history
+  is left out, then the popularity prior's weight) chosen on validation."""
   selections = (dense.choose_on_validation(model, params, run_data, config, grids)
                 if grids else {})
   chosen = {name: selection["chosen"] for name, selection in selections.items()}
