@@ -340,6 +340,30 @@ SEARCH_OVERRIDES = ("ranking", "cosine_weight", "exclude_history", "candidate_le
                     "sid_rerank_depth", "candidate_budget", "popularity_weight")
 
 
+# The `dgi eval` flag of each `eval` field an evaluation may change, in the order an
+# evaluation's name lists them.
+_EVAL_FLAGS = {"beam_size": "beam", "k": "k", **{name: name for name in SEARCH_OVERRIDES}}
+
+
+def evaluation_name(split: str, run_eval, settings: Dict[str, Any]) -> str:
+  """`eval_<split>`, then each of `settings` ({eval field: value}, None = the run's own)
+  that differs from the run's `eval` config `run_eval`, written as its `dgi eval` flag
+  (`--beam 20 --exclude_history --popularity_weight 0.03` on a run searched at beam 10
+  without them: 'eval_test_beam=20_exclude_history_popularity_weight=0.03'). A flag
+  that repeats the run's own value leaves the name as it is."""
+  parts = [f"eval_{split}"]
+  for field, flag in _EVAL_FLAGS.items():
+    own = run_eval[field]
+    if settings.get(field) is None or type(own)(settings[field]) == own:
+      continue
+    value = type(own)(settings[field])
+    if isinstance(own, bool):
+      parts.append(flag if value else f"no{flag}")
+    else:
+      parts.append(f"{flag}={value:g}" if isinstance(own, float) else f"{flag}={value}")
+  return "_".join(parts)
+
+
 def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = None,
                      k: Optional[int] = None, **search: Any):
   """`dgi eval`: evaluates a work directory's best (else latest) checkpoint on `split`.
@@ -348,7 +372,9 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
   of SEARCH_OVERRIDES given as None or not at all in `search` (`ranking='cosine'`,
   `candidate_budget=500`, ...).
 
-  Writes `<workdir>/eval_<split>.json` and PNG figures under `<workdir>/plots/`.
+  Writes `<workdir>/<name>.json` and PNG figures under `<workdir>/plots/`, `name` from
+  `evaluation_name`: an evaluation under other settings than the run's own is kept beside
+  the others, not written over them.
 
   Returns:
     (report, step, 'best' | 'latest' | 'fallback', paths written).
@@ -368,9 +394,12 @@ def evaluate_workdir(workdir, split: str = "test", beam_size: Optional[int] = No
     setattr(retriever, name, type(getattr(retriever, name))(value))
   report = evaluate_split(retriever, trained.run_data, trained.config, split, beam_size, k)
   report["checkpoint"] = {"step": int(step), "selected": which}
+  name = evaluation_name(split, trained.config.eval,
+                         {"beam_size": beam_size, "k": k, **search})
   workdir = pathlib.Path(workdir)
-  paths = [write_report(report, workdir / f"eval_{split}.json")]
-  paths += plots.write_run_plots(report, workdir, workdir / "plots")
+  paths = [write_report(report, workdir / f"{name}.json")]
+  paths += plots.write_run_plots(report, workdir, workdir / "plots",
+                                 name.removeprefix("eval_"))
   return report, step, which, paths
 
 

@@ -62,7 +62,7 @@ COMMAND_USAGE = {
              "[--candidate_level T] [--sid_rerank_depth R] [--candidate_budget C] "
              "[--popularity_weight W]",
              "Evaluates DIR's best (else latest) checkpoint; writes eval_<split>.json and "
-             "plots/."),
+             "plots/, their names adding each flag that changes the run's own settings."),
     "search": ('dgi search --workdir DIR ["query text"] [--history ID,ID] [--k K] [--beam N]',
                "Prints the top items of one request."),
     "index": ("dgi index --workdir DIR --out SIDS.jsonl [--add ITEMS.jsonl]",

@@ -6,7 +6,7 @@ written atomically, so a reader never sees half a PNG.
 
 import math
 import pathlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -109,11 +109,14 @@ def plot_grad_norm(records: Sequence[Dict[str, Any]], path) -> pathlib.Path:
   return save_png(figure, path)
 
 
-def write_run_plots(report: Dict[str, Any], workdir, out_dir) -> List[pathlib.Path]:
-  """All figures of an evaluated run; training plots only if metrics.jsonl has them."""
+def write_run_plots(report: Dict[str, Any], workdir, out_dir,
+                    evaluation: Optional[str] = None) -> List[pathlib.Path]:
+  """All figures of an evaluated run; training plots only if metrics.jsonl has them.
+  The long-tail figure is named by `evaluation` (default: the report's split)."""
   out_dir = pathlib.Path(out_dir)
+  name = evaluation or report["split"]
   paths = [plot_popularity_buckets(
-      report["long_tail"], out_dir / f"popularity_buckets_{report['split']}.png",
+      report["long_tail"], out_dir / f"popularity_buckets_{name}.png",
       f"Hit@10 by popularity, {report['split']} split, beam {report['beam_size']}")]
   records = metrics_log.read_metrics(workdir)
   if any(r["kind"] == "train" for r in records):

@@ -75,7 +75,9 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   assert code == 0, err
   assert ("by beam score + 2.5 x cosine, each cosine plus 0.05 x ln(1 + the item's "
           "training popularity), the request's history items left out") in out
-  report = json.loads((run_copy / "eval_test.json").read_text())
+  # Named by the flags that change the run's own settings, in a fixed order.
+  report = json.loads((run_copy / ("eval_test_ranking=blend_cosine_weight=2.5_"
+                                   "exclude_history_popularity_weight=0.05.json")).read_text())
   assert (report["ranking"], report["cosine_weight"]) == ("blend", 2.5)
   assert report["popularity_weight"] == 0.05
   assert report["exclude_history"] and report["candidate_level"] == 0
@@ -84,14 +86,16 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   assert code == 0, err
   assert ("by cosine over the beams' items, the beams over the first 2 code(s) and every "
           "item under them a candidate") in out
-  report = json.loads((run_copy / "eval_test.json").read_text())
+  report = json.loads(
+      (run_copy / "eval_test_ranking=cosine_candidate_level=2.json").read_text())
   assert (report["ranking"], report["candidate_level"]) == ("cosine", 2)
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "sid", "--cosine_weight",
                        "4", "--candidate_level", "1", "--sid_rerank_depth", "30")
   assert code == 0, err
   assert ("by log P(whole SID) + 4 x cosine over the 30 candidates of highest cosine, the "
           "beams over the first 1 code(s)") in out
-  report = json.loads((run_copy / "eval_test.json").read_text())
+  report = json.loads((run_copy / ("eval_test_ranking=sid_cosine_weight=4_candidate_level=1_"
+                                   "sid_rerank_depth=30.json")).read_text())
   assert (report["ranking"], report["cosine_weight"], report["sid_rerank_depth"]) == (
       "sid", 4.0, 30)
   code, out, err = dgi("eval", "--workdir", run_copy, "--ranking", "cosine",
@@ -99,10 +103,33 @@ def test_eval_ranking_flags_override_the_checkpoint(run_copy, dgi):
   assert code == 0, err
   assert ("every item under them a candidate, the fewest best beams holding at least 7 "
           "items") in out
-  report = json.loads((run_copy / "eval_test.json").read_text())
+  report = json.loads((run_copy / ("eval_test_beam=6_ranking=cosine_candidate_level=1_"
+                                   "candidate_budget=7.json")).read_text())
   assert (report["candidate_budget"], report["beam_size"]) == (7, 6)
+  assert not (run_copy / "eval_test.json").exists()  # No evaluation at the run's own.
   code, _, err = dgi("eval", "--workdir", run_copy, "--ranking", "popularity")
   assert code == 1 and "--ranking" in err and "popularity" in err
+
+
+def test_eval_under_other_settings_keeps_the_earlier_reports(run_copy, dgi):
+  # The run's own settings, given or not, write eval_test.json; other settings write
+  # beside it and leave it as it was.
+  code, _, err = dgi("eval", "--workdir", run_copy, "--beam", "10", "--noexclude_history")
+  assert code == 0, err
+  own = (run_copy / "eval_test.json").read_bytes()
+  own_plot = (run_copy / "plots" / "popularity_buckets_test.png").read_bytes()
+  code, out, err = dgi("eval", "--workdir", run_copy, "--beam", "3", "--split", "validation")
+  assert code == 0, err
+  assert "eval_validation_beam=3.json" in out
+  assert json.loads((run_copy / "eval_validation_beam=3.json").read_text())["beam_size"] == 3
+  code, _, err = dgi("eval", "--workdir", run_copy, "--beam", "3")
+  assert code == 0, err
+  assert json.loads((run_copy / "eval_test_beam=3.json").read_text())["beam_size"] == 3
+  assert (run_copy / "plots" / "popularity_buckets_test_beam=3.png").read_bytes().startswith(
+      PNG_MAGIC)
+  assert (run_copy / "eval_test.json").read_bytes() == own
+  assert (run_copy / "plots" / "popularity_buckets_test.png").read_bytes() == own_plot
+  assert json.loads(own)["beam_size"] == 10
 
 
 def test_search_prints_top_k(tiny_run):
