@@ -9,21 +9,26 @@ Every method runs on one encoder, chosen by the config argument:
            with the `[pretrained]` extra: DGI as the paper sets it up, refining a
            pre-trained encoder, with k-means over its item embeddings;
   scratch  our transformer and a WordPiece trained on the dataset, from random weights:
-           `dgi benchmark --config configs/benchmark.py:scratch ...`.
+           `dgi benchmark --config configs/benchmark.py:scratch ...`;
+  t5       the paper's encoder, a T5 checkpoint at --config.model.pretrained, at the
+           paper's batch and steps (`configs/t5.py`): the default of the
+           `*_accelerator.py` configs, which give it an accelerator's budget.
 """
 
 import ml_collections
 
 from dgi_jax import config_files
 
-ENCODERS = ("minilm", "scratch")
+# The config argument -> the config file it starts from.
+ENCODERS = {"minilm": "minilm", "scratch": "default", "t5": "t5"}
 
 
 def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
-  """Returns the locked benchmark config on `encoder` ('minilm' or 'scratch')."""
+  """Returns the locked benchmark config on `encoder` ('minilm', 'scratch' or 't5')."""
   if encoder not in ENCODERS:
-    raise ValueError(f"configs/benchmark.py:{encoder}: the encoder is one of {ENCODERS}")
-  c = config_files.load("minilm" if encoder == "minilm" else "default")
+    raise ValueError(f"configs/benchmark.py:{encoder}: the encoder is one of "
+                     f"{tuple(ENCODERS)}")
+  c = config_files.load(ENCODERS[encoder])
   with c.unlocked():
     # Each trained method is reported at its best checkpoint on the validation split
     # (`train.best_metric`), scored every eval_every steps by its own ranking. A MiniLM

@@ -11,7 +11,7 @@ from dgi_jax import config_files
 
 def get_config(encoder: str = "minilm") -> ml_collections.ConfigDict:
   """Returns the locked Beauty benchmark config on `encoder` (`configs/benchmark.py`:
-  'minilm' or 'scratch', e.g. `--config configs/benchmark_beauty.py:scratch`)."""
+  'minilm', 'scratch' or 't5', e.g. `--config configs/benchmark_beauty.py:scratch`)."""
   c = config_files.load("benchmark", encoder)
   with c.unlocked():
     c.data.max_item_len = 32  # Title and category leaves.

@@ -15,7 +15,7 @@ from dgi_jax import config_files
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the locked pod config."""
-  c = config_files.load("default")
+  c = config_files.load("t5")  # The encoder, LRs, warm-up, batch and steps [P].
   with c.unlocked():
     # A catalogue large enough for 4096 first-level codes (the default's 5000 items would
     # leave about one item per code). Point data.dataset at a JSONL directory for real data.
@@ -26,22 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_query_len = 128  # Query plus the 10 history titles.
     c.data.max_history = 10  # History items in the request text [P].
 
-    c.model.encoder = "t5"  # The paper's pre-trained T5-large [P].
-    # Required: the t5-large directory (gs://... or local). Width (1024), depth (24),
-    # heads and vocabulary come from its config.json; the tokenizer is its own.
-    c.model.pretrained = ""
-    c.model.num_heads = 16  # SID decoder heads [D].
-    c.model.mlp_dim = 2816  # SID decoder MLP width [D].
-    c.model.decoder_layers = 6  # The SID decoder only emits 3 tokens: a shallow one [D].
     c.model.codebook_sizes = (4096, 1024, 256)  # [P]
     c.model.dtype = "bfloat16"  # TPU matmul precision; params stay float32 [D].
 
-    c.optim.backbone_lr = 5e-5  # [P]
-    c.optim.quantizer_lr = 5e-4  # 10x the backbone [P].
-    c.optim.warmup_steps = 1000  # [P]
-
-    c.train.global_batch_size = 128  # [P]
-    c.train.num_steps = 15000  # [P]
     c.train.kmeans_items = 50000  # Every item (k-means needs >> 4096 points).
     c.train.log_every = 100  # Metric lines (each one waits for the step to finish).
     c.train.checkpoint_every = 1000  # ~15 checkpoints; a preempted slice loses < 1000 steps.

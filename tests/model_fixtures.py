@@ -10,6 +10,14 @@ from dgi_jax.models.dgi import DGIModel
 SMALL = dict(vocab_size=50, max_len=12, d_model=16, num_heads=2, mlp_dim=32,
              encoder_layers=1, decoder_layers=1, codebook_sizes=(5, 4, 3))
 
+# t5-large's config.json as published (v1.0: ReLU feed-forward of 4096).
+T5_LARGE = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+            "d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24,
+            "num_decoder_layers": 24, "vocab_size": 32128, "feed_forward_proj": "relu",
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "layer_norm_epsilon": 1e-6, "dropout_rate": 0.1, "pad_token_id": 0,
+            "eos_token_id": 1, "decoder_start_token_id": 0}
+
 
 def small_model(**overrides) -> DGIModel:
   return DGIModel(ModelConfig(**dict(SMALL, **overrides)))

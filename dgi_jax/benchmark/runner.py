@@ -408,6 +408,9 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
   """
   selected = methods_lib.select(method_spec)
   runs = runs_per_method(base_config.benchmark)
+  # A pre-trained encoder's architecture and vocabulary, for every method (BM25 reads the
+  # run's tokenizer too); read first, so that a missing checkpoint writes nothing.
+  base_config = encoders.resolve_pretrained(base_config)
   workdir = pathlib.Path(workdir)
   results_dir = pathlib.Path(results_dir or workdir)
   data_dir = dataset_directory(dataset, data_root, workdir,
@@ -418,14 +421,12 @@ def run_benchmark(dataset: str, method_spec: str, base_config, workdir,
     sized = index_for_catalogue(num_items, len(base_config.model.codebook_sizes))
     log(f"[benchmark] {num_items} items: codebooks {sized['model.codebook_sizes']}, "
         f"k-means over {sized['train.kmeans_items']} items")
-  # A pre-trained encoder's architecture and vocabulary, for every method (BM25 reads
-  # the run's tokenizer too).
   # Shared by every method: the prepared data, and the frozen encoder's cache on disk
   # (unless the config names a folder for it).
   shared = {"data.dataset": data_dir, "data.tfds_dir": str(workdir / "tfds")}
   if not base_config.train.encoder_cache_dir:
     shared["train.encoder_cache_dir"] = str(workdir / "encoder_cache")
-  base = encoders.resolve_pretrained(method_config(base_config, sized, **shared))
+  base = method_config(base_config, sized, **shared)
   command = shlex.join(command if command is not None else sys.argv)
   # Every finished run is checked before anything runs, reported or not.
   finished = finished_runs.collect(workdir, results_dir, runs)

@@ -62,8 +62,8 @@ def resolve_pretrained(config):
   if model.encoder_spec:
     return config
   if not model.pretrained:
-    raise ValueError(f"model.encoder={model.encoder!r} needs model.pretrained (a Hugging "
-                     "Face-format directory with config.json and the weights)")
+    raise ValueError(f"model.encoder={model.encoder!r} needs --config.model.pretrained (a "
+                     "Hugging Face-format directory with config.json and the weights)")
   spec = pretrained.read_spec(model.pretrained)
   if spec.kind != model.encoder:
     raise ValueError(f"model.encoder={model.encoder!r} but {model.pretrained} holds a "
