@@ -353,10 +353,12 @@ def evaluation_name(split: str, run_eval, settings: Dict[str, Any]) -> str:
   that repeats the run's own value leaves the name as it is."""
   parts = [f"eval_{split}"]
   for field, flag in _EVAL_FLAGS.items():
-    own = run_eval[field]
-    if settings.get(field) is None or type(own)(settings[field]) == own:
+    if settings.get(field) is None:
       continue
+    own = run_eval[field]
     value = type(own)(settings[field])
+    if value == own:
+      continue
     if isinstance(own, bool):
       parts.append(flag if value else f"no{flag}")
     else:
